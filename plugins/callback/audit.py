@@ -1,0 +1,198 @@
+# Copyright: knowngood contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+DOCUMENTATION = r"""
+name: audit
+type: aggregate
+short_description: Record every knowngood run as an audit record
+version_added: "0.1.0"
+description:
+  - Writes one JSON record per playbook run (who, what, when, every task result that matters,
+    the final stats) to I(audit_dir)/<run_id>.json, and appends a line to I(audit_dir)/index.jsonl
+    whose C(prev) field is the sha256 of the previous line, so a removed or edited record breaks
+    the chain.
+  - Exports C(KNOWNGOOD_RUN_ID) before the first task so playbooks and this record share one run id.
+  - Only whitelisted result keys are kept and results of C(no_log) tasks are already censored by
+    Ansible; extra variables whose names look secret are masked.
+options:
+  audit_dir:
+    description: Directory for audit records.
+    default: ~/.local/state/knowngood/audit
+    type: path
+    env:
+      - name: KNOWNGOOD_AUDIT_DIR
+    ini:
+      - section: callback_knowngood_audit
+        key: audit_dir
+"""
+
+import datetime
+import getpass
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+import uuid
+
+from ansible import context
+from ansible.plugins.callback import CallbackBase
+
+KEPT_KEYS = (
+    "msg",
+    "changed",
+    "failed",
+    "skipped",
+    "release_id",
+    "previous_release_id",
+    "live_release_id",
+    "live_pool",
+    "previous_pool",
+    "pool",
+    "actions",
+    "plan",
+    "events",
+    "duration_ms",
+    "switched_at",
+    "live_revision",
+    "revision_after",
+    "queries",
+    "enabled",
+    "previous",
+    "name",
+    "current",
+    "last_known_good",
+    "removed_releases",
+)
+SECRET_RE = re.compile(r"pass|secret|token|key|dsn|credential", re.I)
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def mask(value, name=""):
+    if name and SECRET_RE.search(name):
+        return "********"
+    if isinstance(value, dict):
+        return dict((k, mask(v, str(k))) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [mask(v) for v in value]
+    return value
+
+
+def new_run_id():
+    return "kg-%s-%s" % (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), uuid.uuid4().hex[:6])
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "knowngood.runbooks.audit"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run_id = os.environ.get("KNOWNGOOD_RUN_ID") or new_run_id()
+        os.environ["KNOWNGOOD_RUN_ID"] = self.run_id
+        # Locks record the controller's pid so a crashed run's lock is recognised as stale.
+        os.environ["KNOWNGOOD_CONTROLLER_PID"] = str(os.getpid())
+        self.record = {
+            "run_id": self.run_id,
+            "kind": "ansible-playbook",
+            "user": os.environ.get("KNOWNGOOD_USER") or getpass.getuser(),
+            "started_at": utcnow(),
+            "events": [],
+            "plays": [],
+        }
+        self.started = time.time()
+        self.task_started = {}
+
+    def v2_playbook_on_start(self, playbook):
+        self.record["playbook"] = os.path.abspath(playbook._file_name)
+
+    def v2_playbook_on_play_start(self, play):
+        self.record["plays"].append(play.get_name())
+        manager = play.get_variable_manager()
+        extra = getattr(manager, "extra_vars", None) or {}
+        self.record["extra_vars"] = mask(dict(extra))
+        self.record["check_mode"] = bool(context.CLIARGS.get("check", False))
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        self.task_started[task._uuid] = time.time()
+
+    def _add(self, result, status):
+        task = result._task
+        raw = result._result or {}
+        kept = dict((k, raw[k]) for k in KEPT_KEYS if k in raw)
+        if raw.get("censored"):
+            kept = {"censored": True, "changed": raw.get("changed", False)}
+        event = {
+            "ts": utcnow(),
+            "host": result._host.get_name(),
+            "task": task.get_name(),
+            "action": task.action,
+            "status": status,
+            "duration_s": round(time.time() - self.task_started.get(task._uuid, time.time()), 3),
+            "result": mask(kept),
+        }
+        self.record["events"].append(event)
+
+    def v2_runner_on_ok(self, result):
+        self._add(result, "changed" if result._result.get("changed") else "ok")
+
+    def v2_runner_on_failed(self, result, ignore_errors=False):
+        self._add(result, "ignored" if ignore_errors else "failed")
+
+    def v2_runner_on_skipped(self, result):
+        return  # skipped tasks say nothing an auditor needs
+
+    def v2_runner_on_unreachable(self, result):
+        self._add(result, "unreachable")
+
+    def v2_playbook_on_stats(self, stats):
+        hosts = sorted(stats.processed.keys())
+        summary = dict((h, stats.summarize(h)) for h in hosts)
+        failed = any(s["failures"] or s["unreachable"] for s in summary.values())
+        self.record.update(
+            {
+                "finished_at": utcnow(),
+                "duration_s": round(time.time() - self.started, 3),
+                "stats": summary,
+                "status": "failed" if failed else "successful",
+            }
+        )
+        self._write()
+
+    def _write(self):
+        audit_dir = os.path.expanduser(self.get_option("audit_dir"))
+        if not os.path.isdir(audit_dir):
+            os.makedirs(audit_dir, 0o750)
+        body = json.dumps(self.record, indent=2, sort_keys=True, default=str)
+        path = os.path.join(audit_dir, "%s.json" % self.run_id)
+        fd, tmp = tempfile.mkstemp(dir=audit_dir, prefix=".rec-")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(body)
+        os.rename(tmp, path)
+        index = os.path.join(audit_dir, "index.jsonl")
+        prev = "0" * 64
+        if os.path.exists(index):
+            with open(index, "rb") as handle:
+                lines = handle.read().splitlines()
+            if lines:
+                prev = hashlib.sha256(lines[-1]).hexdigest()
+        line = json.dumps(
+            {
+                "run_id": self.run_id,
+                "playbook": self.record.get("playbook"),
+                "status": self.record["status"],
+                "finished_at": self.record["finished_at"],
+                "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
+                "prev": prev,
+            },
+            sort_keys=True,
+        )
+        with open(index, "a") as handle:
+            handle.write(line + "\n")
+        self._display.display("knowngood: audit record %s" % path)

@@ -1,0 +1,119 @@
+#!/usr/bin/python
+# Copyright: knowngood contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+DOCUMENTATION = r"""
+---
+module: release_info
+short_description: Read a deploy root's live release, slots, ledger and lock
+version_added: "0.1.0"
+description:
+  - Read-only view of one deploy root managed by M(knowngood.runbooks.release).
+  - Fails when the layout cannot be trusted (C(current) a real directory or pointing outside
+    C(releases/)), so a runbook stops before it plans on a guess.
+options:
+  root:
+    description: Absolute path of the deploy root.
+    type: path
+    required: true
+  release_id:
+    description: Also report whether this release is registered, installed and its status.
+    type: str
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+author:
+  - knowngood contributors
+"""
+
+EXAMPLES = r"""
+- name: Identify the live release and the last known-good one
+  knowngood.runbooks.release_info:
+    root: /srv/app
+  register: __code_identify_info
+"""
+
+RETURN = r"""
+current:
+  description: Release id C(current) resolves to, null when nothing is live.
+  returned: always
+  type: str
+live_pool:
+  description: Pool C(current) points to (blue or green), null for plain layouts.
+  returned: always
+  type: str
+idle_pool:
+  description: The other pool, null for plain layouts.
+  returned: always
+  type: str
+slots:
+  description: Release served by each pool's slot.
+  returned: always
+  type: dict
+installed:
+  description: Release ids unpacked under releases/.
+  returned: always
+  type: list
+  elements: str
+schemas:
+  description: Schema revisions each installed release works with (release.json C(schema)).
+  returned: always
+  type: dict
+releases:
+  description: Ledger summary per release, oldest first (status, source, checksum, history).
+  returned: always
+  type: list
+  elements: dict
+last_known_good:
+  description: Newest release confirmed good that is not live and not later marked bad.
+  returned: always
+  type: str
+lock:
+  description: The lock held on the root, null when free.
+  returned: always
+  type: dict
+release:
+  description: Ledger entry of I(release_id) plus C(installed), when I(release_id) is given.
+  returned: when release_id is given
+  type: dict
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.knowngood.runbooks.plugins.module_utils.release import (
+    Layout,
+    ReleaseError,
+    find,
+    host_state,
+    validate_release_id,
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            root=dict(type="path", required=True),
+            release_id=dict(type="str"),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        layout = Layout(module.params["root"])
+        state = host_state(layout)
+        if module.params["release_id"]:
+            rid = validate_release_id(module.params["release_id"])
+            entry = find(state["releases"], rid)
+            state["release"] = dict(
+                entry or {"release_id": rid, "status": None},
+                installed=os.path.isdir(layout.release_dir(rid)),
+            )
+    except (ReleaseError, OSError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=False, **state)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+#!/usr/bin/python
+# Copyright: knowngood contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+DOCUMENTATION = r"""
+---
+module: schema_migration
+short_description: Bring a database schema to the revisions a release works with
+version_added: "0.1.0"
+description:
+  - Computes the migrations needed so the live schema is one the release declares it works
+    with, and applies them in one transaction (plain SQL) or through Alembic.
+  - When the live schema is newer than the release supports, runs the down migrations if every
+    one of them exists; otherwise fails before changing anything and names the database
+    rollback runbook.
+options:
+  dsn:
+    description: libpq connection string of the database. Never logged.
+    type: str
+    required: true
+  engine:
+    description: C(sql) for NNNN_name.up.sql/.down.sql directories, C(alembic) for Alembic.
+    type: str
+    choices: [sql, alembic]
+    default: sql
+  supported_revisions:
+    description: Revisions the target release works with (its release.json C(schema)).
+    type: list
+    elements: str
+    required: true
+  migrations_dirs:
+    description:
+      - SQL engine only. Directories searched for migration scripts, in order. Include the
+        live release's directory so down scripts of newer revisions are found.
+    type: list
+    elements: path
+    default: []
+  alembic_config:
+    description: Alembic engine only. Path of alembic.ini; the DSN reaches env.py as KNOWNGOOD_DSN.
+    type: path
+  alembic_command:
+    description: Alembic engine only. The alembic executable.
+    type: path
+    default: alembic
+  mode:
+    description:
+      - C(compatible) moves the schema only when the release cannot run on it (rollbacks).
+      - C(latest) also migrates up to the newest revision the release declares (deploys).
+    type: str
+    choices: [compatible, latest]
+    default: compatible
+  allow_down:
+    description: Permit down migrations. When false, a needed down migration is an error.
+    type: bool
+    default: true
+  run_id:
+    description: Recorded with every applied revision.
+    type: str
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+author:
+  - knowngood contributors
+"""
+
+EXAMPLES = r"""
+- name: Bring the schema back to what v1 supports
+  knowngood.runbooks.schema_migration:
+    dsn: "{{ code_migrations_dsn }}"
+    supported_revisions: ["0001"]
+    migrations_dirs:
+      - /srv/app/releases/v2/migrations
+      - /srv/app/releases/v1/migrations
+"""
+
+RETURN = r"""
+live_revision:
+  description: Newest applied revision before the call.
+  returned: always
+  type: str
+revision_after:
+  description: Newest applied revision after the call (unchanged in check mode).
+  returned: always
+  type: str
+plan:
+  description: Steps, each with revision, name, direction (up/down), reversible.
+  returned: always
+  type: list
+  elements: dict
+queries:
+  description: Scripts executed, in order, for the audit trail.
+  returned: always
+  type: list
+  elements: str
+duration_ms:
+  description: Wall time in milliseconds.
+  returned: always
+  type: int
+"""
+
+import time
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.knowngood.runbooks.plugins.module_utils.migrations import (
+    MigrationError,
+    applied_revisions,
+    apply_sql,
+    plan_sql,
+    refuse_irreversible,
+    scan_sql_dirs,
+)
+
+try:
+    import psycopg
+except ImportError:
+    psycopg = None
+    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
+else:
+    PSYCOPG_IMPORT_ERROR = None
+
+
+def _alembic(module, args):
+    env = {"KNOWNGOOD_DSN": module.params["dsn"]}
+    argv = [module.params["alembic_command"], "-c", module.params["alembic_config"]] + args
+    rc, out, err = module.run_command(argv, environ_update=env)
+    return rc, out, err
+
+
+def plan_alembic(module, live):
+    supported = module.params["supported_revisions"]
+    if live in supported:
+        return []
+    target = supported[-1]
+    # Offline mode renders the SQL without touching the database; a downgrade() that
+    # raises (the Alembic idiom for "cannot be undone") fails here, before anything runs.
+    rc, _out, err = _alembic(module, ["downgrade", "%s:%s" % (live, target), "--sql"])
+    direction = "down"
+    if "not an ancestor" in err or "Destination" in err and "is not" in err:
+        direction = "up"
+        rc, _out, err = _alembic(module, ["upgrade", "%s:%s" % (live, target), "--sql"])
+    return [
+        {
+            "revision": target,
+            "name": None,
+            "direction": direction,
+            "script": None,
+            "reversible": rc == 0,
+            "error": err.strip()[-400:] if rc else None,
+        }
+    ]
+
+
+def predicted_head(live, steps):
+    """Newest revision once steps have run: downs remove revisions, ups add them."""
+    if not steps:
+        return live
+    last = steps[-1]
+    if last["direction"] == "up":
+        return last["revision"]
+    return "below %s" % last["revision"]
+
+
+def alembic_live(conn):
+    row = conn.execute("SELECT to_regclass('alembic_version')").fetchone()
+    if row[0] is None:
+        return None
+    found = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    return found[0] if found else None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            dsn=dict(type="str", required=True, no_log=True),
+            engine=dict(type="str", default="sql", choices=["sql", "alembic"]),
+            supported_revisions=dict(type="list", elements="str", required=True),
+            migrations_dirs=dict(type="list", elements="path", default=[]),
+            alembic_config=dict(type="path"),
+            alembic_command=dict(type="path", default="alembic"),
+            mode=dict(type="str", default="compatible", choices=["compatible", "latest"]),
+            allow_down=dict(type="bool", default=True),
+            run_id=dict(type="str"),
+        ),
+        required_if=[("engine", "alembic", ("alembic_config",))],
+        supports_check_mode=True,
+    )
+    if psycopg is None:
+        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
+    started = time.time()
+    params = module.params
+    supported = params["supported_revisions"]
+    queries = []
+    try:
+        with psycopg.connect(params["dsn"], autocommit=True, connect_timeout=5) as conn:
+            if params["engine"] == "sql":
+                applied = applied_revisions(conn)
+                live = max(applied) if applied else None
+                steps = plan_sql(
+                    applied,
+                    supported,
+                    scan_sql_dirs(params["migrations_dirs"]),
+                    latest=params["mode"] == "latest",
+                )
+            else:
+                live = alembic_live(conn)
+                steps = plan_alembic(module, live)
+            downs = [s for s in steps if s["direction"] == "down"]
+            if downs and not params["allow_down"]:
+                raise MigrationError(
+                    "down migrations needed (%s) but allow_down is false"
+                    % ", ".join(s["revision"] for s in downs)
+                )
+            refuse_irreversible(steps, live, supported)
+            after = live
+            if steps and not module.check_mode:
+                if params["engine"] == "sql":
+                    queries = apply_sql(conn, steps, params["run_id"])
+                    after = max(applied_revisions(conn), default=None)
+                else:
+                    step = steps[0]
+                    rc, _out, err = _alembic(
+                        module,
+                        [
+                            "downgrade" if step["direction"] == "down" else "upgrade",
+                            step["revision"],
+                        ],
+                    )
+                    if rc != 0:
+                        raise MigrationError("alembic %s failed: %s" % (step["direction"], err))
+                    queries = ["alembic %s %s" % (step["direction"], step["revision"])]
+                    after = alembic_live(conn)
+    except (MigrationError, psycopg.Error, OSError) as exc:
+        module.fail_json(msg=str(exc), duration_ms=int((time.time() - started) * 1000))
+    plan = [{k: s[k] for k in ("revision", "name", "direction", "reversible")} for s in steps]
+    module.exit_json(
+        changed=bool(steps),
+        live_revision=live,
+        revision_after=after,
+        plan=plan,
+        queries=queries,
+        duration_ms=int((time.time() - started) * 1000),
+        diff={"before": {"revision": live}, "after": {"revision": predicted_head(live, steps)}},
+    )
+
+
+if __name__ == "__main__":
+    main()

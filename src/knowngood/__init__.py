@@ -1,0 +1,1 @@
+"""knowngood: rollback runbooks you can trust, and the CLI that runs them."""

@@ -1,0 +1,183 @@
+"""knowngood: run runbooks with an audit trail, and manage the embedded lab.
+
+knowngood lab up [--hosts N] [--ssh]      build the lab (idempotent)
+knowngood lab status [--json]             where everything is
+knowngood lab down                        stop it and remove it
+knowngood run rollback-code -e rollback_reason=... [--check]
+knowngood audit list | show RUN_ID
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from knowngood import runner
+from knowngood.lab.config import DEFAULT_BASE_PORT, DEFAULT_ROOT, LabConfig
+
+
+def _lab_config(args: argparse.Namespace) -> LabConfig:
+    root = Path(args.root)
+    if args.command == "up":
+        return LabConfig(root=root, hosts=args.hosts, ssh=args.ssh, base_port=args.base_port)
+    if not (root / "lab.json").exists():
+        raise runner.KnowngoodError(f"no lab at {root}: run `knowngood lab up` first")
+    return LabConfig.load(root)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from knowngood.lab import core
+
+    if args.command == "up" and not 1 <= args.hosts <= 100:
+        raise runner.KnowngoodError("--hosts must be between 1 and 100")
+    cfg = _lab_config(args)
+    if args.command == "up":
+        if (cfg.root / "lab.json").exists():
+            old = LabConfig.load(cfg.root)
+            if (old.ssh, old.base_port) != (cfg.ssh, cfg.base_port) or old.hosts > cfg.hosts:
+                raise runner.KnowngoodError(
+                    f"a lab with hosts={old.hosts} ssh={old.ssh} base_port={old.base_port} "
+                    f"runs at {cfg.root}; run `knowngood lab down` first to change its shape"
+                )
+        core.up(cfg, progress=lambda m: print(m, flush=True))
+    elif args.command == "down":
+        core.down(cfg)
+    else:
+        if args.json:
+            print(core.status_json(cfg))
+        else:
+            status = core.status(cfg)
+            print(
+                f"lab at {status['root']} ({len(status['hosts'])} hosts, "
+                f"{'ssh' if status['ssh'] else 'local'})"
+            )
+            print(f"  load balancer  {status['lb_url']}")
+            for host in status["hosts"]:
+                print(f"  {host['name']:<6} {host['address']:<11} {host['app_urls']}")
+            print(f"  postgres       {status['postgres'].get('primary_dsn')}")
+            print(f"  prometheus     {status['prometheus_url']}")
+            print(f"  inventory      {status['inventory']}")
+    return 0
+
+
+def _parse_extravars(pairs: list[str]) -> dict:
+    extravars: dict = {}
+    for pair in pairs:
+        if pair.startswith("@"):
+            extravars.update(json.loads(Path(pair[1:]).read_text()))
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise runner.KnowngoodError(f"-e expects key=value, got {pair!r}")
+        extravars[key] = value
+    return extravars
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    inventory = args.inventory
+    if not inventory:
+        cfg = LabConfig.load(Path(args.root))
+        inventory = str(cfg.inventory_path)
+        audit_dir = cfg.root / "audit"
+    else:
+        audit_dir = Path(args.audit_dir) if args.audit_dir else runner.DEFAULT_AUDIT_DIR
+    if args.audit_dir:
+        audit_dir = Path(args.audit_dir)
+    request = runner.RunRequest(
+        runbook=args.runbook,
+        inventory=inventory,
+        extravars=_parse_extravars(args.extra_vars),
+        check=args.check,
+        limit=args.limit or "",
+        audit_dir=audit_dir,
+        quiet=args.quiet,
+    )
+    result = runner.run(request)
+    print()
+    for line in runner.summarize(result.record) if result.record else []:
+        print(line)
+    print(f"audit record: {result.record_path}")
+    return result.exit_code
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    audit_dir = Path(args.audit_dir) if args.audit_dir else Path(args.root) / "audit"
+    if args.command == "list":
+        index = audit_dir / "index.jsonl"
+        if not index.exists():
+            print(f"no runs recorded in {audit_dir}")
+            return 0
+        for line in index.read_text().splitlines():
+            entry = json.loads(line)
+            print(
+                f"{entry['finished_at']}  {entry['status']:<10}  {entry['run_id']}  "
+                f"{Path(entry.get('playbook') or '?').name}"
+            )
+        return 0
+    path = audit_dir / f"{args.run_id}.json"
+    if not path.exists() or "/" in args.run_id:
+        raise runner.KnowngoodError(f"no audit record {args.run_id} in {audit_dir}")
+    record = json.loads(path.read_text())
+    print(json.dumps(record, indent=2) if args.json else "\n".join(runner.summarize(record)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="knowngood", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--root", default=str(DEFAULT_ROOT), help="lab directory (env KNOWNGOOD_LAB_DIR)"
+    )
+    sub = parser.add_subparsers(dest="area", required=True)
+
+    lab = sub.add_parser("lab", help="the embedded one-machine lab")
+    lab_sub = lab.add_subparsers(dest="command", required=True)
+    up = lab_sub.add_parser("up", help="build and start the lab (idempotent)")
+    up.add_argument("--hosts", type=int, default=3)
+    up.add_argument("--ssh", action="store_true", help="one sshd per host on 127.0.1.x")
+    up.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
+    lab_sub.add_parser("down", help="stop every lab process and remove the lab")
+    status = lab_sub.add_parser("status", help="where everything is")
+    status.add_argument("--json", action="store_true")
+    lab.set_defaults(func=cmd_lab)
+
+    run = sub.add_parser("run", help="run a runbook with an audit record")
+    run.add_argument("runbook", help="playbook name, e.g. rollback-code")
+    run.add_argument("-e", "--extra-vars", action="append", default=[])
+    run.add_argument("-i", "--inventory", default="")
+    run.add_argument("--limit", default="")
+    run.add_argument("--check", action="store_true", help="show the plan, change nothing")
+    run.add_argument("--audit-dir", default="")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    audit = sub.add_parser("audit", help="read audit records")
+    audit.add_argument("--audit-dir", default="")
+    audit_sub = audit.add_subparsers(dest="command", required=True)
+    audit_sub.add_parser("list")
+    show = audit_sub.add_parser("show")
+    show.add_argument("run_id")
+    show.add_argument("--json", action="store_true")
+    audit.set_defaults(func=cmd_audit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except runner.KnowngoodError as exc:
+        print(f"knowngood: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # lab errors carry a log tail worth showing as-is
+        if type(exc).__name__ == "LabError":
+            print(f"knowngood: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The lab's application runtime: serves whichever release its slot link points to.
+
+Like gunicorn for a real app, the runtime stays up while the release code changes under it:
+SIGHUP re-reads the slot link and imports the new release's handler.py, so a switch is a
+graceful reload with no refused connection. Endpoints: /version, /health, /metrics, /db and
+/ (the application page, whose behaviour is the release's own code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """Prometheus counters and a latency histogram, guarded by one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.buckets: dict[tuple[str, float], int] = defaultdict(int)
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def observe(self, release: str, path: str, code: int, seconds: float) -> None:
+        with self.lock:
+            self.requests[(release, path, code)] += 1
+            for bound in BUCKETS:
+                if seconds <= bound:
+                    self.buckets[(release, bound)] += 1
+            self.sums[release] += seconds
+            self.counts[release] += 1
+
+    def render(self, labels: str) -> str:
+        out = [
+            "# HELP app_requests_total HTTP requests served.",
+            "# TYPE app_requests_total counter",
+        ]
+        with self.lock:
+            for (release, path, code), n in sorted(self.requests.items()):
+                out.append(
+                    f'app_requests_total{{{labels},release="{release}",path="{path}",'
+                    f'code="{code}"}} {n}'
+                )
+            out += [
+                "# HELP app_errors_total HTTP requests answered with a 5xx status.",
+                "# TYPE app_errors_total counter",
+            ]
+            errors: dict[str, int] = defaultdict(int)
+            for (release, _path, code), n in self.requests.items():
+                errors[release] += n if code >= 500 else 0
+            for release, n in sorted(errors.items()):
+                out.append(f'app_errors_total{{{labels},release="{release}"}} {n}')
+            out += [
+                "# HELP app_request_duration_seconds Request latency.",
+                "# TYPE app_request_duration_seconds histogram",
+            ]
+            for release in sorted(self.counts):
+                for bound in BUCKETS:
+                    n = self.buckets[(release, bound)]
+                    out.append(
+                        f'app_request_duration_seconds_bucket{{{labels},release="{release}",'
+                        f'le="{bound}"}} {n}'
+                    )
+                out.append(
+                    f'app_request_duration_seconds_bucket{{{labels},release="{release}",'
+                    f'le="+Inf"}} {self.counts[release]}'
+                )
+                out.append(
+                    f'app_request_duration_seconds_sum{{{labels},release="{release}"}} '
+                    f"{self.sums[release]:.6f}"
+                )
+                out.append(
+                    f'app_request_duration_seconds_count{{{labels},release="{release}"}} '
+                    f"{self.counts[release]}"
+                )
+        return "\n".join(out) + "\n"
+
+
+class Flags:
+    """Feature flags from the host's flags.json, re-read when its mtime changes."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.mtime = -1.0
+        self.values: dict[str, bool] = {}
+        self.lock = threading.Lock()
+
+    def get(self) -> dict[str, bool]:
+        if self.path is None:
+            return {}
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return {}
+        with self.lock:
+            if mtime != self.mtime:
+                try:
+                    data = json.loads(self.path.read_text())
+                    self.values = {
+                        k: bool(v.get("enabled") if isinstance(v, dict) else v)
+                        for k, v in data.get("flags", data).items()
+                    }
+                    self.mtime = mtime
+                except (ValueError, OSError, AttributeError):
+                    pass  # a half-written file keeps the last good values
+            return dict(self.values)
+
+
+class Release:
+    """One loaded release: its id and its handler module."""
+
+    def __init__(self, release_dir: Path) -> None:
+        manifest = json.loads((release_dir / "release.json").read_text())
+        self.id: str = manifest["id"]
+        self.dir = release_dir
+        spec = importlib.util.spec_from_file_location(
+            f"kg_release_{self.id.replace('.', '_').replace('-', '_')}_{time.monotonic_ns()}",
+            release_dir / "handler.py",
+        )
+        if spec is None or spec.loader is None:
+            raise RuntimeError(f"no handler.py in {release_dir}")
+        module: ModuleType = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        self.handler = module
+
+
+class App:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.link = Path(args.link)
+        self.pool = args.pool
+        self.host = args.host
+        self.dsn = args.dsn
+        self.flags = Flags(Path(args.flags) if args.flags else None)
+        self.metrics = Metrics()
+        self.release: Release | None = None
+        self.reloads = 0
+        self.load()
+
+    def load(self) -> None:
+        try:
+            target = self.link.resolve(strict=True)
+        except (FileNotFoundError, RuntimeError):
+            print(f"{self.link} does not resolve yet; serving 503", file=sys.stderr, flush=True)
+            return
+        try:
+            self.release = Release(target)
+        except Exception as exc:  # a broken release must not take the runtime down
+            print(f"cannot load release at {target}: {exc!r}", file=sys.stderr, flush=True)
+            return
+        self.reloads += 1
+        print(f"serving {self.release.id} from {target}", file=sys.stderr, flush=True)
+
+    def db_query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        import psycopg  # imported lazily: /version must not depend on the driver
+
+        with psycopg.connect(self.dsn, connect_timeout=2, autocommit=True) as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    @property
+    def labels(self) -> str:
+        return f'host="{self.host}",pool="{self.pool}"'
+
+
+def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            return  # access logs come from nginx; keep the runtime quiet
+
+        def reply(self, code: int, body: dict | str, content_type: str = "application/json"):
+            data = (json.dumps(body) if isinstance(body, dict) else body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            release = app.release
+            self.send_header("X-Release", release.id if release else "none")
+            self.send_header("X-Host", app.host)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802
+            started = time.perf_counter()
+            release = app.release  # one reference per request: a reload mid-request is safe
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self.reply(200, app.metrics.render(app.labels), "text/plain; version=0.0.4")
+                return
+            if release is None:
+                code, body = 503, {"error": "no release deployed", "host": app.host}
+            elif path == "/version":
+                code, body = 200, {"release": release.id, "host": app.host, "pool": app.pool}
+            else:
+                ctx = {
+                    "path": path,
+                    "host": app.host,
+                    "pool": app.pool,
+                    "flags": app.flags.get(),
+                    "db": app.db_query,
+                }
+                try:
+                    code, body = release.handler.handle(ctx)
+                except Exception as exc:
+                    code, body = 500, {"error": repr(exc)}
+                body = {"release": release.id, "host": app.host, **body}
+            self.reply(code, body)
+            app.metrics.observe(
+                release.id if release else "none", path, code, time.perf_counter() - started
+            )
+
+    return Handler
+
+
+def serve(args: argparse.Namespace) -> None:
+    app = App(args)
+    server = ThreadingHTTPServer((args.bind, args.port), make_handler(app))
+    server.daemon_threads = True
+    server.request_queue_size = 256
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        app.load()
+
+    def on_term(_signum: int, _frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGTERM, on_term)
+    if args.pidfile:
+        Path(args.pidfile).write_text(f"{os.getpid()}\n")
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        if args.pidfile:
+            Path(args.pidfile).unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--link", required=True, help="slot symlink to serve")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--bind", default="127.0.0.1")
+    parser.add_argument("--pool", default="blue")
+    parser.add_argument("--host", default="app")
+    parser.add_argument("--dsn", default="")
+    parser.add_argument("--flags", default="")
+    parser.add_argument("--pidfile", default="")
+    serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,449 @@
+"""knowngood lab up|down|status: a small production on this one machine.
+
+App hosts (each a root directory, optionally behind its own sshd), the app runtime in a
+blue and a green instance per host, nginx in front with blue and green pools, and the
+services in infra.py (PostgreSQL primary and standby, Prometheus, two S3 regions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from knowngood.lab import infra
+from knowngood.lab.config import LabConfig
+from knowngood.lab.infra import LabError
+
+Progress = Callable[[str], None]
+RELEASES_SRC = Path(__file__).parent / "releases"
+POOLS = ("blue", "green")
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def _quiet(_msg: str) -> None:
+    return None
+
+
+# ------------------------------------------------------------------ processes
+
+
+def read_pid(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def spawn(argv: list[str], log: Path, pidfile: Path) -> int:
+    """Start a detached process that outlives the CLI; its pid goes to pidfile."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+    pidfile.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def stop_pid(pidfile: Path, timeout: float = 5.0) -> None:
+    pid = read_pid(pidfile)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    pidfile.unlink(missing_ok=True)
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def wait_http(url: str, timeout: float, ok: Callable[[int], bool] = lambda c: c < 600) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            code, _ = http_get(url, timeout=1)
+            if ok(code):
+                return
+            last = code
+        except OSError as exc:
+            last = exc
+        time.sleep(0.05)
+    raise LabError(f"{url} not ready after {timeout}s (last: {last})")
+
+
+# ------------------------------------------------------------------ releases
+
+
+def build_artifacts(cfg: LabConfig) -> dict[str, Path]:
+    """Pack every built-in release as <id>.tar.gz, the way a CI system would hand them over."""
+    out = cfg.root / "artifacts"
+    out.mkdir(parents=True, exist_ok=True)
+    built = {}
+    for src in sorted(RELEASES_SRC.iterdir()):
+        if not (src / "release.json").exists():
+            continue
+        target = out / f"{src.name}.tar.gz"
+        if not target.exists():
+            tmp = target.with_suffix(".tmp")
+            with tarfile.open(tmp, "w:gz") as archive:
+                for path in sorted(src.rglob("*")):
+                    if "__pycache__" in path.parts:
+                        continue
+                    archive.add(path, arcname=str(path.relative_to(src)), recursive=False)
+            tmp.rename(target)
+        built[src.name] = target
+    return built
+
+
+# ------------------------------------------------------------------ app hosts
+
+
+def host_layout(cfg: LabConfig, index: int) -> None:
+    root = cfg.host_root(index)
+    for sub in ("releases", "slots", "shared"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    current = root / "current"
+    if not current.is_symlink() and not current.exists():
+        current.symlink_to("slots/blue")
+
+
+def app_pidfile(cfg: LabConfig, index: int, pool: str) -> Path:
+    return cfg.run_dir / f"{cfg.host_name(index)}-{pool}.pid"
+
+
+def app_url(cfg: LabConfig, index: int, pool: str) -> str:
+    return f"http://127.0.0.1:{cfg.app_ports(index)[pool]}"
+
+
+def apps_up(cfg: LabConfig, progress: Progress, dsn: str) -> None:
+    started = []
+    for index in range(cfg.hosts):
+        host_layout(cfg, index)
+        for pool in POOLS:
+            pidfile = app_pidfile(cfg, index, pool)
+            if read_pid(pidfile):
+                continue
+            root = cfg.host_root(index)
+            spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "knowngood.lab.appserver",
+                    "--link",
+                    str(root / "slots" / pool),
+                    "--port",
+                    str(cfg.app_ports(index)[pool]),
+                    "--pool",
+                    pool,
+                    "--host",
+                    cfg.host_name(index),
+                    "--dsn",
+                    dsn,
+                    "--flags",
+                    str(root / "shared" / "flags.json"),
+                ],
+                cfg.log_dir / f"{cfg.host_name(index)}-{pool}.log",
+                pidfile,
+            )
+            started.append((index, pool))
+    for index, pool in started:
+        wait_http(app_url(cfg, index, pool) + "/metrics", 15)
+    if started:
+        progress(f"apps: started {len(started)} instances on {cfg.hosts} hosts")
+
+
+def apps_down(cfg: LabConfig) -> None:
+    for pidfile in cfg.run_dir.glob("app*-*.pid"):
+        stop_pid(pidfile)
+
+
+# ------------------------------------------------------------------ nginx
+
+
+def nginx_paths(cfg: LabConfig) -> dict[str, Path]:
+    base = cfg.root / "nginx"
+    return {
+        "base": base,
+        "conf": base / "nginx.conf",
+        "live": base / "live_pool.conf",
+        "pools": base / "pools",
+        "pid": cfg.run_dir / "nginx.pid",
+    }
+
+
+def nginx_commands(cfg: LabConfig) -> dict[str, list[str]]:
+    p = nginx_paths(cfg)
+    base = [NGINX, "-p", str(p["base"]), "-c", str(p["conf"])]
+    return {
+        "start": base,
+        "test": base + ["-t", "-q"],
+        "reload": base + ["-s", "reload"],
+        "stop": base + ["-s", "quit"],
+    }
+
+
+def write_nginx_config(cfg: LabConfig) -> None:
+    p = nginx_paths(cfg)
+    p["pools"].mkdir(parents=True, exist_ok=True)
+    tmp = p["base"] / "tmp"
+    tmp.mkdir(exist_ok=True)
+    tmp.chmod(0o1777)
+    for pool in POOLS:
+        servers = "\n".join(
+            f"    server 127.0.0.1:{cfg.app_ports(i)[pool]} max_fails=0;" for i in range(cfg.hosts)
+        )
+        (p["pools"] / f"{pool}.conf").write_text(
+            f"# knowngood-pool: {pool}\nupstream app_live {{\n{servers}\n    keepalive 32;\n}}\n"
+        )
+    if not p["live"].exists():
+        shutil.copy(p["pools"] / "blue.conf", p["live"])
+    else:  # host count may have changed: refresh the live pool's members, keep its colour
+        live = "green" if "knowngood-pool: green" in p["live"].read_text() else "blue"
+        shutil.copy(p["pools"] / f"{live}.conf", p["live"])
+    p["conf"].write_text(f"""# knowngood lab load balancer; the live pool is {p["live"]}
+worker_processes 2;
+pid {p["pid"]};
+error_log {cfg.log_dir / "nginx-error.log"} warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {cfg.log_dir / "nginx-access.log"};
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    include {p["live"]};
+    server {{
+        listen 127.0.0.1:{cfg.lb_port};
+        location = /lb-health {{ return 200 "ok\\n"; }}
+        location / {{
+            proxy_pass http://app_live;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_read_timeout 10s;
+            proxy_next_upstream error timeout http_502 non_idempotent;
+            add_header X-Upstream $upstream_addr always;
+        }}
+    }}
+}}
+""")
+
+
+def nginx_up(cfg: LabConfig, progress: Progress) -> None:
+    write_nginx_config(cfg)
+    cmds = nginx_commands(cfg)
+    test = subprocess.run(cmds["test"], capture_output=True, text=True)
+    if test.returncode != 0:
+        raise LabError(f"nginx -t failed: {test.stderr.strip()}")
+    if read_pid(nginx_paths(cfg)["pid"]):
+        subprocess.run(cmds["reload"], check=True, capture_output=True)
+        return
+    subprocess.run(cmds["start"], check=True, capture_output=True)
+    wait_http(f"http://127.0.0.1:{cfg.lb_port}/lb-health", 10, ok=lambda c: c == 200)
+    progress(f"nginx: load balancer on http://127.0.0.1:{cfg.lb_port}")
+
+
+def nginx_down(cfg: LabConfig) -> None:
+    pidfile = nginx_paths(cfg)["pid"]
+    if read_pid(pidfile):
+        subprocess.run(nginx_commands(cfg)["stop"], capture_output=True)
+        deadline = time.monotonic() + 5
+        while read_pid(pidfile) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop_pid(pidfile)
+
+
+# ------------------------------------------------------------------ inventory
+
+
+def inventory(cfg: LabConfig) -> dict:
+    pg = infra.postgres_status(cfg)
+    hosts = {}
+    for i in range(cfg.hosts):
+        name = cfg.host_name(i)
+        hv: dict = {
+            "knowngood_app_root": str(cfg.host_root(i)),
+            "knowngood_app_urls": {pool: app_url(cfg, i, pool) for pool in POOLS},
+            "knowngood_app_pidfile": str(cfg.run_dir / f"{name}-{{pool}}.pid"),
+            "knowngood_flags_file": str(cfg.host_root(i) / "shared" / "flags.json"),
+        }
+        if cfg.ssh:
+            ssh = infra.ssh_client_options(cfg)
+            hv.update(
+                {
+                    "ansible_connection": "ssh",
+                    "ansible_host": cfg.host_address(i),
+                    "ansible_user": "root",
+                    "ansible_ssh_private_key_file": ssh["private_key_file"],
+                    "ansible_ssh_common_args": ssh["common_args"],
+                }
+            )
+        else:
+            hv["ansible_connection"] = "local"
+        hosts[name] = hv
+    cmds = nginx_commands(cfg)
+    np = nginx_paths(cfg)
+    local = {"ansible_connection": "local"}
+    return {
+        "all": {
+            "vars": {
+                "ansible_python_interpreter": sys.executable,
+                "knowngood_lab_root": str(cfg.root),
+                "knowngood_lb_url": f"http://127.0.0.1:{cfg.lb_port}",
+                "knowngood_prometheus_url": f"http://127.0.0.1:{cfg.prometheus_port}",
+                "knowngood_artifact_dir": str(cfg.root / "artifacts"),
+                "knowngood_audit_dir": str(cfg.root / "audit"),
+                "knowngood_db_dsn": pg["primary_dsn"],
+                "knowngood_db_cluster": pg["name"],
+            },
+            "children": {
+                "app": {"hosts": hosts},
+                "lb": {
+                    "hosts": {
+                        "lb1": {
+                            **local,
+                            "knowngood_lb_live_file": str(np["live"]),
+                            "knowngood_lb_pools_dir": str(np["pools"]),
+                            "knowngood_lb_test_command": cmds["test"],
+                            "knowngood_lb_reload_command": cmds["reload"],
+                        }
+                    }
+                },
+                "db": {
+                    "hosts": {"db1": {**local, "knowngood_db_data_dir": pg["primary_data_dir"]}}
+                },
+            },
+        }
+    }
+
+
+def write_inventory(cfg: LabConfig) -> Path:
+    import yaml
+
+    inv = inventory(cfg)
+    cfg.inventory_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.inventory_path.write_text(yaml.safe_dump(inv, sort_keys=False))
+    # The checkout's inventories/lab script reads the JSON twin.
+    cfg.inventory_path.with_suffix(".json").write_text(json.dumps(inv, indent=1))
+    return cfg.inventory_path
+
+
+# ------------------------------------------------------------------ whole lab
+
+
+def up(cfg: LabConfig, progress: Progress = print) -> dict:
+    started = time.monotonic()
+    for d in (cfg.root, cfg.run_dir, cfg.log_dir):
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o755)
+    cfg.save()
+    build_artifacts(cfg)
+    progress(f"lab: {cfg.hosts} app hosts under {cfg.root} ({'ssh' if cfg.ssh else 'local'})")
+    infra.postgres_up(cfg, progress)
+    dsn = infra.postgres_status(cfg)["primary_dsn"]
+    apps_up(cfg, progress, dsn)
+    nginx_up(cfg, progress)
+    targets, labels = [], {}
+    for i in range(cfg.hosts):
+        for pool in POOLS:
+            target = f"127.0.0.1:{cfg.app_ports(i)[pool]}"
+            targets.append(target)
+            labels[target] = {"host": cfg.host_name(i), "pool": pool}
+    infra.prometheus_up(cfg, progress, targets, labels)
+    infra.s3_up(cfg, progress)
+    if cfg.ssh:
+        for i in range(cfg.hosts):
+            infra.sshd_up(cfg, progress, i)
+    write_inventory(cfg)
+    progress(f"lab: up in {time.monotonic() - started:.1f}s; inventory {cfg.inventory_path}")
+    return status(cfg)
+
+
+def down(cfg: LabConfig, progress: Progress = print) -> None:
+    if cfg.ssh:
+        for i in range(cfg.hosts):
+            infra.sshd_down(cfg, i)
+    apps_down(cfg)
+    nginx_down(cfg)
+    infra.prometheus_down(cfg)
+    infra.s3_down(cfg)
+    infra.postgres_down(cfg)
+    shutil.rmtree(cfg.root, ignore_errors=True)
+    progress(f"lab: stopped everything and removed {cfg.root}")
+
+
+def status(cfg: LabConfig) -> dict:
+    pg = infra.postgres_status(cfg)
+    return {
+        "root": str(cfg.root),
+        "lb_url": f"http://127.0.0.1:{cfg.lb_port}",
+        "hosts": [
+            {
+                "name": cfg.host_name(i),
+                "address": cfg.host_address(i),
+                "root": str(cfg.host_root(i)),
+                "app_url": app_url(cfg, i, "blue"),
+                "app_urls": {pool: app_url(cfg, i, pool) for pool in POOLS},
+                "running": {
+                    pool: read_pid(app_pidfile(cfg, i, pool)) is not None for pool in POOLS
+                },
+            }
+            for i in range(cfg.hosts)
+        ],
+        "postgres": {
+            k: pg[k]
+            for k in (
+                "name",
+                "primary_dsn",
+                "standby_dsn",
+                "primary_data_dir",
+                "standby_data_dir",
+                "wal_archive_dir",
+                "running",
+                "standby_streaming",
+            )
+            if k in pg
+        },
+        "prometheus_url": f"http://127.0.0.1:{cfg.prometheus_port}",
+        "s3": infra.s3_status(cfg),
+        "inventory": str(cfg.inventory_path),
+        "ssh": cfg.ssh,
+        "nginx_running": read_pid(nginx_paths(cfg)["pid"]) is not None,
+    }
+
+
+def status_json(cfg: LabConfig) -> str:
+    return json.dumps(status(cfg), indent=2)
