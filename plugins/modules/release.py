@@ -478,7 +478,10 @@ def apply_plan(module, layout, plan):
             params["lock_max_age"],
         )
         if broken:
-            plan.actions.append("broke stale lock of run %s" % broken.get("run_id"))
+            message = "broke stale lock of run %s (owner pid %s, taken %s)" % (
+                broken.get("run_id"), broken.get("owner_pid"), broken.get("created_at"))
+            plan.actions.append(message)
+            module.warn(message)
         if taken:
             plan.actions.append("took lock for run %s" % params["run_id"])
         result["changed"] = taken

@@ -153,7 +153,8 @@ class App:
         try:
             target = self.link.resolve(strict=True)
         except (FileNotFoundError, RuntimeError):
-            print(f"{self.link} does not resolve yet; serving 503", file=sys.stderr, flush=True)
+            print(f"{self.link} does not resolve; serving 503", file=sys.stderr, flush=True)
+            self.release = None
             return
         try:
             self.release = Release(target)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -286,6 +287,35 @@ def nginx_down(cfg: LabConfig) -> None:
         stop_pid(pidfile)
 
 
+# ------------------------------------------------------------------ flag service
+
+
+def flag_token_file(cfg: LabConfig) -> Path:
+    return cfg.root / "secrets" / "flag-service.token"
+
+
+def flagservice_up(cfg: LabConfig, progress: Progress) -> None:
+    """The HTTP flag service for the feature_flag module's http backend."""
+    token_file = flag_token_file(cfg)
+    if not token_file.exists():
+        token_file.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+    pidfile = cfg.run_dir / "flagservice.pid"
+    if read_pid(pidfile):
+        return
+    spawn(
+        [sys.executable, "-m", "knowngood.lab.flagservice",
+         "--port", str(cfg.flag_service_port),
+         "--state", str(cfg.root / "flagservice" / "flags.json"),
+         "--token-file", str(token_file)],
+        cfg.log_dir / "flagservice.log", pidfile,
+    )
+    wait_http(f"http://127.0.0.1:{cfg.flag_service_port}/health", 10, ok=lambda c: c == 200)
+    progress(f"flags: flag service on http://127.0.0.1:{cfg.flag_service_port}")
+
+
 # ------------------------------------------------------------------ inventory
 
 
@@ -328,6 +358,8 @@ def inventory(cfg: LabConfig) -> dict:
                 "knowngood_audit_dir": str(cfg.root / "audit"),
                 "knowngood_db_dsn": pg["primary_dsn"],
                 "knowngood_db_cluster": pg["name"],
+                "knowngood_flag_service_url": f"http://127.0.0.1:{cfg.flag_service_port}",
+                "knowngood_flag_service_token_file": str(flag_token_file(cfg)),
             },
             "children": {
                 "app": {"hosts": hosts},
@@ -376,6 +408,7 @@ def up(cfg: LabConfig, progress: Progress = print) -> dict:
     dsn = infra.postgres_status(cfg)["primary_dsn"]
     apps_up(cfg, progress, dsn)
     nginx_up(cfg, progress)
+    flagservice_up(cfg, progress)
     targets, labels = [], {}
     for i in range(cfg.hosts):
         for pool in POOLS:
@@ -397,12 +430,47 @@ def down(cfg: LabConfig, progress: Progress = print) -> None:
         for i in range(cfg.hosts):
             infra.sshd_down(cfg, i)
     apps_down(cfg)
+    stop_pid(cfg.run_dir / "flagservice.pid")
     nginx_down(cfg)
     infra.prometheus_down(cfg)
     infra.s3_down(cfg)
     infra.postgres_down(cfg)
     shutil.rmtree(cfg.root, ignore_errors=True)
     progress(f"lab: stopped everything and removed {cfg.root}")
+
+
+def reset(cfg: LabConfig) -> None:
+    """Empty every host, the app schema and the load balancer's choice, keeping processes up.
+
+    Tests and drills start from the same blank production this way without paying for a
+    new lab each time.
+    """
+    import psycopg
+
+    for index in range(cfg.hosts):
+        root = cfg.host_root(index)
+        for name in ("releases", "slots", "shared", ".knowngood"):
+            shutil.rmtree(root / name, ignore_errors=True)
+        current = root / "current"
+        if current.is_dir() and not current.is_symlink():
+            shutil.rmtree(current)  # a test (or a person) put a real directory there
+        current.unlink(missing_ok=True)
+        host_layout(cfg, index)
+        for pool in POOLS:
+            pid = read_pid(app_pidfile(cfg, index, pool))
+            if pid:
+                os.kill(pid, signal.SIGHUP)
+    paths = nginx_paths(cfg)
+    write_nginx_config(cfg)
+    shutil.copy(paths["pools"] / "blue.conf", paths["live"])
+    subprocess.run(nginx_commands(cfg)["reload"], check=True, capture_output=True)
+    superuser = infra.postgres_status(cfg)["superuser_dsn"].rsplit("/", 1)[0] + "/app"
+    with psycopg.connect(superuser, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
+        conn.execute("CREATE SCHEMA public AUTHORIZATION app")
+    for index in range(cfg.hosts):
+        for pool in POOLS:
+            wait_http(app_url(cfg, index, pool) + "/version", 5, ok=lambda c: c == 503)
 
 
 def status(cfg: LabConfig) -> dict:
@@ -440,6 +508,8 @@ def status(cfg: LabConfig) -> dict:
         "prometheus_url": f"http://127.0.0.1:{cfg.prometheus_port}",
         "s3": infra.s3_status(cfg),
         "inventory": str(cfg.inventory_path),
+        "flag_service_url": f"http://127.0.0.1:{cfg.flag_service_port}",
+        "flag_service_running": read_pid(cfg.run_dir / "flagservice.pid") is not None,
         "ssh": cfg.ssh,
         "nginx_running": read_pid(nginx_paths(cfg)["pid"]) is not None,
     }

@@ -1,0 +1,78 @@
+# knowngood: two commands on a fresh Debian machine, `make demo` and `make test`.
+# Both create .venv/ here and install what they need (apt packages as root when missing).
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PYTHON ?= python3
+export KNOWNGOOD_LAB_DIR ?= /var/lib/knowngood-lab
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# Debian package for each command the lab runs.
+SYSTEM_DEPS := nginx:nginx-light prometheus:prometheus promtool:prometheus sshd:openssh-server \
+	ssh-keygen:openssh-client psql:postgresql-client-15 runuser:util-linux curl:curl \
+	/usr/lib/postgresql/15/bin/postgres:postgresql-15
+
+.PHONY: help system-deps venv demo test unit integration lint sanity bench lab-up lab-down collection clean
+
+help:
+	@echo "make demo   install, bring up the lab, run the main story"
+	@echo "make test   install, lint, unit and integration tests on a lab of their own"
+	@echo "make bench  rollback benchmarks beside a plain shell loop"
+
+system-deps:
+	@missing=""; \
+	for pair in $(SYSTEM_DEPS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  if [ "$${cmd:0:1}" = "/" ]; then [ -x "$$cmd" ] || missing="$$missing $$pkg"; \
+	  else command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; fi; \
+	done; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing packages:$$missing (run as root to install them)"; exit 1; fi; \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[lab,dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: system-deps venv
+	$(PY) -m knowngood.demo
+
+lab-up: system-deps venv
+	$(BIN)/knowngood lab up
+
+lab-down: venv
+	$(BIN)/knowngood lab down
+
+lint: venv
+	$(BIN)/ruff check src plugins tests bench inventories
+	$(BIN)/ruff format --check src plugins tests bench inventories
+	$(BIN)/ansible-lint --profile production --offline -q
+
+sanity: venv
+	bash .ci/sanity
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+integration: system-deps venv
+	$(BIN)/pytest -q tests/integration
+
+test: system-deps venv lint sanity
+	$(BIN)/pytest -q
+
+bench: system-deps venv
+	$(PY) bench/bench_rollback.py
+
+collection: venv
+	$(BIN)/ansible-galaxy collection build --force --output-path dist/
+
+clean:
+	rm -rf dist .pytest_cache .ruff_cache tests/output

@@ -1,0 +1,183 @@
+"""Shared fixtures: a lab of the tests' own, and helpers to run runbooks against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TEST_LAB_ROOT = Path(os.environ.get("KNOWNGOOD_TEST_LAB", "/tmp/knowngood-test-lab"))
+TEST_BASE_PORT = int(os.environ.get("KNOWNGOOD_TEST_BASE_PORT", "27000"))
+
+
+@dataclass
+class PlaybookRun:
+    rc: int
+    output: str
+    recap: dict[str, dict[str, int]]
+
+    def changed(self) -> int:
+        return sum(h["changed"] for h in self.recap.values())
+
+
+def parse_recap(output: str) -> dict[str, dict[str, int]]:
+    recap = {}
+    for line in output.split("PLAY RECAP")[-1].splitlines():
+        match = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
+        if match:
+            recap[match.group(1)] = {
+                k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))
+            }
+    return recap
+
+
+def ansible_env(lab_root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "KNOWNGOOD_LAB_DIR": str(lab_root),
+            "KNOWNGOOD_AUDIT_DIR": str(lab_root / "audit"),
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_NOCOLOR": "1",
+            "PATH": f"{BIN}:{env.get('PATH', '')}",
+        }
+    )
+    env.pop("KNOWNGOOD_RUN_ID", None)
+    return env
+
+
+@dataclass
+class Lab:
+    root: Path
+    status: dict
+
+    @property
+    def inventory(self) -> str:
+        return self.status["inventory"]
+
+    def playbook(self, name: str, *args: str, check: bool = False, **extra) -> PlaybookRun:
+        argv = [str(BIN / "ansible-playbook"), "-i", self.inventory, f"playbooks/{name}.yml"]
+        if check:
+            argv += ["--check", "--diff"]
+        for key, value in extra.items():
+            argv += ["-e", json.dumps({key: value})]
+        argv += list(args)
+        proc = subprocess.run(
+            argv, cwd=REPO, env=ansible_env(self.root), capture_output=True, text=True,
+            timeout=600,
+        )
+        output = proc.stdout + proc.stderr
+        return PlaybookRun(proc.returncode, output, parse_recap(output))
+
+    def reset(self) -> None:
+        """Every test starts from empty hosts, schema and a blue live pool."""
+        from knowngood.lab import core
+        from knowngood.lab.config import LabConfig
+
+        core.reset(LabConfig.load(self.root))
+
+    def ledger(self, host: int = 0) -> list[dict]:
+        path = Path(self.status["hosts"][host]["root"]) / ".knowngood" / "ledger.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def serving(self) -> list[str]:
+        """Release each host's blue and green instance serves."""
+        return [
+            http_json(url + "/version").get("release")
+            for host in self.status["hosts"]
+            for url in host["app_urls"].values()
+        ]
+
+    def live_releases(self) -> set[str]:
+        """Releases the load balancer serves across enough requests to reach every host."""
+        seen = set()
+        for _ in range(6 * len(self.status["hosts"])):
+            seen.add(http_json(self.status["lb_url"] + "/version").get("release"))
+        return seen
+
+
+def http_json(url: str, timeout: float = 5) -> dict:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return json.loads(exc.read())
+        except ValueError:
+            return {"error": exc.code}
+
+
+@dataclass
+class LoadClient:
+    """Hits a URL continuously from a few threads, recording every response."""
+
+    url: str
+    threads: int = 4
+    responses: list[tuple[float, int | None, str | None]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 300  # bounded even if a test forgets to stop it
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as resp:
+                    code, release = resp.status, resp.headers.get("X-Release")
+            except urllib.error.HTTPError as exc:
+                code, release = exc.code, exc.headers.get("X-Release")
+            except OSError:
+                code, release = None, None
+            self.responses.append((started, code, release))
+
+    def __enter__(self) -> LoadClient:
+        for _ in range(self.threads):
+            worker = threading.Thread(target=self._run, daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=10)
+
+    @property
+    def failed(self) -> list:
+        return [r for r in self.responses if r[1] is None or r[1] >= 500]
+
+
+def knowngood(*args: str, root: Path = TEST_LAB_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "knowngood"), "--root", str(root), *args],
+        cwd=REPO, env=ansible_env(root), capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.fixture(scope="session")
+def lab_session() -> Lab:
+    up = knowngood("lab", "up", "--hosts", "3", "--base-port", str(TEST_BASE_PORT))
+    assert up.returncode == 0, up.stdout + up.stderr
+    status = json.loads(knowngood("lab", "status", "--json").stdout)
+    yield Lab(TEST_LAB_ROOT, status)
+    if not os.environ.get("KNOWNGOOD_KEEP_LAB"):
+        knowngood("lab", "down")
+
+
+@pytest.fixture
+def lab(lab_session: Lab) -> Lab:
+    lab_session.reset()
+    return lab_session

@@ -1,0 +1,273 @@
+"""Code deployment rollback (strategy 3.1) on the real lab: nginx, app instances, PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import LoadClient, http_json
+
+pytestmark = pytest.mark.lab
+
+RELAXED = {"code_verify_max_error_ratio": 1.0, "code_verify_max_p95_ms": 100000}
+
+
+def deploy(lab, release, strategy="symlink", relaxed=False, **extra):
+    """Deploy release; relaxed lets a bad release through its gates (it slipped past review)."""
+    params = {"release_id": release, "code_deploy_strategy": strategy,
+              "code_deploy_serial": ["100%"]}
+    if relaxed:
+        params.update(RELAXED)
+    params.update(extra)
+    run = lab.playbook("deploy-code", **params)
+    assert run.rc == 0, run.output[-3000:]
+    return run
+
+
+def rollback(lab, *args, check=False, **extra):
+    params = {"rollback_reason": "error rate above 30%", "ticket": "INC-42"}
+    params.update(extra)
+    return lab.playbook("rollback-code", *args, check=check, **params)
+
+
+def statuses(lab, host=0):
+    status = {}
+    for event in lab.ledger(host):
+        status[event["release_id"]] = event["status"]
+    return status
+
+
+def schema_revisions(lab):
+    with psycopg.connect(lab.status["postgres"]["primary_dsn"]) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT revision FROM knowngood_schema_migrations ORDER BY 1")]
+
+
+def test_bad_release_fails_its_canary_gate_and_is_reverted(lab):
+    deploy(lab, "v1")
+    run = lab.playbook("deploy-code", release_id="v2")  # default batches: 1, 50%, 100%
+    assert run.rc != 0
+    assert "failed its gate" in run.output
+    assert "stopped at" in run.output
+    assert set(lab.serving()) == {"v1", None}  # blue instances back on v1, green never used
+    assert lab.live_releases() == {"v1"}
+    assert statuses(lab)["v2"] == "bad"
+    # app1 was the canary; later batches never saw v2 go live
+    assert not any(e["status"] == "deployed" and e["release_id"] == "v2" for e in lab.ledger(2))
+    assert schema_revisions(lab) == ["0001"]  # v2's migration went back down with it
+
+
+def test_rollback_under_load_has_zero_failed_requests(lab):
+    deploy(lab, "v1")
+    deploy(lab, "v1.1")
+    with LoadClient(lab.status["lb_url"] + "/", threads=4) as load:
+        time.sleep(0.5)
+        started = time.monotonic()
+        run = rollback(lab)
+        finished = time.monotonic()
+        time.sleep(0.5)
+    assert run.rc == 0, run.output[-3000:]
+    assert len(load.responses) > 200
+    assert load.failed == [], load.failed[:5]
+    after = [r for r in load.responses if r[0] > finished]
+    assert after and {r[2] for r in after} == {"v1"}
+    before = [r for r in load.responses if r[0] < started]
+    assert {r[2] for r in before} == {"v1.1"}
+    assert lab.live_releases() == {"v1"}
+    ledger = statuses(lab)
+    assert ledger["v1.1"] == "rolled-back" and ledger["v1"] == "known-good"
+    rolled = [e for e in lab.ledger() if e["status"] == "rolled-back"][-1]
+    assert rolled["reason"] == "error rate above 30%" and rolled["ticket"] == "INC-42"
+    # every host on the same release, and the lock given back
+    for i, host in enumerate(lab.status["hosts"]):
+        assert os.readlink(Path(host["root"]) / "slots" / "blue").endswith("releases/v1")
+        assert not (Path(host["root"]) / ".knowngood" / "lock").exists(), i
+
+
+def test_rolled_back_release_is_never_picked_again_automatically(lab):
+    deploy(lab, "v1")
+    deploy(lab, "v1.1")
+    deploy(lab, "v2", relaxed=True)
+    assert rollback(lab).rc == 0  # v2 -> v1.1 (last known good)
+    assert lab.live_releases() == {"v1.1"}
+    assert rollback(lab).rc == 0  # v1.1 -> v1: v2 was rolled back, so it is not a candidate
+    assert lab.live_releases() == {"v1"}
+
+
+def test_rollback_to_a_named_release(lab):
+    deploy(lab, "v1")
+    deploy(lab, "v1.1")
+    deploy(lab, "v2", relaxed=True)
+    run = rollback(lab, release_id="v1")
+    assert run.rc == 0, run.output[-3000:]
+    assert lab.live_releases() == {"v1"}
+
+
+def test_blue_green_rollback_flips_back_to_the_idle_pool_under_load(lab):
+    deploy(lab, "v1")  # symlink deploy puts v1 in the blue pool
+    deploy(lab, "v1.1", strategy="blue_green")  # stages v1.1 in green and flips
+    assert lab.live_releases() == {"v1.1"}
+    assert set(lab.serving()) == {"v1", "v1.1"}  # blue keeps v1 running, idle
+    with LoadClient(lab.status["lb_url"] + "/", threads=4) as load:
+        time.sleep(0.3)
+        run = rollback(lab, code_identify_strategy="blue_green")
+        finished = time.monotonic()
+        time.sleep(0.5)
+    assert run.rc == 0, run.output[-3000:]
+    assert load.failed == []
+    assert {r[2] for r in load.responses if r[0] > finished} == {"v1"}
+    live_file = Path(lab.root) / "nginx" / "live_pool.conf"
+    assert "knowngood-pool: blue" in live_file.read_text()
+
+
+def test_flip_refused_when_target_pool_config_fails_its_test(lab):
+    deploy(lab, "v1")
+    deploy(lab, "v1.1", strategy="blue_green")
+    # Break the blue pool definition: the flip must be refused and traffic stay on green.
+    pools = Path(lab.root) / "nginx" / "pools"
+    good = (pools / "blue.conf").read_text()
+    broken = good.replace("server 127.0.0.1", "server 127.0.0.1:notaport #")
+    (pools / "blue.conf").write_text(broken)
+    try:
+        run = rollback(lab, code_identify_strategy="blue_green")
+    finally:
+        (pools / "blue.conf").write_text(good)
+    assert run.rc != 0
+    assert "fails its test, traffic stays on green" in run.output
+    assert lab.live_releases() == {"v1.1"}
+
+
+def test_down_migration_runs_before_the_switch(lab):
+    deploy(lab, "v1")
+    deploy(lab, "v2", relaxed=True)
+    assert schema_revisions(lab) == ["0001", "0002"]
+    run = rollback(lab)
+    assert run.rc == 0, run.output[-3000:]
+    assert schema_revisions(lab) == ["0001"]
+    with psycopg.connect(lab.status["postgres"]["primary_dsn"]) as conn:
+        cols = [r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name='orders'")]
+    assert "note" not in cols
+    assert lab.live_releases() == {"v1"}
+    assert http_json(lab.status["lb_url"] + "/db")["orders"] == 0
+
+
+def test_irreversible_migration_refuses_before_switching(lab):
+    deploy(lab, "v1")
+    deploy(lab, "v3")
+    run = rollback(lab)
+    assert run.rc != 0
+    assert "playbooks/rollback-database.yml" in run.output
+    assert "cannot be undone" in run.output
+    assert lab.live_releases() == {"v3"}
+    assert schema_revisions(lab) == ["0001", "0002", "0003"]
+    assert not any(e["status"] == "rolled-back" for e in lab.ledger())
+
+
+def test_check_mode_shows_the_plan_and_changes_nothing(lab):
+    deploy(lab, "v1")
+    deploy(lab, "v2", relaxed=True)
+    ledger_before = lab.ledger()
+    run = rollback(lab, check=True)
+    assert run.rc == 0, run.output[-3000:]
+    assert "from -> to" in run.output and "-> v1" in run.output
+    assert "down 0002" in run.output
+    assert lab.ledger() == ledger_before
+    assert lab.live_releases() == {"v2"}
+    assert schema_revisions(lab) == ["0001", "0002"]
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "v1;rm -rf /", "$(id)", "v1/../v2", ""])
+def test_unsafe_release_ids_are_refused_before_anything_changes(lab, bad):
+    deploy(lab, "v1")
+    deploy(lab, "v1.1")
+    before = lab.ledger()
+    run = rollback(lab, release_id=bad) if bad else rollback(lab, release_id="v9")
+    assert run.rc != 0
+    assert ("is not a release id" in run.output) or ("not in the ledger" in run.output)
+    assert lab.ledger() == before
+    assert lab.live_releases() == {"v1.1"}
+
+
+def test_current_that_is_a_real_directory_is_refused(lab):
+    deploy(lab, "v1")
+    deploy(lab, "v1.1")
+    root = Path(lab.status["hosts"][1]["root"])
+    (root / "current").unlink()
+    (root / "current").mkdir()
+    run = rollback(lab)
+    assert run.rc != 0 and "is a real directory" in run.output
+    assert lab.live_releases() == {"v1.1"}
+
+
+def test_current_pointing_outside_releases_is_refused(lab, tmp_path):
+    deploy(lab, "v1")
+    deploy(lab, "v1.1")
+    root = Path(lab.status["hosts"][2]["root"])
+    (root / "current").unlink()
+    (root / "current").symlink_to(tmp_path)
+    run = rollback(lab)
+    assert run.rc != 0 and "points outside" in run.output
+    assert lab.live_releases() == {"v1.1"}
+
+
+def test_second_rollback_while_one_runs_is_refused_and_stale_lock_is_broken(lab):
+    deploy(lab, "v1")
+    deploy(lab, "v1.1")
+    lock = Path(lab.status["hosts"][0]["root"]) / ".knowngood" / "lock"
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        lock.write_text(json.dumps({"run_id": "kg-other", "purpose": "rollback",
+                                    "owner_pid": holder.pid, "hostname": os.uname().nodename,
+                                    "created": time.time(), "created_at": "now"}))
+        run = rollback(lab)
+        assert run.rc != 0 and "another run holds the lock" in run.output
+        assert lab.live_releases() == {"v1.1"}
+    finally:
+        holder.kill()
+        holder.wait()
+    run = rollback(lab)  # the holder is gone: its lock is stale and is broken
+    assert run.rc == 0, run.output[-3000:]
+    assert "broke stale lock of run kg-other" in run.output
+    assert lab.live_releases() == {"v1"}
+
+
+def test_failure_after_the_switch_reverts_to_what_was_live(lab):
+    deploy(lab, "v1")
+    deploy(lab, "v1.1")
+    run = rollback(lab, code_verify_max_p95_ms=0.001)  # verification cannot pass
+    assert run.rc != 0
+    assert 'failed at "Probe the live instance on this host"' in run.output
+    assert lab.live_releases() == {"v1.1"}
+    assert all(r == "v1.1" for r in lab.serving() if r)
+
+
+def test_second_run_changes_nothing_but_the_verification_record(lab):
+    deploy(lab, "v1")
+    deploy(lab, "v1.1")
+    assert rollback(lab, release_id="v1").rc == 0
+    run = rollback(lab, release_id="v1")
+    assert run.rc == 0, run.output[-3000:]
+    switches = [e for e in lab.ledger() if e["status"] == "deployed"]
+    assert len(switches) == 3  # v1, v1.1, and the one rollback
+
+
+def test_audit_record_of_a_rollback(lab):
+    deploy(lab, "v1")
+    deploy(lab, "v1.1")
+    run = rollback(lab)
+    assert run.rc == 0
+    records = sorted((Path(lab.root) / "audit").glob("kg-*.json"), key=os.path.getmtime)
+    record = json.loads(records[-1].read_text())
+    assert record["status"] == "successful"
+    assert record["extra_vars"]["rollback_reason"] == "error rate above 30%"
+    switched = [e for e in record["events"] if e["task"].endswith("reload gracefully")]
+    assert {e["host"] for e in switched} == {"app1", "app2", "app3"}
+    assert all(e["result"]["release_id"] == "v1" for e in switched)
+    index = (Path(lab.root) / "audit" / "index.jsonl").read_text().splitlines()
+    assert json.loads(index[-1])["run_id"] == record["run_id"]
