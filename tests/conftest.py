@@ -76,7 +76,11 @@ class Lab:
             argv += ["-e", json.dumps({key: value})]
         argv += list(args)
         proc = subprocess.run(
-            argv, cwd=REPO, env=ansible_env(self.root), capture_output=True, text=True,
+            argv,
+            cwd=REPO,
+            env=ansible_env(self.root),
+            capture_output=True,
+            text=True,
             timeout=600,
         )
         output = proc.stdout + proc.stderr
@@ -163,7 +167,11 @@ class LoadClient:
 def knowngood(*args: str, root: Path = TEST_LAB_ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "knowngood"), "--root", str(root), *args],
-        cwd=REPO, env=ansible_env(root), capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=ansible_env(root),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

@@ -12,8 +12,8 @@ description:
     idempotent and recorded (who, when, which run, why) next to the flag.
   - The C(file) backend keeps flags in a JSON file on the host, written atomically; the
     application re-reads it when it changes.
-  - The C(http) backend talks to a flag service (C(GET/PUT <url>/flags/<name>), JSON
-    C({"enabled": bool})).
+  - 'The C(http) backend talks to a flag service (C(GET/PUT <url>/flags/<name>), JSON
+    C({"enabled": bool})).'
 options:
   name:
     description: Flag name.
@@ -47,13 +47,23 @@ options:
     description: C(http) backend. Seconds per request.
     type: float
     default: 5
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
+  platform:
+    platforms: posix
+  action_group:
+    description: Use C(group/knowngood.runbooks.runbooks) in C(module_defaults) to set
+      defaults for every module of the group at once.
+    support: full
+    membership:
+      - knowngood.runbooks.runbooks
 author:
-  - knowngood contributors
+  - knowngood contributors (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -41,17 +41,28 @@ options:
   expect_release:
     description: Every response must name this release (JSON key C(release) or X-Release).
     type: str
+  only_hosts:
+    description:
+      - Judge only responses whose C(X-Host) header names one of these hosts; responses from
+        other hosts are counted in C(excluded_hosts) instead. Lets a run whose unreachable host
+        still serves the old release verify the hosts it did change.
+    type: list
+    elements: str
   fail_on_breach:
     description: Fail when a threshold is breached. When false, report the verdict only.
     type: bool
     default: true
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: none
+  platform:
+    platforms: posix
 author:
-  - knowngood contributors
+  - knowngood contributors (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -93,6 +104,10 @@ releases:
   description: Count of responses per release named.
   returned: always
   type: dict
+excluded_hosts:
+  description: Per host outside I(only_hosts), the releases its responses named.
+  returned: always
+  type: dict
 breaches:
   description: Human-readable list of the thresholds that did not hold.
   returned: always
@@ -106,29 +121,34 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.six.moves.urllib.error import HTTPError
-from ansible.module_utils.six.moves.urllib.request import urlopen
+from ansible.module_utils.urls import Request, make_context
 
 
-def one_request(url, timeout):
+def one_request(url, timeout, context):
+    """(status, release, milliseconds, host) of one GET; status None when nothing answered."""
     started = time.time()
-    release = None
+    headers = {}
     try:
-        response = urlopen(url, timeout=timeout)
+        # A fresh Request per call keeps the probes independent (no shared cookie jar), like a
+        # plain urlopen; the TLS context comes ready-made because building one takes longer
+        # than a request and would count as latency.
+        response = Request(use_netrc=False, context=context).open("GET", url, timeout=timeout)
         code = response.getcode()
         body = response.read()
-        release = response.headers.get("X-Release")
+        headers = response.headers
     except HTTPError as exc:
         code = exc.code
         body = exc.read()
-        release = exc.headers.get("X-Release") if exc.headers else None
+        headers = exc.headers or {}
     except Exception:
-        return None, None, (time.time() - started) * 1000.0
+        return None, None, (time.time() - started) * 1000.0, None
+    release = headers.get("X-Release")
     if release is None:
         try:
             release = json.loads(body).get("release")
         except (ValueError, AttributeError):
             release = None
-    return code, release, (time.time() - started) * 1000.0
+    return code, release, (time.time() - started) * 1000.0, headers.get("X-Host")
 
 
 def percentile(values, share):
@@ -143,6 +163,7 @@ def probe(url, total, concurrency, timeout):
     results = []
     lock = threading.Lock()
     remaining = [total]
+    context = make_context()
 
     def worker():
         while True:
@@ -150,11 +171,15 @@ def probe(url, total, concurrency, timeout):
                 if remaining[0] <= 0:
                     return
                 remaining[0] -= 1
-            outcome = one_request(url, timeout)
+            started = time.time()
+            try:
+                outcome = one_request(url, timeout, context)
+            except Exception:  # a probe that breaks counts as a failed request, never as none
+                outcome = (None, None, (time.time() - started) * 1000.0, None)
             with lock:
                 results.append(outcome)
 
-    threads = [threading.Thread(target=worker) for _ in range(max(1, concurrency))]
+    threads = [threading.Thread(target=worker) for _index in range(max(1, concurrency))]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -163,10 +188,19 @@ def probe(url, total, concurrency, timeout):
 
 
 def judge(results, params):
+    excluded = {}
+    if params["only_hosts"]:
+        # Hosts outside the run (unreachable ones) are reported, not judged: their release
+        # is exactly what the run could not change.
+        for _code, rel, _ms, host in results:
+            if host and host not in params["only_hosts"]:
+                excluded.setdefault(host, {})
+                excluded[host][rel or "unknown"] = excluded[host].get(rel or "unknown", 0) + 1
+        results = [r for r in results if not r[3] or r[3] in params["only_hosts"]]
     latencies = [r[2] for r in results]
-    errors = sum(1 for code, _rel, _ms in results if code is None or code >= 500)
+    errors = sum(1 for code, _rel, _ms, _host in results if code is None or code >= 500)
     releases = {}
-    for _code, rel, _ms in results:
+    for _code, rel, _ms, _host in results:
         key = rel or "unknown"
         releases[key] = releases.get(key, 0) + 1
     ratio = float(errors) / len(results) if results else 1.0
@@ -188,6 +222,7 @@ def judge(results, params):
         "p95_ms": p95,
         "releases": releases,
         "breaches": breaches,
+        "excluded_hosts": excluded,
     }
 
 
@@ -201,6 +236,7 @@ def main():
             max_error_ratio=dict(type="float", default=0.01),
             max_p95_ms=dict(type="float", default=100),
             expect_release=dict(type="str"),
+            only_hosts=dict(type="list", elements="str"),
             fail_on_breach=dict(type="bool", default=True),
         ),
         supports_check_mode=True,

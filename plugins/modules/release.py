@@ -116,13 +116,23 @@ options:
   lock_owner_pid:
     description: Pid of the process that owns the lock (the ansible-playbook run).
     type: int
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
+  platform:
+    platforms: posix
+  action_group:
+    description: Use C(group/knowngood.runbooks.runbooks) in C(module_defaults) to set
+      defaults for every module of the group at once.
+    support: full
+    membership:
+      - knowngood.runbooks.runbooks
 author:
-  - knowngood contributors
+  - knowngood contributors (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -479,7 +489,10 @@ def apply_plan(module, layout, plan):
         )
         if broken:
             message = "broke stale lock of run %s (owner pid %s, taken %s)" % (
-                broken.get("run_id"), broken.get("owner_pid"), broken.get("created_at"))
+                broken.get("run_id"),
+                broken.get("owner_pid"),
+                broken.get("created_at"),
+            )
             plan.actions.append(message)
             module.warn(message)
         if taken:

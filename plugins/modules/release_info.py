@@ -19,13 +19,23 @@ options:
   release_id:
     description: Also report whether this release is registered, installed and its status.
     type: str
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: none
+  platform:
+    platforms: posix
+  action_group:
+    description: Use C(group/knowngood.runbooks.runbooks) in C(module_defaults) to set
+      defaults for every module of the group at once.
+    support: full
+    membership:
+      - knowngood.runbooks.runbooks
 author:
-  - knowngood contributors
+  - knowngood contributors (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -19,8 +19,11 @@ RELAXED = {"code_verify_max_error_ratio": 1.0, "code_verify_max_p95_ms": 100000}
 
 def deploy(lab, release, strategy="symlink", relaxed=False, **extra):
     """Deploy release; relaxed lets a bad release through its gates (it slipped past review)."""
-    params = {"release_id": release, "code_deploy_strategy": strategy,
-              "code_deploy_serial": ["100%"]}
+    params = {
+        "release_id": release,
+        "code_deploy_strategy": strategy,
+        "code_deploy_serial": ["100%"],
+    }
     if relaxed:
         params.update(RELAXED)
     params.update(extra)
@@ -44,8 +47,10 @@ def statuses(lab, host=0):
 
 def schema_revisions(lab):
     with psycopg.connect(lab.status["postgres"]["primary_dsn"]) as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT revision FROM knowngood_schema_migrations ORDER BY 1")]
+        return [
+            r[0]
+            for r in conn.execute("SELECT revision FROM knowngood_schema_migrations ORDER BY 1")
+        ]
 
 
 def test_bad_release_fails_its_canary_gate_and_is_reverted(lab):
@@ -150,8 +155,12 @@ def test_down_migration_runs_before_the_switch(lab):
     assert run.rc == 0, run.output[-3000:]
     assert schema_revisions(lab) == ["0001"]
     with psycopg.connect(lab.status["postgres"]["primary_dsn"]) as conn:
-        cols = [r[0] for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name='orders'")]
+        cols = [
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name='orders'"
+            )
+        ]
     assert "note" not in cols
     assert lab.live_releases() == {"v1"}
     assert http_json(lab.status["lb_url"] + "/db")["orders"] == 0
@@ -222,9 +231,18 @@ def test_second_rollback_while_one_runs_is_refused_and_stale_lock_is_broken(lab)
     lock = Path(lab.status["hosts"][0]["root"]) / ".knowngood" / "lock"
     holder = subprocess.Popen(["sleep", "60"])
     try:
-        lock.write_text(json.dumps({"run_id": "kg-other", "purpose": "rollback",
-                                    "owner_pid": holder.pid, "hostname": os.uname().nodename,
-                                    "created": time.time(), "created_at": "now"}))
+        lock.write_text(
+            json.dumps(
+                {
+                    "run_id": "kg-other",
+                    "purpose": "rollback",
+                    "owner_pid": holder.pid,
+                    "hostname": os.uname().nodename,
+                    "created": time.time(),
+                    "created_at": "now",
+                }
+            )
+        )
         run = rollback(lab)
         assert run.rc != 0 and "another run holds the lock" in run.output
         assert lab.live_releases() == {"v1.1"}
@@ -242,7 +260,7 @@ def test_failure_after_the_switch_reverts_to_what_was_live(lab):
     deploy(lab, "v1.1")
     run = rollback(lab, code_verify_max_p95_ms=0.001)  # verification cannot pass
     assert run.rc != 0
-    assert 'failed at "Probe the live instance on this host"' in run.output
+    assert 'failed at "Refuse unless every host passed its probe"' in run.output
     assert lab.live_releases() == {"v1.1"}
     assert all(r == "v1.1" for r in lab.serving() if r)
 

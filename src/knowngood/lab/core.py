@@ -306,11 +306,19 @@ def flagservice_up(cfg: LabConfig, progress: Progress) -> None:
     if read_pid(pidfile):
         return
     spawn(
-        [sys.executable, "-m", "knowngood.lab.flagservice",
-         "--port", str(cfg.flag_service_port),
-         "--state", str(cfg.root / "flagservice" / "flags.json"),
-         "--token-file", str(token_file)],
-        cfg.log_dir / "flagservice.log", pidfile,
+        [
+            sys.executable,
+            "-m",
+            "knowngood.lab.flagservice",
+            "--port",
+            str(cfg.flag_service_port),
+            "--state",
+            str(cfg.root / "flagservice" / "flags.json"),
+            "--token-file",
+            str(token_file),
+        ],
+        cfg.log_dir / "flagservice.log",
+        pidfile,
     )
     wait_http(f"http://127.0.0.1:{cfg.flag_service_port}/health", 10, ok=lambda c: c == 200)
     progress(f"flags: flag service on http://127.0.0.1:{cfg.flag_service_port}")

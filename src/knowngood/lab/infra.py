@@ -1230,8 +1230,35 @@ def sshd_up(cfg: LabConfig, progress: Progress, index: int) -> None:
     progress(f"ssh: {cfg.host_name(index)} sshd on {address}:{cfg.ssh_port} ({waited:.1f}s)")
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below pid, read from /proc (children first in the list's tail)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in parents.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
 def sshd_down(cfg: LabConfig, index: int) -> None:
+    """The host goes down: its sshd and every session it serves (ControlPersist masters
+    on the client side would otherwise keep the host reachable)."""
+    pid = _read_pid(_pidfile(cfg, _sshd_name(cfg, index)))
+    sessions = _descendants(pid) if pid else []
     _stop_daemon(cfg, _sshd_name(cfg, index), "sshd")
+    for child in sessions:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 
 def sshd_status(cfg: LabConfig, index: int) -> dict[str, Any]:
