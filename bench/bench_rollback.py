@@ -710,6 +710,8 @@ TTM_SERIES = (
     # (label, kind, metric, colour)
     ("runbook", "runbook", "ttm_s", "#d62728"),
     ("floor (shell loop)", "floor", "ttm_s", "#1f77b4"),
+    # Startup plus one module round on every host: about the least any playbook can mitigate in.
+    ("ansible no-op", "noop", "wall_s", "#7f7f7f"),
 )
 WALL_SERIES = (
     ("runbook", "runbook", "wall_s", "#d62728"),
@@ -801,7 +803,7 @@ def svg_chart(results: list[dict], title: str, subtitle: str) -> str:
         f'<text x="20" y="26" font-size="16" font-weight="bold">{escape(title)}</text>',
         f'<text x="20" y="44" fill="#555">{escape(subtitle)}</text>',
     ]
-    out += svg_panel(results, TTM_SERIES, "Time to mitigate (s)", 0, [goal])
+    out += svg_panel(results, TTM_SERIES, "Time to mitigate (s; no-op: its wall time)", 0, [goal])
     out += svg_panel(results, WALL_SERIES, "Wall time (s)", PANEL_W, [ansistrano])
     lx, ly = 2 * PANEL_W + 20, MARGIN_TOP + 10
     for i, (label, _, _, colour) in enumerate(WALL_SERIES):
@@ -822,20 +824,23 @@ def svg_chart(results: list[dict], title: str, subtitle: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def chart_for(document: dict) -> str:
-    results = document["results"]
+def chart_for(documents: list[dict]) -> str:
+    """The chart of one or more results files; a later file's host count wins."""
+    by_hosts = {res["hosts"]: res for doc in documents for res in doc["results"]}
+    results = [by_hosts[h] for h in sorted(by_hosts)]
+    first = documents[0]
     failed = {
         kind: sum(res["median"][kind]["failed_total"] for res in results)
         for kind in ("runbook", "floor")
     }
+    runs = ", ".join(f"{r['hosts']} hosts: {len(r['runs'])}" for r in results)
     return svg_chart(
         results,
-        f"knowngood rollback {document['from_release']} -> {document['target_release']}: "
+        f"knowngood rollback {first['from_release']} -> {first['target_release']}: "
         "runbook vs shell loop vs Ansible no-op",
-        f"median of {document['repeat']} runs, {document['machine']['cpus']} CPUs, "
-        f"{document['started']}; failed requests: runbook {failed['runbook']}, "
-        f"floor {failed['floor']}; TTM = process start until the LB serves "
-        f"{document['target_release']} from every host",
+        f"medians (runs per host count {runs}), {first['machine']['cpus']} CPUs, "
+        f"{' + '.join(d['started'] for d in documents)}; failed requests: runbook "
+        f"{failed['runbook']}, floor {failed['floor']}",
     )
 
 
@@ -891,7 +896,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-lab", action="store_true", help="leave the labs up")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument(
-        "--chart", type=Path, metavar="JSON", help="only redraw rollback.svg from a results file"
+        "--chart",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="only redraw rollback.svg from results files (merged by host count)",
     )
     args = parser.parse_args(argv)
     args.host_counts = [int(h) for h in args.hosts.split(",") if h.strip()]
@@ -908,7 +917,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     args.out.mkdir(parents=True, exist_ok=True)
     if args.chart:
-        (args.out / "rollback.svg").write_text(chart_for(json.loads(args.chart.read_text())))
+        documents = [json.loads(path.read_text()) for path in args.chart]
+        (args.out / "rollback.svg").write_text(chart_for(documents))
         print(f"wrote {args.out / 'rollback.svg'}")
         return 0
     info = machine()
@@ -942,7 +952,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = args.out / f"rollback-{stamp}.json"
     json_path.write_text(json.dumps(document, indent=2) + "\n")
     svg_path = args.out / "rollback.svg"
-    svg_path.write_text(chart_for(document))
+    svg_path.write_text(chart_for([document]))
     print()
     print(table(results, args.repeat))
     print(

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Unit tests import the collection's plugins the way Ansible does: ansible_collections.knowngood.
+sys.path.insert(0, str(REPO / "collections"))
 BIN = Path(sys.executable).parent
 TEST_LAB_ROOT = Path(os.environ.get("KNOWNGOOD_TEST_LAB", "/tmp/knowngood-test-lab"))
 TEST_BASE_PORT = int(os.environ.get("KNOWNGOOD_TEST_BASE_PORT", "27000"))

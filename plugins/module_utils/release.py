@@ -22,7 +22,7 @@ import re
 import socket
 import time
 
-RELEASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RELEASE_ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 POOLS = ("blue", "green")
 STATUSES = ("registered", "deployed", "known-good", "bad", "rolled-back")
 STATE_DIR = ".knowngood"

@@ -200,7 +200,9 @@ def judge(results, params):
     latencies = [r[2] for r in results]
     errors = sum(1 for code, _rel, _ms, _host in results if code is None or code >= 500)
     releases = {}
-    for _code, rel, _ms, _host in results:
+    for code, rel, _ms, _host in results:
+        if code is None:
+            continue  # nothing answered: already an error, it names no release
         key = rel or "unknown"
         releases[key] = releases.get(key, 0) + 1
     ratio = float(errors) / len(results) if results else 1.0

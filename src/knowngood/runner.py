@@ -116,6 +116,8 @@ def summarize(record: dict) -> list[str]:
         res = event.get("result", {})
         if event["status"] in ("changed", "failed", "unreachable") or res.get("breaches"):
             detail = res.get("msg") or "; ".join(res.get("actions", [])) or ""
+            if not detail or detail == "All items completed":
+                continue
             lines.append(
                 f"  {event['status']:<11} {event['host']:<6} {event['task']}: {detail}"[:200]
             )

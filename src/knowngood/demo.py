@@ -1,0 +1,160 @@
+"""`make demo`: the main story on the embedded lab, told with the same runbooks on-call uses.
+
+deploy v1 -> deploy the bad v2 (its canary fails the health gate and is rolled back
+automatically) -> deploy v1.1 -> an incident: roll back to the last known-good release
+under live traffic -> a risky feature flag goes on and is rolled back by turning it off ->
+print the ledger and the audit trail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from knowngood import runner
+from knowngood.lab import core
+from knowngood.lab.config import DEFAULT_ROOT, LabConfig
+
+
+def say(message: str) -> None:
+    print(f"\n==> {message}", flush=True)
+
+
+class Traffic:
+    """A few users hitting the load balancer for as long as a step runs."""
+
+    def __init__(self, url: str, threads: int = 4) -> None:
+        self.url = url
+        self.threads = threads
+        self.results: list[tuple[int | None, str | None]] = []
+        self.stop = threading.Event()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 120
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as resp:
+                    self.results.append((resp.status, resp.headers.get("X-Release")))
+            except urllib.error.HTTPError as exc:
+                self.results.append((exc.code, exc.headers.get("X-Release")))
+            except OSError:
+                self.results.append((None, None))
+
+    def __enter__(self) -> Traffic:
+        self.workers = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)
+        ]
+        for worker in self.workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for worker in self.workers:
+            worker.join(timeout=10)
+
+    def report(self) -> str:
+        failed = sum(1 for code, _ in self.results if code is None or code >= 500)
+        by_release: dict[str, int] = {}
+        for _code, release in self.results:
+            by_release[release or "none"] = by_release.get(release or "none", 0) + 1
+        return f"{len(self.results)} requests, {failed} failed, served by {by_release}"
+
+
+def run(cfg: LabConfig, runbook: str, expect_ok: bool = True, **extravars: object) -> None:
+    request = runner.RunRequest(
+        runbook=runbook,
+        inventory=str(cfg.inventory_path),
+        extravars=extravars,
+        audit_dir=cfg.root / "audit",
+        quiet=True,
+    )
+    started = time.monotonic()
+    result = runner.run(request)
+    verdict = "as expected" if (result.status == "successful") == expect_ok else "UNEXPECTED"
+    print(
+        f"    {runbook} {json.dumps(extravars)}: {result.status} in "
+        f"{time.monotonic() - started:.1f}s ({verdict})"
+    )
+    for line in runner.summarize(result.record)[1:]:
+        print("    " + line.strip()[:160])
+    if verdict == "UNEXPECTED":
+        raise SystemExit(f"demo stopped: {runbook} ended {result.status}; see {result.record_path}")
+
+
+def main() -> int:
+    root = Path(os.environ.get("KNOWNGOOD_LAB_DIR", str(DEFAULT_ROOT)))
+    say(f"bringing up the lab in {root}")
+    cfg = LabConfig.load(root) if (root / "lab.json").exists() else LabConfig(root=root)
+    status = core.up(cfg, progress=lambda m: print("    " + m, flush=True))
+    core.reset(cfg)
+    lb = status["lb_url"]
+
+    say("deploy v1, gradually: canary first, then half, then all, each batch behind a gate")
+    run(cfg, "deploy-code", release_id="v1", ticket="CHG-1")
+
+    say("deploy v2, which raises errors and latency: its canary must fail the gate")
+    run(cfg, "deploy-code", expect_ok=False, release_id="v2", ticket="CHG-2")
+
+    say("deploy v1.1 (good)")
+    run(cfg, "deploy-code", release_id="v1.1", ticket="CHG-3")
+
+    say("incident: roll v1.1 back to the last known-good release, under live traffic")
+    with Traffic(lb + "/") as traffic:
+        time.sleep(0.5)
+        run(cfg, "rollback-code", rollback_reason="checkout complaints after v1.1", ticket="INC-7")
+        time.sleep(0.5)
+    print("    traffic during the rollback: " + traffic.report())
+
+    say("a risky code path behind a feature flag goes on, errors follow")
+    run(
+        cfg,
+        "rollback-flag",
+        flag="new_checkout",
+        code_flag_enabled=True,
+        rollback_reason="demo: switch the risky path on",
+    )
+    with Traffic(lb + "/", threads=2) as traffic:
+        time.sleep(2)
+    print("    traffic with the flag on: " + traffic.report())
+
+    say("the fastest rollback there is: turn the flag off")
+    run(
+        cfg,
+        "rollback-flag",
+        flag="new_checkout",
+        rollback_reason="checkout errors 34%",
+        ticket="INC-8",
+    )
+    with Traffic(lb + "/", threads=2) as traffic:
+        time.sleep(2)
+    print("    traffic with the flag off: " + traffic.report())
+
+    say("what happened: the release ledger of app1")
+    ledger = cfg.host_root(0) / ".knowngood" / "ledger.jsonl"
+    for line in ledger.read_text().splitlines():
+        event = json.loads(line)
+        print(
+            f"    {event['ts']}  {event['release_id']:<5} {event['status']:<12} "
+            f"{event.get('reason', '')} {event.get('ticket', '')}"
+        )
+
+    say(f"the audit trail ({cfg.root / 'audit'})")
+    for line in (cfg.root / "audit" / "index.jsonl").read_text().splitlines()[-6:]:
+        entry = json.loads(line)
+        print(
+            f"    {entry['finished_at']}  {entry['status']:<10}  {entry['run_id']}  "
+            f"{Path(entry['playbook']).name}"
+        )
+    print("\nThe lab keeps running: `knowngood lab status`, `knowngood lab down` to remove it.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Migration planning and the probe's verdict: pure functions, no services."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.knowngood.runbooks.plugins.module_utils import migrations as mig
+from ansible_collections.knowngood.runbooks.plugins.modules import http_probe
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    old, new = tmp_path / "v1", tmp_path / "v3"
+    old.mkdir()
+    new.mkdir()
+    (old / "0001_orders.up.sql").write_text("create table t(i int);")
+    (old / "0001_orders.down.sql").write_text("drop table t;")
+    for name in ("0001_orders.up.sql", "0001_orders.down.sql"):
+        (new / name).write_text((old / name).read_text())
+    (new / "0002_note.up.sql").write_text("alter table t add n text;")
+    (new / "0002_note.down.sql").write_text("alter table t drop n;")
+    (new / "0003_currency.up.sql").write_text("alter table t drop n;")
+    (new / "README").write_text("not a migration")
+    return [str(new), str(old)]
+
+
+def test_schema_the_target_supports_needs_nothing(dirs):
+    assert mig.plan_sql(["0001", "0002"], ["0001", "0002"], mig.scan_sql_dirs(dirs)) == []
+
+
+def test_newer_schema_is_walked_down_newest_first(dirs):
+    steps = mig.plan_sql(["0001", "0002"], ["0001"], mig.scan_sql_dirs(dirs))
+    assert [(s["revision"], s["direction"], s["reversible"]) for s in steps] == [
+        ("0002", "down", True)
+    ]
+
+
+def test_missing_down_script_is_refused_naming_the_database_runbook(dirs):
+    steps = mig.plan_sql(["0001", "0002", "0003"], ["0001"], mig.scan_sql_dirs(dirs))
+    assert [s["revision"] for s in steps] == ["0003", "0002"]
+    with pytest.raises(mig.MigrationError) as err:
+        mig.refuse_irreversible(steps, "0003", ["0001"])
+    assert "0003" in str(err.value) and "playbooks/rollback-database.yml" in str(err.value)
+    assert "Nothing was switched" in str(err.value)
+
+
+def test_deploys_migrate_up_to_the_newest_declared_revision(dirs):
+    available = mig.scan_sql_dirs(dirs)
+    assert mig.plan_sql(["0001"], ["0001", "0002"], available) == []
+    steps = mig.plan_sql(["0001"], ["0001", "0002"], available, latest=True)
+    assert [(s["revision"], s["direction"]) for s in steps] == [("0002", "up")]
+    steps = mig.plan_sql([], ["0001"], available)
+    assert [(s["revision"], s["direction"]) for s in steps] == [("0001", "up")]
+
+
+def result(code, release="v1", ms=5.0, host="app1"):
+    return (code, release, ms, host)
+
+
+PARAMS = {"max_error_ratio": 0.05, "max_p95_ms": 50, "expect_release": "v1", "only_hosts": None}
+
+
+def test_probe_passes_a_healthy_burst():
+    verdict = http_probe.judge([result(200)] * 40, PARAMS)
+    assert verdict["passed"] and verdict["errors"] == 0 and verdict["releases"] == {"v1": 40}
+
+
+def test_probe_fails_on_errors_latency_and_wrong_release():
+    burst = [result(500)] * 10 + [result(200, ms=120)] * 20 + [result(200, release="v2")] * 10
+    verdict = http_probe.judge(burst, PARAMS)
+    assert not verdict["passed"]
+    assert len(verdict["breaches"]) == 3
+    assert verdict["error_ratio"] == 0.25
+
+
+def test_unanswered_requests_count_as_errors():
+    verdict = http_probe.judge([result(None, release=None)] * 3 + [result(200)] * 97, PARAMS)
+    assert verdict["errors"] == 3 and verdict["passed"]
+
+
+def test_hosts_outside_the_run_are_reported_not_judged():
+    params = dict(PARAMS, only_hosts=["app1", "app2"])
+    burst = [result(200)] * 20 + [result(500, release="v2", host="app3")] * 10
+    verdict = http_probe.judge(burst, params)
+    assert verdict["passed"]
+    assert verdict["excluded_hosts"] == {"app3": {"v2": 10}}
