@@ -99,10 +99,12 @@ class BenchLab:
         )
 
     def up(self) -> None:
-        if (self.root / "lab.json").exists():
-            progress(f"hosts={self.hosts}: removing a lab left behind in {self.root}")
-            self.knowngood("lab", "down")
-        busy = [p for p in (self.base_port + 80, self.base_port + 100) if port_in_use(p)]
+        for stale in sorted(Path("/tmp").glob("knowngood-bench-*/lab.json")):
+            # Every bench lab uses the same ports, so one left behind by a crash is in the way.
+            progress(f"hosts={self.hosts}: removing a bench lab left behind in {stale.parent}")
+            stale_lab = BenchLab(self.hosts, self.base_port, stale.parent, self.logs)
+            stale_lab.knowngood("lab", "down")
+        busy = [p for p in lab_ports(self.base_port) if port_in_use(p)]
         if busy:
             raise BenchError(f"ports {busy} are in use: pick another --base-port")
         progress(f"hosts={self.hosts}: lab up in {self.root} (base port {self.base_port})")
@@ -161,6 +163,12 @@ class BenchLab:
         for instance in self.live_instances():
             argv += list(instance)
         return argv
+
+
+def lab_ports(base: int) -> list[int]:
+    """Listening ports of a lab (see LabConfig), without the app instances' range."""
+    offsets = (70, 80, 90, 100, 432, 433, 500, 501, 520, 521, 10501, 10521)
+    return [base + offset for offset in offsets]
 
 
 def port_in_use(port: int) -> bool:
@@ -878,8 +886,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--base-port",
         type=int,
-        default=40000,
-        help="first lab's base port; each next host count adds 1000",
+        default=20000,
+        # One lab at a time, all on the same ports: below Linux's ephemeral range (32768 and up,
+        # where an outgoing connection can hold a port a lab then fails to bind; S3's gRPC ports
+        # sit at base+10500) and clear of the dev and test labs (25000, 27000, 28000, 31000).
+        help="base port of the bench labs (default keeps every lab port below 32768)",
     )
     parser.add_argument(
         "--poll-hz",
@@ -931,8 +942,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="knowngood-bench-") as tmp:
             noop = Path(tmp) / "noop.yml"
             noop.write_text(NOOP_PLAYBOOK)
-            for index, hosts in enumerate(args.host_counts):
-                results.append(bench_hosts(hosts, args.base_port + 1000 * index, args, noop))
+            for hosts in args.host_counts:
+                results.append(bench_hosts(hosts, args.base_port, args, noop))
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         if not results:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -94,6 +95,71 @@ class Lab:
         from knowngood.lab.config import LabConfig
 
         core.reset(LabConfig.load(self.root))
+
+    def seed(self, *releases: str) -> None:
+        """Leave every host as if each release had been deployed and verified in turn.
+
+        Builds the same state deploy-code.yml leaves (unpacked release, ledger events, slot
+        link, reloaded instance, schema migrated), without a playbook per release: the
+        runbook under test then starts from a realistic history in a fraction of a second.
+        deploy-code.yml itself is tested on its own.
+        """
+        import tarfile
+
+        from ansible_collections.knowngood.runbooks.plugins.module_utils import migrations
+        from ansible_collections.knowngood.runbooks.plugins.module_utils import release as rel
+
+        artifacts = self.root / "artifacts"
+        last = releases[-1]
+        for host in self.status["hosts"]:
+            layout = rel.Layout(host["root"])
+            previous = None
+            for rid in releases:
+                if not Path(layout.release_dir(rid)).exists():
+                    with tarfile.open(artifacts / f"{rid}.tar.gz") as archive:
+                        archive.extractall(layout.release_dir(rid), filter="data")
+                checksum = rel.tree_checksum(layout.release_dir(rid))
+                for status in ("registered", "deployed", "known-good"):
+                    rel.append_event(
+                        layout,
+                        {
+                            "release_id": rid,
+                            "status": status,
+                            "checksum": checksum,
+                            "previous": previous,
+                            "run_id": "seed",
+                            "reason": "test history",
+                        },
+                    )
+                previous = rid
+            rel.swap_symlink(layout.slot("blue"), f"../releases/{last}")
+            pid = int((self.root / "run" / f"{host['name']}-blue.pid").read_text())
+            os.kill(pid, signal.SIGHUP)
+        schema_dirs = [
+            str(
+                artifacts.parent
+                / "hosts"
+                / self.status["hosts"][0]["name"]
+                / "releases"
+                / last
+                / "migrations"
+            )
+        ]
+        import psycopg
+
+        with psycopg.connect(self.status["postgres"]["primary_dsn"], autocommit=True) as conn:
+            schema = rel.read_manifest(rel.Layout(self.status["hosts"][0]["root"]), last)
+            steps = migrations.plan_sql(
+                migrations.applied_revisions(conn),
+                schema["schema"],
+                migrations.scan_sql_dirs(schema_dirs),
+                latest=True,
+            )
+            migrations.apply_sql(conn, steps, "seed")
+        deadline = time.monotonic() + 10
+        while set(self.serving()) != {last, None} and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.live_releases() == {last}
 
     def ledger(self, host: int = 0) -> list[dict]:
         path = Path(self.status["hosts"][host]["root"]) / ".knowngood" / "ledger.jsonl"

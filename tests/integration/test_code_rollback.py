@@ -14,18 +14,14 @@ from conftest import LoadClient, http_json
 
 pytestmark = pytest.mark.lab
 
-RELAXED = {"code_verify_max_error_ratio": 1.0, "code_verify_max_p95_ms": 100000}
 
-
-def deploy(lab, release, strategy="symlink", relaxed=False, **extra):
-    """Deploy release; relaxed lets a bad release through its gates (it slipped past review)."""
+def deploy(lab, release, strategy="symlink", **extra):
+    """Deploy release through deploy-code.yml in one batch."""
     params = {
         "release_id": release,
         "code_deploy_strategy": strategy,
         "code_deploy_serial": ["100%"],
     }
-    if relaxed:
-        params.update(RELAXED)
     params.update(extra)
     run = lab.playbook("deploy-code", **params)
     assert run.rc == 0, run.output[-3000:]
@@ -54,7 +50,7 @@ def schema_revisions(lab):
 
 
 def test_bad_release_fails_its_canary_gate_and_is_reverted(lab):
-    deploy(lab, "v1")
+    lab.seed("v1")
     run = lab.playbook("deploy-code", release_id="v2")  # default batches: 1, 50%, 100%
     assert run.rc != 0
     assert "failed its gate" in run.output
@@ -68,8 +64,7 @@ def test_bad_release_fails_its_canary_gate_and_is_reverted(lab):
 
 
 def test_rollback_under_load_has_zero_failed_requests(lab):
-    deploy(lab, "v1")
-    deploy(lab, "v1.1")
+    lab.seed("v1", "v1.1")
     with LoadClient(lab.status["lb_url"] + "/", threads=4) as load:
         time.sleep(0.5)
         started = time.monotonic()
@@ -95,9 +90,7 @@ def test_rollback_under_load_has_zero_failed_requests(lab):
 
 
 def test_rolled_back_release_is_never_picked_again_automatically(lab):
-    deploy(lab, "v1")
-    deploy(lab, "v1.1")
-    deploy(lab, "v2", relaxed=True)
+    lab.seed("v1", "v1.1", "v2")
     assert rollback(lab).rc == 0  # v2 -> v1.1 (last known good)
     assert lab.live_releases() == {"v1.1"}
     assert rollback(lab).rc == 0  # v1.1 -> v1: v2 was rolled back, so it is not a candidate
@@ -105,16 +98,14 @@ def test_rolled_back_release_is_never_picked_again_automatically(lab):
 
 
 def test_rollback_to_a_named_release(lab):
-    deploy(lab, "v1")
-    deploy(lab, "v1.1")
-    deploy(lab, "v2", relaxed=True)
+    lab.seed("v1", "v1.1", "v2")
     run = rollback(lab, release_id="v1")
     assert run.rc == 0, run.output[-3000:]
     assert lab.live_releases() == {"v1"}
 
 
 def test_blue_green_rollback_flips_back_to_the_idle_pool_under_load(lab):
-    deploy(lab, "v1")  # symlink deploy puts v1 in the blue pool
+    lab.seed("v1")  # v1 lives in the blue pool
     deploy(lab, "v1.1", strategy="blue_green")  # stages v1.1 in green and flips
     assert lab.live_releases() == {"v1.1"}
     assert set(lab.serving()) == {"v1", "v1.1"}  # blue keeps v1 running, idle
@@ -131,7 +122,7 @@ def test_blue_green_rollback_flips_back_to_the_idle_pool_under_load(lab):
 
 
 def test_flip_refused_when_target_pool_config_fails_its_test(lab):
-    deploy(lab, "v1")
+    lab.seed("v1")
     deploy(lab, "v1.1", strategy="blue_green")
     # Break the blue pool definition: the flip must be refused and traffic stay on green.
     pools = Path(lab.root) / "nginx" / "pools"
@@ -148,8 +139,7 @@ def test_flip_refused_when_target_pool_config_fails_its_test(lab):
 
 
 def test_down_migration_runs_before_the_switch(lab):
-    deploy(lab, "v1")
-    deploy(lab, "v2", relaxed=True)
+    lab.seed("v1", "v2")
     assert schema_revisions(lab) == ["0001", "0002"]
     run = rollback(lab)
     assert run.rc == 0, run.output[-3000:]
@@ -167,8 +157,7 @@ def test_down_migration_runs_before_the_switch(lab):
 
 
 def test_irreversible_migration_refuses_before_switching(lab):
-    deploy(lab, "v1")
-    deploy(lab, "v3")
+    lab.seed("v1", "v3")
     run = rollback(lab)
     assert run.rc != 0
     assert "playbooks/rollback-database.yml" in run.output
@@ -179,8 +168,7 @@ def test_irreversible_migration_refuses_before_switching(lab):
 
 
 def test_check_mode_shows_the_plan_and_changes_nothing(lab):
-    deploy(lab, "v1")
-    deploy(lab, "v2", relaxed=True)
+    lab.seed("v1", "v2")
     ledger_before = lab.ledger()
     run = rollback(lab, check=True)
     assert run.rc == 0, run.output[-3000:]
@@ -195,8 +183,7 @@ def test_check_mode_shows_the_plan_and_changes_nothing(lab):
 def v1_then_v1_1(lab_session):
     """One deploy history shared by the refusal cases: a refusal must leave it untouched."""
     lab_session.reset()
-    deploy(lab_session, "v1")
-    deploy(lab_session, "v1.1")
+    lab_session.seed("v1", "v1.1")
     return lab_session
 
 
@@ -213,8 +200,7 @@ def test_unsafe_or_unknown_release_ids_are_refused_before_anything_changes(v1_th
 
 
 def test_current_that_is_a_real_directory_is_refused(lab):
-    deploy(lab, "v1")
-    deploy(lab, "v1.1")
+    lab.seed("v1", "v1.1")
     root = Path(lab.status["hosts"][1]["root"])
     (root / "current").unlink()
     (root / "current").mkdir()
@@ -224,8 +210,7 @@ def test_current_that_is_a_real_directory_is_refused(lab):
 
 
 def test_current_pointing_outside_releases_is_refused(lab, tmp_path):
-    deploy(lab, "v1")
-    deploy(lab, "v1.1")
+    lab.seed("v1", "v1.1")
     root = Path(lab.status["hosts"][2]["root"])
     (root / "current").unlink()
     (root / "current").symlink_to(tmp_path)
@@ -235,8 +220,7 @@ def test_current_pointing_outside_releases_is_refused(lab, tmp_path):
 
 
 def test_second_rollback_while_one_runs_is_refused_and_stale_lock_is_broken(lab):
-    deploy(lab, "v1")
-    deploy(lab, "v1.1")
+    lab.seed("v1", "v1.1")
     lock = Path(lab.status["hosts"][0]["root"]) / ".knowngood" / "lock"
     holder = subprocess.Popen(["sleep", "60"])
     try:
@@ -265,8 +249,7 @@ def test_second_rollback_while_one_runs_is_refused_and_stale_lock_is_broken(lab)
 
 
 def test_failure_after_the_switch_reverts_to_what_was_live(lab):
-    deploy(lab, "v1")
-    deploy(lab, "v1.1")
+    lab.seed("v1", "v1.1")
     run = rollback(lab, code_verify_max_p95_ms=0.001)  # verification cannot pass
     assert run.rc != 0
     assert 'failed at "Refuse unless every host passed its probe"' in run.output
@@ -275,8 +258,7 @@ def test_failure_after_the_switch_reverts_to_what_was_live(lab):
 
 
 def test_second_run_changes_nothing_but_the_verification_record(lab):
-    deploy(lab, "v1")
-    deploy(lab, "v1.1")
+    lab.seed("v1", "v1.1")
     assert rollback(lab, release_id="v1").rc == 0
     run = rollback(lab, release_id="v1")
     assert run.rc == 0, run.output[-3000:]
@@ -285,8 +267,7 @@ def test_second_run_changes_nothing_but_the_verification_record(lab):
 
 
 def test_audit_record_of_a_rollback(lab):
-    deploy(lab, "v1")
-    deploy(lab, "v1.1")
+    lab.seed("v1", "v1.1")
     run = rollback(lab)
     assert run.rc == 0
     records = sorted((Path(lab.root) / "audit").glob("kg-*.json"), key=os.path.getmtime)
