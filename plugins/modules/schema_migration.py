@@ -140,17 +140,26 @@ def _alembic(module, args):
 
 
 def plan_alembic(module, live):
+    """One step to the newest supported revision, up or down, checked before anything runs."""
     supported = module.params["supported_revisions"]
-    if live in supported:
-        return []
     target = supported[-1]
-    # Offline mode renders the SQL without touching the database; a downgrade() that
-    # raises (the Alembic idiom for "cannot be undone") fails here, before anything runs.
-    rc, _out, err = _alembic(module, ["downgrade", "%s:%s" % (live, target), "--sql"])
-    direction = "down"
-    if "not an ancestor" in err or "Destination" in err and "is not" in err:
-        direction = "up"
-        rc, _out, err = _alembic(module, ["upgrade", "%s:%s" % (live, target), "--sql"])
+    if live == target or (live in supported and module.params["mode"] == "compatible"):
+        return []
+    try:
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+    except ImportError:
+        raise MigrationError(missing_required_lib("alembic")) from None
+    script = ScriptDirectory.from_config(Config(module.params["alembic_config"]))
+    if script.get_revision(target) is None:
+        raise MigrationError("alembic has no revision %s" % target)
+    ancestors = [rev.revision for rev in script.walk_revisions(base="base", head=target)]
+    direction = "up" if live is None or live in ancestors else "down"
+    rc, err = 0, ""
+    if direction == "down":
+        # Offline mode renders the SQL without touching the database; a downgrade() that
+        # raises (the Alembic idiom for "cannot be undone") fails here, before anything runs.
+        rc, _out, err = _alembic(module, ["downgrade", "%s:%s" % (live, target), "--sql"])
     return [
         {
             "revision": target,

@@ -10,6 +10,7 @@ import getpass
 import json
 import os
 import re
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -74,8 +75,8 @@ def run(request: RunRequest) -> RunResult:
     run_id = new_run_id()
     audit_dir = request.audit_dir
     audit_dir.mkdir(parents=True, exist_ok=True)
-    private = audit_dir / "runner" / run_id
-    private.mkdir(parents=True)
+    # ansible-runner writes the extra variables (secrets included) and raw output into its
+    # private data dir; the audit record is our callback's, so that dir lives only for the run.
     cmdline = []
     if request.check:
         cmdline += ["--check", "--diff"]
@@ -90,16 +91,17 @@ def run(request: RunRequest) -> RunResult:
         "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
     }
     started = time.monotonic()
-    result = ansible_runner.run(
-        private_data_dir=str(private),
-        project_dir=str(REPO),
-        playbook=str(playbook),
-        inventory=request.inventory,
-        extravars=request.extravars,
-        cmdline=" ".join(cmdline) or None,
-        envvars=env,
-        quiet=request.quiet,
-    )
+    with tempfile.TemporaryDirectory(prefix=f"knowngood-{run_id}-") as private:
+        result = ansible_runner.run(
+            private_data_dir=private,
+            project_dir=str(REPO),
+            playbook=str(playbook),
+            inventory=request.inventory,
+            extravars=request.extravars,
+            cmdline=" ".join(cmdline) or None,
+            envvars=env,
+            quiet=request.quiet,
+        )
     duration = time.monotonic() - started
     record_path = audit_dir / f"{run_id}.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
