@@ -71,6 +71,7 @@ class BenchLab:
     base_port: int
     root: Path
     logs: Path
+    ssh: bool = False
     status: dict = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
@@ -107,10 +108,10 @@ class BenchLab:
         busy = [p for p in lab_ports(self.base_port) if port_in_use(p)]
         if busy:
             raise BenchError(f"ports {busy} are in use: pick another --base-port")
-        progress(f"hosts={self.hosts}: lab up in {self.root} (base port {self.base_port})")
-        done = self.knowngood(
-            "lab", "up", "--hosts", str(self.hosts), "--base-port", str(self.base_port)
-        )
+        mode = ", hosts over SSH" if self.ssh else ""
+        progress(f"hosts={self.hosts}: lab up in {self.root} (base port {self.base_port}{mode})")
+        argv = ["lab", "up", "--hosts", str(self.hosts), "--base-port", str(self.base_port)]
+        done = self.knowngood(*argv, *(["--ssh"] if self.ssh else []))
         if done.returncode != 0:
             raise BenchError(f"lab up failed:\n{done.stdout}{done.stderr}")
         self.status = json.loads(self.knowngood("lab", "status", "--json").stdout)
@@ -564,7 +565,7 @@ def client_plan(hosts: int, per_host_hz: float, max_rate: float) -> ClientPlan:
 def bench_hosts(hosts: int, base_port: int, args: argparse.Namespace, noop: Path) -> dict:
     logs = args.out / "logs" / f"{time.strftime('%Y%m%dT%H%M%S')}-{hosts}"
     logs.mkdir(parents=True, exist_ok=True)
-    lab = BenchLab(hosts, base_port, Path(f"/tmp/knowngood-bench-{hosts}"), logs)
+    lab = BenchLab(hosts, base_port, Path(f"/tmp/knowngood-bench-{hosts}"), logs, args.ssh)
     plan = client_plan(hosts, args.poll_hz, args.max_poll_rate)
     runs: list[dict] = []
     try:
@@ -610,6 +611,7 @@ def bench_hosts(hosts: int, base_port: int, args: argparse.Namespace, noop: Path
     return {
         "hosts": hosts,
         "base_port": base_port,
+        "ssh": args.ssh,
         "lab_root": str(lab.root),
         "client": asdict(plan),
         "median": medians(runs),
@@ -707,6 +709,8 @@ def table(results: list[dict], repeat: int) -> str:
             lines.append(
                 f"hosts={res['hosts']}: {bad} runbook run(s) failed, left out of the times"
             )
+    if any(res.get("ssh") for res in results):
+        lines.append("hosts reached over SSH (lab up --ssh); the floor works on the files directly")
     lines.append(
         f"times: median of {repeat}; failed: 5xx or connection errors summed over the {repeat} "
         f"runs; TTM: process start until every host answers {TARGET_RELEASE} through the LB"
@@ -905,6 +909,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cap on the poller's total requests per second",
     )
     parser.add_argument("--keep-lab", action="store_true", help="leave the labs up")
+    parser.add_argument(
+        "--ssh",
+        action="store_true",
+        help="reach the lab's hosts over SSH (one sshd each on 127.0.1.x) instead of the local "
+        "connection, as a real fleet is; needs the SSH test lab to be down",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument(
         "--chart",
@@ -932,6 +942,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "rollback.svg").write_text(chart_for(documents))
         print(f"wrote {args.out / 'rollback.svg'}")
         return 0
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     info = machine()
     progress(
         f"bench: hosts {args.host_counts}, {args.repeat} runs each, {info['cpus']} CPUs, "
@@ -948,7 +959,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench failed: {exc}", file=sys.stderr)
         if not results:
             return 1
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     info["loadavg_at_end"] = os.getloadavg()
     document = {
         "started": stamp,

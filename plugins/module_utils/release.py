@@ -403,3 +403,17 @@ def host_state(layout):
         "last_known_good": good["release_id"] if good else None,
         "lock": read_lock(layout),
     }
+
+
+def describe(root, release_id=None):
+    """release_info's whole answer: the host state, plus one release's entry if asked."""
+    layout = Layout(root)
+    state = host_state(layout)
+    if release_id:
+        rid = validate_release_id(release_id)
+        entry = find(state["releases"], rid)
+        state["release"] = dict(
+            entry or {"release_id": rid, "status": None},
+            installed=os.path.isdir(layout.release_dir(rid)),
+        )
+    return state

@@ -90,36 +90,22 @@ release:
   type: dict
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.knowngood.runbooks.plugins.module_utils.release import (
-    Layout,
     ReleaseError,
-    find,
-    host_state,
-    validate_release_id,
+    describe,
+)
+
+ARGUMENT_SPEC = dict(
+    root=dict(type="path", required=True),
+    release_id=dict(type="str"),
 )
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            root=dict(type="path", required=True),
-            release_id=dict(type="str"),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        layout = Layout(module.params["root"])
-        state = host_state(layout)
-        if module.params["release_id"]:
-            rid = validate_release_id(module.params["release_id"])
-            entry = find(state["releases"], rid)
-            state["release"] = dict(
-                entry or {"release_id": rid, "status": None},
-                installed=os.path.isdir(layout.release_dir(rid)),
-            )
+        state = describe(module.params["root"], module.params["release_id"])
     except (ReleaseError, OSError) as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(changed=False, **state)
