@@ -76,13 +76,11 @@ def _parse_extravars(pairs: list[str]) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    inventory = args.inventory
+    # Without -i the runbook runs on the lab, and its records go to the lab's audit dir.
+    inventory, audit_dir = args.inventory, runner.DEFAULT_AUDIT_DIR
     if not inventory:
         cfg = LabConfig.load(Path(args.root))
-        inventory = str(cfg.inventory_path)
-        audit_dir = cfg.root / "audit"
-    else:
-        audit_dir = Path(args.audit_dir) if args.audit_dir else runner.DEFAULT_AUDIT_DIR
+        inventory, audit_dir = str(cfg.inventory_path), cfg.root / "audit"
     if args.audit_dir:
         audit_dir = Path(args.audit_dir)
     request = runner.RunRequest(
