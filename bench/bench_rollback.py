@@ -871,7 +871,18 @@ def machine() -> dict:
     ansible = subprocess.run(
         [str(BIN / "ansible-playbook"), "--version"], capture_output=True, text=True
     ).stdout.splitlines()
+    git = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "roles", "playbooks", "plugins"],
+        capture_output=True,
+        text=True,
+    ).stdout.split("\n")
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     return {
+        # What was measured: the commit, and the runbook files changed on top of it.
+        "git_head": head,
+        "git_changed": sorted(line[3:] for line in git if line.strip()),
         "cpus": os.cpu_count(),
         "loadavg_at_start": os.getloadavg(),
         "python": platform.python_version(),

@@ -39,15 +39,19 @@ def _quiet(_msg: str) -> None:
 
 
 def read_pid(pidfile: Path) -> int | None:
+    """The pid in pidfile if that process is alive and belongs to this lab.
+
+    Every process the lab starts names the lab's directory on its command line. A pidfile
+    left behind by a lab whose processes died may hold a pid the system has since given to
+    something else (another lab's app, say): that process is not ours to signal.
+    """
     try:
         pid = int(pidfile.read_text().strip())
-    except (FileNotFoundError, ValueError):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
+    lab_root = str(pidfile.parent.parent).encode()
+    return pid if lab_root in cmdline else None
 
 
 def spawn(argv: list[str], log: Path, pidfile: Path) -> int:

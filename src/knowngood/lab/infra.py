@@ -139,8 +139,16 @@ def _read_pid(path: Path) -> int | None:
 
 
 def _running_pid(cfg: LabConfig, name: str, exe: str) -> int | None:
+    """The daemon's pid if it runs and is this lab's: its command line names the lab root
+    (a recycled pid can be the same program serving another lab)."""
     pid = _read_pid(_pidfile(cfg, name))
-    return pid if pid is not None and _alive(pid, exe) else None
+    if pid is None or not _alive(pid, exe):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if str(cfg.root).encode() in cmdline else None
 
 
 def pids(cfg: LabConfig) -> dict[str, int]:
