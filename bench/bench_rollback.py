@@ -16,7 +16,9 @@ Writes a table to stdout, bench/results/rollback-<timestamp>.json and bench/resu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import fcntl
 import http.client
 import json
 import os
@@ -52,6 +54,7 @@ NOOP_PLAYBOOK = """\
 """
 SETUP_GATE = {"code_verify_max_p95_ms": 2000}
 STARTED = time.monotonic()
+BENCH_LOCK = Path("/tmp/knowngood-bench.lock")
 
 
 class BenchError(Exception):
@@ -170,6 +173,25 @@ def lab_ports(base: int) -> list[int]:
     """Listening ports of a lab (see LabConfig), without the app instances' range."""
     offsets = (70, 80, 90, 100, 432, 433, 500, 501, 520, 521, 10501, 10521)
     return [base + offset for offset in offsets]
+
+
+@contextlib.contextmanager
+def only_bench_running():
+    """One benchmark at a time: every bench lab uses the same ports, and two runs sharing the
+    CPUs would each measure the other."""
+    with open(BENCH_LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise BenchError(
+                f"another benchmark is running (pid {lock.read().strip() or '?'}); "
+                "wait for it to finish"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
 
 
 def port_in_use(port: int) -> bool:
@@ -961,7 +983,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = []
     try:
-        with tempfile.TemporaryDirectory(prefix="knowngood-bench-") as tmp:
+        with only_bench_running(), tempfile.TemporaryDirectory(prefix="knowngood-bench-") as tmp:
             noop = Path(tmp) / "noop.yml"
             noop.write_text(NOOP_PLAYBOOK)
             for hosts in args.host_counts:

@@ -156,8 +156,11 @@ class Lab:
                 latest=True,
             )
             migrations.apply_sql(conn, steps, "seed")
+        blue = [host["app_urls"]["blue"] + "/version" for host in self.status["hosts"]]
         deadline = time.monotonic() + 10
-        while set(self.serving()) != {last, None} and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if all(http_json(url).get("release") == last for url in blue):
+                break
             time.sleep(0.02)
         assert self.live_releases() == {last}
 

@@ -289,11 +289,22 @@ def nginx_up(cfg: LabConfig, progress: Progress) -> None:
     if test.returncode != 0:
         raise LabError(f"nginx -t failed: {test.stderr.strip()}")
     if read_pid(nginx_paths(cfg)["pid"]):
-        subprocess.run(cmds["reload"], check=True, capture_output=True)
+        nginx_reload(cfg)
         return
     subprocess.run(cmds["start"], check=True, capture_output=True)
     wait_http(f"http://127.0.0.1:{cfg.lb_port}/lb-health", 10, ok=lambda c: c == 200)
     progress(f"nginx: load balancer on http://127.0.0.1:{cfg.lb_port}")
+
+
+def nginx_reload(cfg: LabConfig, timeout: float = 10.0) -> None:
+    """Reload, then wait until the workers of the previous configuration are gone: until
+    then a new connection can still land on one that routes to the previous pool."""
+    master = read_pid(nginx_paths(cfg)["pid"])
+    old_workers = infra.descendants(master) if master else []
+    subprocess.run(nginx_commands(cfg)["reload"], check=True, capture_output=True)
+    deadline = time.monotonic() + timeout
+    while any(running(pid) for pid in old_workers) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def nginx_down(cfg: LabConfig) -> None:
@@ -495,7 +506,7 @@ def reset(cfg: LabConfig) -> None:
     paths = nginx_paths(cfg)
     write_nginx_config(cfg)
     shutil.copy(paths["pools"] / "blue.conf", paths["live"])
-    subprocess.run(nginx_commands(cfg)["reload"], check=True, capture_output=True)
+    nginx_reload(cfg)
     superuser = infra.postgres_status(cfg)["superuser_dsn"].rsplit("/", 1)[0] + "/app"
     with psycopg.connect(superuser, autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS public CASCADE")

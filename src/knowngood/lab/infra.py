@@ -1238,7 +1238,7 @@ def sshd_up(cfg: LabConfig, progress: Progress, index: int) -> None:
     progress(f"ssh: {cfg.host_name(index)} sshd on {address}:{cfg.ssh_port} ({waited:.1f}s)")
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every process below pid, read from /proc (children first in the list's tail)."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -1262,7 +1262,7 @@ def sshd_down(cfg: LabConfig, index: int) -> None:
     """The host goes down: its sshd and every session it serves (ControlPersist masters
     on the client side would otherwise keep the host reachable)."""
     pid = _read_pid(_pidfile(cfg, _sshd_name(cfg, index)))
-    sessions = _descendants(pid) if pid else []
+    sessions = descendants(pid) if pid else []
     _stop_daemon(cfg, _sshd_name(cfg, index), "sshd")
     for child in sessions:
         with contextlib.suppress(ProcessLookupError):
