@@ -171,7 +171,7 @@ class BenchLab:
 
 def lab_ports(base: int) -> list[int]:
     """Listening ports of a lab (see LabConfig), without the app instances' range."""
-    offsets = (70, 80, 90, 100, 432, 433, 500, 501, 520, 521, 10501, 10521)
+    offsets = (70, 80, 90, 100, 432, 433, 500, 501, 511, 520, 521, 531)
     return [base + offset for offset in offsets]
 
 
@@ -868,6 +868,8 @@ def chart_for(documents: list[dict]) -> str:
         for kind in ("runbook", "floor")
     }
     runs = ", ".join(f"{r['hosts']} hosts: {len(r['runs'])}" for r in results)
+    if any(r.get("ssh") for r in results):
+        runs += "; hosts over SSH"
     return svg_chart(
         results,
         f"knowngood rollback {first['from_release']} -> {first['target_release']}: "
@@ -925,8 +927,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=20000,
         # One lab at a time, all on the same ports: below Linux's ephemeral range (32768 and up,
-        # where an outgoing connection can hold a port a lab then fails to bind; S3's gRPC ports
-        # sit at base+10500) and clear of the dev and test labs (25000, 27000, 28000, 31000).
+        # where an outgoing connection can hold a port a lab then fails to bind) and clear of
+        # the dev and test labs (25000, 27000, 28000, 31000).
         help="base port of the bench labs (default keeps every lab port below 32768)",
     )
     parser.add_argument(

@@ -45,7 +45,12 @@ class LabConfig:
         return self.base_port + 70
 
     def s3_ports(self, region_index: int) -> dict[str, int]:
-        """weed mini needs several ports per region; each region gets a block of 20."""
+        """weed mini needs several ports per region; each region gets a block of 20.
+
+        gRPC ports too stay inside the block (weed's own habit is port + 10000): with the
+        default bases that would land in Linux's ephemeral range (32768+), where an outgoing
+        connection can hold the port when the lab starts.
+        """
         start = self.base_port + 500 + 20 * region_index
         return {
             "s3": start,
@@ -54,9 +59,11 @@ class LabConfig:
             "filer": start + 3,
             "webdav": start + 4,
             "admin": start + 5,
-            "master_grpc": start + 10001,
-            "volume_grpc": start + 10002,
-            "filer_grpc": start + 10003,
+            "master_grpc": start + 11,
+            "volume_grpc": start + 12,
+            "filer_grpc": start + 13,
+            "s3_grpc": start + 14,
+            "admin_grpc": start + 15,
         }
 
     def app_ports(self, index: int) -> dict[str, int]:

@@ -814,10 +814,10 @@ def _weed_argv(cfg: LabConfig, index: int) -> list[str]:
         f"-master.port.grpc={p['master_grpc']}",
         f"-volume.port.grpc={p['volume_grpc']}",
         f"-filer.port.grpc={p['filer_grpc']}",
-        # Not in the port plan: defaults would collide between regions or with other labs, so
-        # pin them inside this region's block (s3 + 10000, admin + 10000) or switch them off.
-        f"-s3.port.grpc={p['s3'] + 10000}",
-        f"-admin.port.grpc={p['admin'] + 10000}",
+        # Every gRPC port pinned inside this region's block (config.s3_ports); the ports the
+        # lab does not use are switched off, so no default can collide with another lab.
+        f"-s3.port.grpc={p['s3_grpc']}",
+        f"-admin.port.grpc={p['admin_grpc']}",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-master.telemetry=false",  # no phoning home: the lab has no network
