@@ -10,6 +10,7 @@ import getpass
 import json
 import os
 import re
+import sys
 import tempfile
 import time
 import uuid
@@ -89,6 +90,9 @@ def run(request: RunRequest) -> RunResult:
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
         "ANSIBLE_COLLECTIONS_PATH": str(REPO / "collections"),
         "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+        # ansible-runner starts ansible-playbook from PATH: the one beside this interpreter,
+        # even when the venv is not activated (make demo, cron, AWX hooks).
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"knowngood-{run_id}-") as private:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import knowngood
+from conftest import BIN, REPO, ansible_env, knowngood
 
 pytestmark = pytest.mark.lab
 
@@ -55,6 +56,33 @@ def test_run_maps_a_refused_rollback_to_a_nonzero_exit(lab):
     done = knowngood("run", "rollback-code", "--quiet", "-e", "release_id=v9")
     assert done.returncode == 2
     assert "not in the ledger" in done.stdout
+
+
+def test_run_works_without_the_venv_on_path(lab):
+    """make demo, cron and AWX hooks call the CLI by path, with no venv activated."""
+    lab.seed("v1", "v1.1")
+    env = ansible_env(lab.root)
+    env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
+    done = subprocess.run(
+        [
+            str(BIN / "knowngood"),
+            "--root",
+            str(lab.root),
+            "run",
+            "rollback-code",
+            "--quiet",
+            "--check",
+            "-e",
+            "rollback_reason=cron",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "successful" in done.stdout
 
 
 def test_bad_cli_input_is_refused_before_anything_runs(lab):
