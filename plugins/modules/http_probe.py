@@ -54,13 +54,12 @@ options:
     default: true
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - knowngood.runbooks.attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: none
-  platform:
-    platforms: posix
 author:
   - knowngood contributors (!UNKNOWN)
 """

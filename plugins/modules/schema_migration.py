@@ -58,19 +58,12 @@ options:
     type: str
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - knowngood.runbooks.attributes
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
-  platform:
-    platforms: posix
-  action_group:
-    description: Use C(group/knowngood.runbooks.runbooks) in C(module_defaults) to set
-      defaults for every module of the group at once.
-    support: full
-    membership:
-      - knowngood.runbooks.runbooks
 author:
   - knowngood contributors (!UNKNOWN)
 """
