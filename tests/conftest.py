@@ -8,14 +8,15 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from knowngood.traffic import Traffic
 
 REPO = Path(__file__).resolve().parents[1]
 # Unit tests import the collection's plugins the way Ansible does: ansible_collections.knowngood.
@@ -195,44 +196,8 @@ def http_json(url: str, timeout: float = 5) -> dict:
             return {"error": exc.code}
 
 
-@dataclass
-class LoadClient:
-    """Hits a URL continuously from a few threads, recording every response."""
-
-    url: str
-    threads: int = 4
-    responses: list[tuple[float, int | None, str | None]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _workers: list[threading.Thread] = field(default_factory=list)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 300  # bounded even if a test forgets to stop it
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            started = time.monotonic()
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as resp:
-                    code, release = resp.status, resp.headers.get("X-Release")
-            except urllib.error.HTTPError as exc:
-                code, release = exc.code, exc.headers.get("X-Release")
-            except OSError:
-                code, release = None, None
-            self.responses.append((started, code, release))
-
-    def __enter__(self) -> LoadClient:
-        for _ in range(self.threads):
-            worker = threading.Thread(target=self._run, daemon=True)
-            worker.start()
-            self._workers.append(worker)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for worker in self._workers:
-            worker.join(timeout=10)
-
-    @property
-    def failed(self) -> list:
-        return [r for r in self.responses if r[1] is None or r[1] >= 500]
+# The tests' load client is the one drills and the demo use.
+LoadClient = Traffic
 
 
 def knowngood(*args: str, root: Path = TEST_LAB_ROOT) -> subprocess.CompletedProcess:

@@ -11,60 +11,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from knowngood import runner
 from knowngood.lab import core
 from knowngood.lab.config import DEFAULT_ROOT, LabConfig
+from knowngood.traffic import Traffic
 
 
 def say(message: str) -> None:
     print(f"\n==> {message}", flush=True)
-
-
-class Traffic:
-    """A few users hitting the load balancer for as long as a step runs."""
-
-    def __init__(self, url: str, threads: int = 4) -> None:
-        self.url = url
-        self.threads = threads
-        self.results: list[tuple[int | None, str | None]] = []
-        self.stop = threading.Event()
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 120
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as resp:
-                    self.results.append((resp.status, resp.headers.get("X-Release")))
-            except urllib.error.HTTPError as exc:
-                self.results.append((exc.code, exc.headers.get("X-Release")))
-            except OSError:
-                self.results.append((None, None))
-
-    def __enter__(self) -> Traffic:
-        self.workers = [
-            threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)
-        ]
-        for worker in self.workers:
-            worker.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for worker in self.workers:
-            worker.join(timeout=10)
-
-    def report(self) -> str:
-        failed = sum(1 for code, _ in self.results if code is None or code >= 500)
-        by_release: dict[str, int] = {}
-        for _code, release in self.results:
-            by_release[release or "none"] = by_release.get(release or "none", 0) + 1
-        return f"{len(self.results)} requests, {failed} failed, served by {by_release}"
 
 
 def run(cfg: LabConfig, runbook: str, expect_ok: bool = True, **extravars: object) -> None:
