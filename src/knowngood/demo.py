@@ -24,6 +24,13 @@ def say(message: str) -> None:
     print(f"\n==> {message}", flush=True)
 
 
+def sample_traffic(lb: str, label: str, seconds: float = 2) -> None:
+    """Two users for a couple of seconds: what the site looks like right now."""
+    with Traffic(lb + "/", threads=2) as traffic:
+        time.sleep(seconds)
+    print(f"    traffic {label}: {traffic.report()}")
+
+
 def run(cfg: LabConfig, runbook: str, expect_ok: bool = True, **extravars: object) -> None:
     request = runner.RunRequest(
         runbook=runbook,
@@ -77,9 +84,7 @@ def main() -> int:
         code_flag_enabled=True,
         rollback_reason="demo: switch the risky path on",
     )
-    with Traffic(lb + "/", threads=2) as traffic:
-        time.sleep(2)
-    print("    traffic with the flag on: " + traffic.report())
+    sample_traffic(lb, "with the flag on")
 
     say("the fastest rollback there is: turn the flag off")
     run(
@@ -89,9 +94,7 @@ def main() -> int:
         rollback_reason="checkout errors 34%",
         ticket="INC-8",
     )
-    with Traffic(lb + "/", threads=2) as traffic:
-        time.sleep(2)
-    print("    traffic with the flag off: " + traffic.report())
+    sample_traffic(lb, "with the flag off")
 
     say("what happened: the release ledger of app1")
     ledger = cfg.host_root(0) / ".knowngood" / "ledger.jsonl"

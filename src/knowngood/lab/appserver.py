@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import signal
 import sys
 import threading
 import time
@@ -20,6 +18,8 @@ from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
+
+from knowngood.lab.serving import serve_until_term
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -231,22 +231,7 @@ def serve(args: argparse.Namespace) -> None:
     server = ThreadingHTTPServer((args.bind, args.port), make_handler(app))
     server.daemon_threads = True
     server.request_queue_size = 256
-
-    def on_hup(_signum: int, _frame: object) -> None:
-        app.load()
-
-    def on_term(_signum: int, _frame: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGHUP, on_hup)
-    signal.signal(signal.SIGTERM, on_term)
-    if args.pidfile:
-        Path(args.pidfile).write_text(f"{os.getpid()}\n")
-    try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        if args.pidfile:
-            Path(args.pidfile).unlink(missing_ok=True)
+    serve_until_term(server, args.pidfile, on_hup=app.load)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from knowngood.lab.serving import serve_until_term
+
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 MAX_BODY = 64 * 1024
 
@@ -202,20 +204,7 @@ def make_server(
 def serve(args: argparse.Namespace) -> None:
     token = read_token(Path(args.token_file)) if args.token_file else None
     server = make_server(Path(args.state), token, args.bind, args.port)
-
-    def on_term(_signum: int, _frame: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    if args.pidfile:
-        Path(args.pidfile).write_text(f"{os.getpid()}\n")
-    try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        server.server_close()
-        if args.pidfile:
-            Path(args.pidfile).unlink(missing_ok=True)
+    serve_until_term(server, args.pidfile, stop_signals=(signal.SIGTERM, signal.SIGINT))
 
 
 def main(argv: list[str] | None = None) -> None:
