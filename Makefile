@@ -11,7 +11,10 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Debian package for each command the lab runs.
 SYSTEM_DEPS := nginx:nginx-light prometheus:prometheus promtool:prometheus sshd:openssh-server \
 	ssh-keygen:openssh-client psql:postgresql-client-15 runuser:util-linux curl:curl \
-	/usr/lib/postgresql/15/bin/postgres:postgresql-15
+	/usr/lib/postgresql/15/bin/postgres:postgresql-15 pgbackrest:pgbackrest lz4:lz4 zstd:zstd \
+	/usr/lib/python3/dist-packages/boto3:python3-boto3 /usr/lib/python3/dist-packages/lz4:python3-lz4 \
+	/usr/lib/python3/dist-packages/zstandard:python3-zstandard \
+	/usr/lib/python3/dist-packages/cryptography:python3-cryptography
 
 .PHONY: help system-deps venv demo test unit integration lint sanity bench lab-up lab-down collection clean
 
@@ -24,7 +27,7 @@ system-deps:
 	@missing=""; \
 	for pair in $(SYSTEM_DEPS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
-	  if [ "$${cmd:0:1}" = "/" ]; then [ -x "$$cmd" ] || missing="$$missing $$pkg"; \
+	  if [ "$${cmd:0:1}" = "/" ]; then [ -e "$$cmd" ] || missing="$$missing $$pkg"; \
 	  else command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; fi; \
 	done; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \

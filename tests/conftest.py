@@ -225,3 +225,27 @@ def lab_session() -> Lab:
 def lab(lab_session: Lab) -> Lab:
     lab_session.reset()
     return lab_session
+
+
+# Real PostgreSQL clusters of the tests' own (tests/pgcluster.py), on ports past the lab's block.
+PG_TEST_PORT_BASE = TEST_BASE_PORT + 800
+_pg_ports = iter(range(PG_TEST_PORT_BASE, PG_TEST_PORT_BASE + 150))
+
+
+@pytest.fixture
+def pg_factory():
+    """pg_factory(name, **settings) -> an initialised, not yet started PgCluster; all are
+    stopped and removed at the end of the test."""
+    from pgcluster import PgCluster
+
+    made: list[PgCluster] = []
+
+    def make(name: str = "kgtest", **settings) -> PgCluster:
+        root = Path(f"/tmp/kgpg-{TEST_BASE_PORT}") / f"{name}-{len(made)}"
+        cluster = PgCluster(root, port=next(_pg_ports), name=name).init(**settings)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop(remove=True)
