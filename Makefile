@@ -10,18 +10,19 @@ export KNOWNGOOD_LAB_DIR ?= /var/lib/knowngood-lab
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Debian package for each command the lab runs.
 SYSTEM_DEPS := nginx:nginx-light prometheus:prometheus promtool:prometheus sshd:openssh-server \
-	ssh-keygen:openssh-client psql:postgresql-client-15 runuser:util-linux curl:curl \
+	ssh-keygen:openssh-client crontab:cron psql:postgresql-client-15 runuser:util-linux curl:curl \
 	/usr/lib/postgresql/15/bin/postgres:postgresql-15 pgbackrest:pgbackrest lz4:lz4 zstd:zstd \
 	/usr/lib/python3/dist-packages/boto3:python3-boto3 /usr/lib/python3/dist-packages/lz4:python3-lz4 \
 	/usr/lib/python3/dist-packages/zstandard:python3-zstandard \
-	/usr/lib/python3/dist-packages/cryptography:python3-cryptography
+	/usr/lib/python3/dist-packages/cryptography:python3-cryptography \
+	/usr/lib/python3/dist-packages/psycopg:python3-psycopg
 
 .PHONY: help system-deps venv demo test unit integration lint sanity bench lab-up lab-down collection clean
 
 help:
 	@echo "make demo   install, bring up the lab, run the main story"
 	@echo "make test   install, lint, unit and integration tests on a lab of their own"
-	@echo "make bench  rollback benchmarks beside a plain shell loop"
+	@echo "make bench  rollback and backup benchmarks beside their anchors (BENCH=rollback|backup)"
 
 system-deps:
 	@missing=""; \
@@ -71,8 +72,14 @@ integration: system-deps venv
 test: system-deps venv lint sanity
 	$(BIN)/pytest -q
 
+# BENCH=rollback or BENCH=backup runs one of them; BENCH_ARGS go to it (e.g. BENCH_ARGS=--quick).
+BENCH ?= all
 bench: system-deps venv
-	$(PY) bench/bench_rollback.py
+ifeq ($(BENCH),all)
+	$(PY) bench/bench_rollback.py && $(PY) bench/bench_backup.py
+else
+	$(PY) bench/bench_$(BENCH).py $(BENCH_ARGS)
+endif
 
 collection: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path dist/

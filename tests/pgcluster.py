@@ -90,7 +90,9 @@ class PgCluster:
         """Append settings to postgresql.conf (last one wins)."""
         lines = []
         for key, value in settings.items():
-            text = str(value) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
+            text = (
+                str(value) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
+            )
             lines.append(f"{key} = {text}")
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("\n" + "\n".join(lines) + "\n")

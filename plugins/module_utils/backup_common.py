@@ -28,12 +28,16 @@ class BackupError(Exception):
     """Any backup, WAL or verification failure; the message is what the operator reads."""
 
 
+class LocationUnavailable(BackupError):
+    """A location that is down or timing out (retry later), as opposed to misconfigured."""
+
+
 def utcnow():
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def iso(ts):
-    return ts.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ts.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_iso(text):

@@ -96,6 +96,12 @@ class BackupConfig:
     def from_dict(cls, data):
         return parse_config(data)
 
+    @property
+    def io_parallel(self):
+        """Files in flight at once: S3 round trips wait on the network, not on the cores."""
+        remote = any(loc.type == "s3" for loc in self.locations)
+        return self.parallel * 4 if remote else self.parallel
+
     def location(self, name):
         for loc in self.locations:
             if loc.name == name:
@@ -168,7 +174,8 @@ def parse_location(raw, index):
     )
     kind = raw.get("type")
     _require(
-        kind in LOCATION_TYPES, f"location {name}: type must be one of {LOCATION_TYPES}, got {kind!r}"
+        kind in LOCATION_TYPES,
+        f"location {name}: type must be one of {LOCATION_TYPES}, got {kind!r}",
     )
     values = {k: v for k, v in raw.items() if v is not None}
     if kind in ("local", "export"):

@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true")
     audit.set_defaults(func=cmd_audit)
+
+    from knowngood import wal  # `knowngood wal push|fetch|status` (backup_wal's commands)
+
+    wal.add_parser(sub)
     return parser
 
 

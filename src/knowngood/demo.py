@@ -3,7 +3,8 @@
 deploy v1 -> deploy the bad v2 (its canary fails the health gate and is rolled back
 automatically) -> deploy v1.1 -> an incident: roll back to the last known-good release
 under live traffic -> a risky feature flag goes on and is rolled back by turning it off ->
-print the ledger and the audit trail.
+print the ledger -> backups: set up archiving to six locations, take a full backup, prove it by
+a real restore, print the catalog -> the audit trail.
 """
 
 from __future__ import annotations
@@ -50,6 +51,22 @@ def run(cfg: LabConfig, runbook: str, expect_ok: bool = True, **extravars: objec
         print("    " + line.strip()[:160])
     if verdict == "UNEXPECTED":
         raise SystemExit(f"demo stopped: {runbook} ended {result.status}; see {result.record_path}")
+
+
+def print_catalog(cfg: LabConfig) -> None:
+    from knowngood.backups import lab_catalog
+
+    for entry in lab_catalog(cfg):
+        copies = entry.get("locations") or {}
+        ok = sorted(n for n, c in copies.items() if c.get("status") == "ok")
+        verified = {v["tier"]: v["ok"] for v in entry.get("verification", [])}
+        print(
+            f"    {entry['label']:<22} {entry['type']:<11} tl {entry.get('timeline')} "
+            f"{entry.get('start_lsn')}..{entry.get('stop_lsn')} "
+            f"{entry.get('size', 0) / 2**20:7.1f} MiB -> "
+            f"{entry.get('stored_size', 0) / 2**20:6.1f} MiB stored, "
+            f"in {len(ok)}/{len(copies)} locations, verified {verified or '-'}"
+        )
 
 
 def main() -> int:
@@ -104,6 +121,15 @@ def main() -> int:
             f"    {event['ts']}  {event['release_id']:<5} {event['status']:<12} "
             f"{event.get('reason', '')} {event.get('ticket', '')}"
         )
+
+    say("backups: archive WAL to two local disks, two S3 regions, cold storage and an export")
+    run(cfg, "setup-backups")
+    say("take a full backup to every location")
+    run(cfg, "backup", backup_type="full")
+    say("prove it: integrity of every copy, freshness, and a real restore with a sentinel row")
+    run(cfg, "verify-backup")
+    say("the backup catalog")
+    print_catalog(cfg)
 
     say(f"the audit trail ({cfg.root / 'audit'})")
     for line in (cfg.root / "audit" / "index.jsonl").read_text().splitlines()[-6:]:

@@ -418,10 +418,95 @@ def inventory(cfg: LabConfig) -> dict:
                     }
                 },
                 "db": {
-                    "hosts": {"db1": {**local, "knowngood_db_data_dir": pg["primary_data_dir"]}}
+                    "hosts": {
+                        "db1": {
+                            **local,
+                            "knowngood_db_data_dir": pg["primary_data_dir"],
+                            **backup_vars(cfg),
+                        }
+                    }
                 },
             },
         }
+    }
+
+
+def backup_secrets(cfg: LabConfig) -> dict[str, str]:
+    """The lab's backup keys, made once per lab (0600); production keeps them in a vault."""
+    path = cfg.root / "secrets" / "backup-keys.json"
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keys = {
+            "encryption_key": secrets.token_urlsafe(32),
+            "signing_key": secrets.token_urlsafe(32),
+        }
+        path.write_text(json.dumps(keys))
+        path.chmod(0o600)
+    return json.loads(path.read_text())
+
+
+def backup_config(cfg: LabConfig) -> dict:
+    """knowngood_backup for the lab's primary: two local disks, both S3 regions, an object-locked
+    cold bucket and an export directory standing in for removable media."""
+    pg = infra.postgres_status(cfg)
+    access, secret = infra.s3_credentials(cfg)
+    s3 = infra.s3_status(cfg)
+    backups = cfg.root / "backups"
+
+    def region(name: str, region_name: str, **extra) -> dict:
+        return {
+            "name": name,
+            "type": "s3",
+            "endpoint_url": s3[region_name]["endpoint"],
+            "region": region_name,
+            "bucket": s3[region_name]["bucket"],
+            "prefix": "backups",
+            "access_key": access,
+            "secret_key": secret,
+            **extra,
+        }
+
+    return {
+        "cluster": pg["name"],
+        "engine": "native",
+        "pg": {
+            "host": "127.0.0.1",
+            "port": pg["primary_port"],
+            "user": "postgres",
+            "data_dir": pg["primary_data_dir"],
+            "bin_dir": pg["bin_dir"],
+            "os_user": "postgres",
+        },
+        "compression": "lz4",
+        "parallel": 2,
+        "spool_dir": str(backups / "spool"),
+        "catalog_dir": str(backups / "catalog"),
+        "locations": [
+            {"name": "local-a", "type": "local", "path": str(backups / "local-a")},
+            {"name": "local-b", "type": "local", "path": str(backups / "local-b")},
+            region("s3-region-a", "region-a"),
+            region("s3-region-b", "region-b"),
+            region(
+                "cold",
+                "region-b",
+                bucket=infra.COLD_BUCKET,
+                prefix="",
+                storage_class="GLACIER",
+                object_lock_days=1,
+            ),
+            {"name": "export", "type": "export", "path": str(backups / "export")},
+        ],
+    }
+
+
+def backup_vars(cfg: LabConfig) -> dict:
+    keys = backup_secrets(cfg)
+    return {
+        "knowngood_backup": backup_config(cfg),
+        "knowngood_backup_encryption_key": keys["encryption_key"],
+        "knowngood_backup_signing_key": keys["signing_key"],
+        "knowngood_backup_tool_dir": str(cfg.pg_dir / "knowngood"),
+        "knowngood_backup_cron_file": str(cfg.root / "cron.d" / "knowngood-backup"),
     }
 
 
@@ -430,9 +515,15 @@ def write_inventory(cfg: LabConfig) -> Path:
 
     inv = inventory(cfg)
     cfg.inventory_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg.inventory_path.write_text(yaml.safe_dump(inv, sort_keys=False))
-    # The checkout's inventories/lab script reads the JSON twin.
-    cfg.inventory_path.with_suffix(".json").write_text(json.dumps(inv, indent=1))
+    # 0600: the lab's inventory carries its backup keys and S3 credentials.
+    for path, text in (
+        (cfg.inventory_path, yaml.safe_dump(inv, sort_keys=False)),
+        # The checkout's inventories/lab script reads the JSON twin.
+        (cfg.inventory_path.with_suffix(".json"), json.dumps(inv, indent=1)),
+    ):
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(text)
     return cfg.inventory_path
 
 
@@ -463,6 +554,8 @@ def up(cfg: LabConfig, progress: Progress = print) -> dict:
     if cfg.ssh:
         for i in range(cfg.hosts):
             infra.sshd_up(cfg, progress, i)
+    # The export location stands for removable media: a mounted, writable directory.
+    (cfg.root / "backups" / "export").mkdir(parents=True, exist_ok=True)
     write_inventory(cfg)
     progress(f"lab: up in {time.monotonic() - started:.1f}s; inventory {cfg.inventory_path}")
     return status(cfg)

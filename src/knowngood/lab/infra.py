@@ -51,6 +51,8 @@ PG_SUPERUSER = "postgres"
 APP_ROLE = "app"
 APP_DB = "app"
 S3_REGIONS: tuple[str, ...] = ("region-a", "region-b")
+COLD_BUCKET = "knowngood-cold"  # object-locked, in the second region
+COLD_REGION = 1
 S3_ACCESS_KEY = "kglab"
 S3_SECRET_KEY = "kglab-secret-key"
 PROMETHEUS_BIN = Path("/usr/bin/prometheus")
@@ -873,6 +875,16 @@ def _s3_ensure_bucket(cfg: LabConfig, index: int) -> bool:
         )
     if client.get_bucket_versioning(Bucket=bucket).get("Status") != "Enabled":
         client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    if index == COLD_REGION:
+        # Offline cold storage: Object Lock must be switched on when the bucket is created.
+        try:
+            client.head_bucket(Bucket=COLD_BUCKET)
+        except ClientError:
+            client.create_bucket(
+                Bucket=COLD_BUCKET,
+                CreateBucketConfiguration={"LocationConstraint": region},
+                ObjectLockEnabledForBucket=True,
+            )
     return True
 
 
@@ -902,6 +914,7 @@ def s3_region_up(cfg: LabConfig, progress: Progress, index: int) -> None:
     _ensure_dir(_s3_dir(cfg, index))
     _write_if_changed(_s3_identities_file(cfg), _s3_identities(), 0o600)
     if _running_pid(cfg, name, "weed") is not None and _s3_healthy(cfg, index):
+        _s3_ensure_bucket(cfg, index)  # buckets a newer lab version adds
         return
     _stop_daemon(cfg, name, "weed")  # a live but deaf process must not hold the ports
     _require_free(LOOPBACK, cfg.s3_ports(index)["s3"], f"s3: {region}")

@@ -1,0 +1,1063 @@
+# Copyright: knowngood contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""WAL archiving: push (archive_command), fetch with prefetch (restore_command), continuity,
+and the installer of the standalone tool PostgreSQL runs (`kg-wal push %p`).
+
+push: the segment is compressed (and encrypted) once, then sent to every location in
+parallel. An object already there with the same content sha256 is success (PostgreSQL retries
+after a crash); different content is refused with an ALERT line. Exit 0 only when every
+required location holds the segment; a non-required location that fails is recorded as a
+pending copy under <spool>/pending/ and retried (time-bounded) at the start of the next push.
+
+fetch: from <spool>/prefetch/ when the prefetcher already brought it (checksum verified,
+renamed into place, no network); else from the first location that has it (config order; a
+location that is down is skipped), then one detached prefetcher fetches the next
+`wal_prefetch` segments of the timeline into the spool.
+
+Standard library + our backup_* siblings (boto3 etc. only through them, lazily).
+"""
+
+import concurrent.futures
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_codec import (
+    decode_file,
+    encode_file,
+    parse_suffix,
+    suffix,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+    WAL_NAME_RE,
+    WAL_SEGMENT_RE,
+    BackupError,
+    dump_json,
+    iso,
+    next_segment,
+    segment_from_parts,
+    segment_parts,
+    sha256_file,
+    utcnow,
+    write_atomic,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+    BackupConfig,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_store import (
+    ensure_repo,
+    is_transient,
+    location_key,
+    open_locations,
+)
+
+PENDING_BUDGET = 15.0  # seconds a push may spend backfilling pending copies
+DOWN_HOLD_MAX = 30.0  # a non-required location that just failed is skipped for a while
+TOOL_NAME = "kg-wal"
+PREFETCH_POLL = 0.05  # seconds between looks at what recovery consumed
+PREFETCH_IDLE_TIMEOUT = 30.0
+MODULES = (
+    "backup_common",
+    "backup_config",
+    "backup_codec",
+    "backup_store",
+    "backup_wal",
+    # The scheduled jobs (`kg-wal backup full`, `kg-wal verify`) run the engines themselves.
+    "backup_catalog",
+    "backup_native",
+    "backup_pgbackrest",
+    "backup_engine",
+    "backup_verify",
+)
+_PKG = "ansible_collections.knowngood.runbooks.plugins.module_utils"
+
+
+def log(message):
+    """One line on stderr: PostgreSQL's log when run as archive/restore_command."""
+    sys.stderr.write(f"{TOOL_NAME}: {message}\n")
+    sys.stderr.flush()
+
+
+def wal_key(name, compression, encrypted):
+    if not WAL_NAME_RE.match(name or ""):
+        raise BackupError(f"not a WAL file name: {name!r}")
+    return f"wal/{name[:8]}/{name}.{suffix(compression, encrypted)}"
+
+
+def _spool(cfg, *parts):
+    path = os.path.join(cfg.spool_dir, *parts)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as err:
+        raise BackupError(f"spool {path} is not writable: {err.strerror}") from None
+    return path
+
+
+def _repo_cache(cfg):
+    return _spool(cfg, "repo")
+
+
+def _ms(start):
+    return int((time.monotonic() - start) * 1000)
+
+
+# ---- push ------------------------------------------------------------------------------------
+
+
+class _Encoded:
+    """The segment encoded at most twice (plain and encrypted), each only when needed, once
+    even when several location threads ask at the same time."""
+
+    def __init__(self, cfg, path, name, staging):
+        self.cfg, self.path, self.name, self.staging = cfg, path, name, staging
+        self.results = {}
+        self._sha = None
+        self._locks = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, ident):
+        with self._guard:
+            return self._locks.setdefault(ident, threading.Lock())
+
+    def sha256(self):
+        """Content sha256 (for "already archived?"), without encoding."""
+        with self._lock("sha"):
+            if self._sha is None:
+                for _dummy, result in list(self.results.values()):
+                    self._sha = result.sha256
+                if self._sha is None:
+                    self._sha = sha256_file(self.path)
+            return self._sha
+
+    def get(self, key):
+        """(file, EncodeResult) for locations using this key (None = not encrypted)."""
+        ident = key if key is None else bytes(key)
+        with self._lock(ident):
+            if ident not in self.results:
+                encrypted = key is not None
+                dst = os.path.join(
+                    self.staging,
+                    f"{self.name}.{suffix(self.cfg.compression, encrypted)}.{os.getpid()}",
+                )
+                result = encode_file(
+                    self.path,
+                    dst,
+                    compression=self.cfg.compression,
+                    level=self.cfg.compression_level,
+                    key=key,
+                )
+                self.results[ident] = (dst, result)
+            return self.results[ident]
+
+    def cleanup(self):
+        for dst, _dummy in list(self.results.values()):
+            with contextlib.suppress(OSError):
+                os.unlink(dst)
+
+
+def _pending_dir(cfg, location_name):
+    return _spool(cfg, "pending", location_name)
+
+
+def _down_marker(cfg, location_name):
+    return os.path.join(_pending_dir(cfg, location_name), ".down")
+
+
+def _down_hold(cfg):
+    """Seconds to skip a failed non-required location: twice the longest retry delay."""
+    return min(DOWN_HOLD_MAX, max(2.0, 2 * cfg.retry_max_delay))
+
+
+def _recently_down(cfg, location_name):
+    try:
+        age = time.time() - os.stat(_down_marker(cfg, location_name)).st_mtime
+        return age < _down_hold(cfg)
+    except OSError:
+        return False
+
+
+def _mark_down(cfg, location_name, up=False):
+    marker = _down_marker(cfg, location_name)
+    if up:
+        with contextlib.suppress(OSError):
+            os.unlink(marker)
+        return
+    with contextlib.suppress(OSError):
+        write_atomic(marker, iso(utcnow()) + "\n", mode=0o600)
+
+
+def _record_pending(cfg, location, name, key, stored_file, sha256, error):
+    directory = _pending_dir(cfg, location.name)
+    data = os.path.join(directory, os.path.basename(key))
+    if not os.path.exists(data):
+        shutil.copyfile(stored_file, data + ".tmp")
+        os.replace(data + ".tmp", data)
+    record = {
+        "name": name,
+        "key": key,
+        "file": os.path.basename(data),
+        "sha256": sha256,
+        "location": location.name,
+        "since": iso(utcnow()),
+        "error": str(error),
+    }
+    write_atomic(os.path.join(directory, name + ".json"), dump_json(record), mode=0o600)
+
+
+def pending_copies(cfg):
+    """{location: [WAL names waiting to be copied there]} from the spool."""
+    out = {}
+    base = os.path.join(cfg.spool_dir, "pending")
+    if not os.path.isdir(base):
+        return out
+    for loc in sorted(os.listdir(base)):
+        names = sorted(
+            f[: -len(".json")] for f in os.listdir(os.path.join(base, loc)) if f.endswith(".json")
+        )
+        if names:
+            out[loc] = names
+    return out
+
+
+def _put_one(cfg, location, name, encoded):
+    """Copy the segment to one location: 'stored' | 'exists'; raises on conflict/failure."""
+    ensure_repo(location, cfg, cache_dir=_repo_cache(cfg))
+    key = wal_key(name, cfg.compression, location.key is not None)
+    head = location.head(key)
+    if head is not None:
+        sha = encoded.sha256()
+        if head.get("sha256") == sha:
+            return "exists", key
+        raise _Conflict(location.name, key, head.get("sha256"), sha)
+    stored_file, result = encoded.get(location.key)
+    location.put_file(key, stored_file, sha256=result.sha256, meta={"wal": name})
+    return "stored", key
+
+
+class _Conflict(BackupError):
+    def __init__(self, location, key, theirs, ours):
+        self.location, self.key = location, key
+        super().__init__(
+            f"location {location} already has {key} with different content "
+            f"(sha256 {str(theirs)[:12]}... there, {ours[:12]}... here); refusing to overwrite"
+        )
+
+
+def backfill_pending(cfg, locations=None, budget=PENDING_BUDGET):
+    """Copy pending WAL files to their locations, oldest first, for at most `budget` seconds.
+
+    Returns {location: {"copied": [...], "left": [...]}}."""
+    start = time.monotonic()
+    report = {}
+    by_name = {loc.name: loc for loc in (locations or open_locations(cfg))}
+    for loc_name, names in pending_copies(cfg).items():
+        location = by_name.get(loc_name)
+        entry = report.setdefault(loc_name, {"copied": [], "left": list(names)})
+        if location is None or _recently_down(cfg, loc_name):
+            continue
+        directory = _pending_dir(cfg, loc_name)
+        for name in names:
+            if time.monotonic() - start > budget:
+                return report
+            record_path = os.path.join(directory, name + ".json")
+            try:
+                with open(record_path) as handle:
+                    record = json.load(handle)
+                data = os.path.join(directory, record["file"])
+                ensure_repo(location, cfg, cache_dir=_repo_cache(cfg))
+                head = location.head(record["key"])
+                if head is None:
+                    location.put_file(
+                        record["key"], data, sha256=record["sha256"], meta={"wal": name}
+                    )
+                elif head.get("sha256") != record["sha256"]:
+                    log(
+                        f"ALERT pending copy of {name} to {loc_name}: the location holds "
+                        "different content; leaving the pending copy for an operator"
+                    )
+                    continue
+            except (OSError, ValueError, KeyError) as err:
+                log(f"pending copy {name} -> {loc_name}: unreadable record ({err}); dropped")
+                _drop_pending(directory, name)
+                entry["left"].remove(name)
+                continue
+            except Exception as err:  # noqa: BLE001 - location failure: keep it pending
+                _mark_down(cfg, loc_name)
+                log(f"pending copy {name} -> {loc_name} still failing: {_safe(err)}")
+                break
+            _drop_pending(directory, name, record.get("file"))
+            entry["copied"].append(name)
+            entry["left"].remove(name)
+        if entry["copied"]:
+            _mark_down(cfg, loc_name, up=True)
+            log(f"backfilled {len(entry['copied'])} pending WAL file(s) to {loc_name}")
+    return report
+
+
+def _drop_pending(directory, name, data_file=None):
+    for path in (os.path.join(directory, name + ".json"),) + (
+        (os.path.join(directory, data_file),) if data_file else ()
+    ):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _safe(err):
+    """Error text for logs: BackupErrors are written to be safe; others only by type."""
+    if isinstance(err, BackupError):
+        return str(err)
+    return type(err).__name__
+
+
+def push(cfg, path):
+    """Archive one WAL file (segment, .history, .backup, .partial) to every location.
+
+    Returns {name, sha256, size, locations: {name: status}, pending, duration_ms}; raises
+    BackupError when a required location does not hold it (or on a conflict)."""
+    start = time.monotonic()
+    name = os.path.basename(path)
+    if not WAL_NAME_RE.match(name):
+        raise BackupError(f"not a WAL file name: {name!r} ({path})")
+    if not os.path.isfile(path):
+        raise BackupError(f"WAL file {path} does not exist")
+    locations = open_locations(cfg)
+    backfill = backfill_pending(cfg, locations) if pending_copies(cfg) else {}
+    encoded = _Encoded(cfg, path, name, _spool(cfg, "staging"))
+    statuses = {}
+    errors = {}
+    conflicts = []
+    try:
+        todo = []
+        for location in locations:
+            if not location.required and _recently_down(cfg, location.name):
+                errors[location.name] = BackupError(
+                    f"location {location.name}: failed less than {int(_down_hold(cfg))}s ago"
+                )
+            else:
+                todo.append(location)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
+            futures = {
+                pool.submit(_put_one, cfg, location, name, encoded): location for location in todo
+            }
+            for future in concurrent.futures.as_completed(futures):
+                location = futures[future]
+                try:
+                    statuses[location.name] = future.result()[0]
+                except _Conflict as err:
+                    conflicts.append(err)
+                    statuses[location.name] = "conflict"
+                except Exception as err:  # noqa: BLE001 - reported per location below
+                    errors[location.name] = err
+        sha = None
+        for location in locations:
+            if location.name not in errors:
+                continue
+            err = errors[location.name]
+            if location.required:
+                statuses[location.name] = "failed"
+                continue
+            # Non-required: keep a copy in the spool, retried at the start of later pushes.
+            _mark_down(cfg, location.name)
+            try:
+                key_bytes = location.key
+                if key_bytes is None and location.encrypt:
+                    repo_file = os.path.join(_repo_cache(cfg), f"repo-{location.name}.json")
+                    with open(repo_file) as handle:
+                        salt = json.load(handle)["encryption"]["salt"]
+                    key_bytes = location_key(cfg, salt)
+                stored_file, result = encoded.get(key_bytes)
+                key = wal_key(name, cfg.compression, key_bytes is not None)
+                _record_pending(cfg, location, name, key, stored_file, result.sha256, err)
+                statuses[location.name] = "pending"
+            except Exception as perr:  # noqa: BLE001 - cannot even spool: that is a failure
+                statuses[location.name] = "failed"
+                errors[location.name] = BackupError(
+                    f"location {location.name}: {_safe(err)}; and cannot record the pending "
+                    f"copy: {_safe(perr)}"
+                )
+        sha = encoded.sha256()
+    finally:
+        encoded.cleanup()
+    pending = pending_copies(cfg)
+    summary = " ".join(f"{loc.name}={statuses.get(loc.name, '?')}" for loc in locations)
+    if conflicts:
+        for err in conflicts:
+            log(f"ALERT push {name}: {err}")
+        raise BackupError(f"push {name} refused: {conflicts[0]}")
+    failed = [
+        loc
+        for loc in locations
+        if loc.required and statuses.get(loc.name) not in ("stored", "exists")
+    ]
+    if failed:
+        detail = "; ".join(_safe(errors.get(loc.name, "failed")) for loc in failed)
+        log(f"push {name} FAILED in {_ms(start)}ms: {summary}: {detail}")
+        raise BackupError(f"push {name}: required location(s) failed: {detail}")
+    waiting = sum(len(v) for v in pending.values())
+    log(
+        f"push {name} ok in {_ms(start)}ms: {summary}"
+        + (f"; pending copies: {waiting}" if waiting else "")
+    )
+    return {
+        "name": name,
+        "sha256": sha,
+        "size": os.path.getsize(path),
+        "locations": statuses,
+        "errors": {k: _safe(v) for k, v in errors.items()},
+        "pending": pending,
+        "backfill": backfill,
+        "duration_ms": _ms(start),
+    }
+
+
+# ---- fetch and prefetch ----------------------------------------------------------------------
+
+
+def _prefetch_dir(cfg):
+    return _spool(cfg, "prefetch")
+
+
+def _find(cfg, location, name, attempts=2):
+    """(key, head) of the WAL file in one location, or None; any stored suffix.
+
+    No key derivation here (that waits for a hit): "not archived" must answer fast."""
+    key = wal_key(name, cfg.compression, location.encrypt)
+    head = location.head(key, attempts=attempts) if location.type == "s3" else location.head(key)
+    if head is not None:
+        return key, head
+    # Written with other settings (compression changed since)? One narrow listing finds it.
+    for other in location.list(f"wal/{name[:8]}/{name}.", raw=True):
+        base = other.rsplit("/", 1)[-1]
+        if parse_suffix(base) and base.split(".", 1)[0] == name:
+            head = location.head(other)
+            if head is not None:
+                return other, head
+    return None
+
+
+def _download(cfg, location, key, head, dest):
+    """Download + decode one WAL object into dest (verified against its content sha256)."""
+    compression, encrypted = parse_suffix(key.rsplit("/", 1)[-1])
+    ensure_repo(location, cfg, cache_dir=_repo_cache(cfg))
+    dec_key = None
+    if encrypted:
+        dec_key = location.key
+        if dec_key is None:
+            enc = (location.repo or {}).get("encryption") or {}
+            if not enc or not cfg.encryption_key:
+                raise BackupError(f"location {location.name}: {key} is encrypted; no key")
+            dec_key = location_key(cfg, enc["salt"])
+    directory = os.path.dirname(os.path.abspath(dest))
+    fd, tmp = tempfile.mkstemp(dir=_spool(cfg, "staging"), prefix="fetch-")
+    os.close(fd)
+    try:
+        if location.type in ("local", "export"):
+            src = location._path(key)  # local: decode straight from the location's file
+        else:
+            location.get_file(key, tmp)
+            src = tmp
+        decode_file(
+            src,
+            dest,
+            compression=compression,
+            key=dec_key,
+            encrypted=encrypted,
+            expect_sha256=head.get("sha256"),
+        )
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return directory
+
+
+def _serve_from_spool(cfg, name, dest):
+    spool = _prefetch_dir(cfg)
+    data = os.path.join(spool, name)
+    record_path = data + ".json"
+    if not (os.path.exists(data) and os.path.exists(record_path)):
+        return False
+    try:
+        with open(record_path) as handle:
+            record = json.load(handle)
+        if sha256_file(data) != record["sha256"]:
+            raise ValueError("checksum mismatch")
+    except (OSError, ValueError, KeyError) as err:
+        log(f"fetch {name}: prefetched copy unusable ({err}); fetching again")
+        for path in (data, record_path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return False
+    try:
+        os.replace(data, dest)
+    except OSError:  # another filesystem: copy then rename beside dest
+        tmp = f"{dest}.kgtmp.{os.getpid()}"
+        shutil.copyfile(data, tmp)
+        os.replace(tmp, dest)
+        os.unlink(data)
+    with contextlib.suppress(OSError):
+        os.unlink(record_path)
+    return True
+
+
+def fetch(cfg, name, dest, prefetch=True):
+    """Restore one WAL file into dest. True when found; False when no location has it."""
+    start = time.monotonic()
+    if not WAL_NAME_RE.match(name or ""):
+        raise BackupError(f"not a WAL file name: {name!r}")
+    if _serve_from_spool(cfg, name, dest):
+        log(f"fetch {name} ok in {_ms(start)}ms from prefetch spool")
+        if prefetch:
+            _after_fetch(cfg, name)
+        return True
+    tried = []
+    for location in open_locations(cfg):
+        try:
+            found = _find(cfg, location, name)
+            if found is None:
+                tried.append(f"{location.name}=missing")
+                continue
+            _download(cfg, location, found[0], found[1], dest)
+        except Exception as err:  # noqa: BLE001 - next location
+            tried.append(f"{location.name}=error")
+            log(f"fetch {name}: {_safe(err)}; trying the next location")
+            continue
+        log(f"fetch {name} ok in {_ms(start)}ms from {location.name}")
+        if prefetch:
+            _after_fetch(cfg, name)
+        return True
+    log(f"fetch {name}: not found in {_ms(start)}ms ({' '.join(tried)})")
+    return False
+
+
+def _after_fetch(cfg, name):
+    """Drop spool entries older than name; start the prefetcher when segments are missing."""
+    if cfg.wal_prefetch <= 0 or not WAL_SEGMENT_RE.match(name):
+        return
+    spool = _prefetch_dir(cfg)
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(spool):
+            seg = entry.split(".", 1)[0]
+            if WAL_SEGMENT_RE.match(seg) and seg[:8] == name[:8] and seg <= name:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(spool, entry))
+    wanted = [next_segment(name, i) for i in range(1, cfg.wal_prefetch + 1)]
+    if all(os.path.exists(os.path.join(spool, seg + ".json")) for seg in wanted):
+        return
+    if _prefetcher_running(cfg):
+        return
+    start_prefetcher(cfg, name)
+
+
+def _lock_path(cfg):
+    return os.path.join(_prefetch_dir(cfg), ".lock")
+
+
+def _prefetcher_running(cfg):
+    import fcntl
+
+    try:
+        fd = os.open(_lock_path(cfg), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _lib_root():
+    """The directory holding ansible_collections/ for this very file."""
+    here = os.path.abspath(__file__)
+    for _dummy in range(6):
+        here = os.path.dirname(here)
+    return here
+
+
+def start_prefetcher(cfg, after):
+    """One detached process (own session) fetching the segments after `after` into the spool.
+
+    The configuration (with secrets) goes through a pipe, never through argv or a file."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        f"from {_PKG}.backup_wal import _prefetch_main; _prefetch_main(sys.argv[2])"
+    )
+    log_path = os.path.join(_prefetch_dir(cfg), "prefetch.log")
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, _lib_root(), after],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=logf,
+            start_new_session=True,
+            close_fds=True,
+            cwd="/",
+        )
+    try:
+        proc.stdin.write(json.dumps(cfg.to_dict()).encode())
+        proc.stdin.close()
+    except OSError:
+        pass
+    return proc.pid
+
+
+def _prefetch_main(after):
+    cfg = BackupConfig.from_dict(json.loads(sys.stdin.read()))
+    prefetch(cfg, after, follow=True)
+
+
+def _fetch_into_spool(cfg, locations, seg, spool):
+    data = os.path.join(spool, seg)
+    for location in locations:
+        try:
+            hit = _find(cfg, location, seg)
+            if hit is None:
+                continue
+            # _download decodes and checks the content sha256 recorded at push time, so the
+            # spool only ever holds verified segments; the marker is written after the data.
+            _download(cfg, location, hit[0], hit[1], data)
+            write_atomic(
+                data + ".json",
+                dump_json({"sha256": sha256_file(data), "from": location.name}),
+                mode=0o600,
+            )
+            return True
+        except Exception as err:  # noqa: BLE001 - next location
+            log(f"prefetch {seg}: {_safe(err)}")
+    return False
+
+
+def prefetch(cfg, after, count=None, follow=False, idle_timeout=PREFETCH_IDLE_TIMEOUT):
+    """Keep the `count` segments after the newest consumed one (same timeline) in the spool.
+
+    Holds the spool lock. Without `follow`, one window and return. With `follow` (the
+    detached prefetcher), the window slides as recovery consumes segments - fetch moves them
+    out of the spool, often through kg-wal's shell fast path, which never starts Python - and
+    the process ends after `idle_timeout` seconds in which nothing was consumed.
+    """
+    import fcntl
+
+    count = cfg.wal_prefetch if count is None else count
+    spool = _prefetch_dir(cfg)
+    fd = os.open(_lock_path(cfg), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return []
+    got, waiting = [], []
+    base = after
+    last_progress = time.monotonic()
+    try:
+        locations = open_locations(cfg)
+        while True:
+            consumed = [s for s in waiting if not os.path.exists(os.path.join(spool, s + ".json"))]
+            if consumed:
+                base = max(base, *consumed)
+                waiting = [s for s in waiting if s not in consumed]
+                last_progress = time.monotonic()
+            at_end = False
+            for i in range(1, count + 1):
+                seg = next_segment(base, i)
+                if seg in waiting or os.path.exists(os.path.join(spool, seg + ".json")):
+                    continue
+                if not _fetch_into_spool(cfg, locations, seg, spool):
+                    at_end = True  # the end of the archive (for now)
+                    break
+                got.append(seg)
+                waiting.append(seg)
+            if not follow or time.monotonic() - last_progress > idle_timeout:
+                break
+            time.sleep(1.0 if at_end else PREFETCH_POLL)
+        if got:
+            log(f"prefetched {len(got)} segment(s): {got[0]}..{got[-1]}")
+    finally:
+        os.close(fd)
+    return got
+
+
+def list_segments(location, timeline=None):
+    """Sorted names of the full WAL segments (not .partial/.backup/.history) in a location."""
+    prefix = f"wal/{timeline:08X}" if isinstance(timeline, int) else "wal"
+    if isinstance(timeline, str):
+        prefix = f"wal/{timeline}"
+    names = set()
+    for key in location.list(prefix):
+        base = key.rsplit("/", 1)[-1]
+        seg = base.split(".", 1)[0]
+        if WAL_SEGMENT_RE.match(seg) and parse_suffix(base) and base.count(".") in (1, 2):
+            rest = base[len(seg) + 1 :]
+            if rest.split(".")[0] in ("lz4", "zst", "raw"):
+                names.add(seg)
+    return sorted(names)
+
+
+def newest_segment(location_or_names, timeline=None):
+    names = (
+        location_or_names
+        if isinstance(location_or_names, (list, tuple, set))
+        else list_segments(location_or_names, timeline)
+    )
+    if not names:
+        return None
+    return max(names, key=lambda n: (segment_parts(n)[1], segment_parts(n)[0]))
+
+
+def continuity(cfg, location, start_segment, end_segment=None):
+    """Every segment from start to end (default: the newest archived) must be archived.
+
+    A segment number counts as present on the start timeline or any later one (a timeline
+    switch continues the numbering). Returns {ok, gaps: [names], newest, checked}."""
+    names = list_segments(location)
+    start_tli, start_no = segment_parts(start_segment)
+    have = {}
+    for n in names:
+        tli, no = segment_parts(n)
+        if tli >= start_tli:
+            have.setdefault(no, tli)
+    newest = newest_segment([n for n in names if segment_parts(n)[0] >= start_tli])
+    if end_segment is None:
+        end_no = segment_parts(newest)[1] if newest else start_no
+    else:
+        end_no = segment_parts(end_segment)[1]
+    gaps = []
+    tli = start_tli
+    for no in range(start_no, end_no + 1):
+        if no in have:
+            tli = max(tli, have[no])
+        else:
+            gaps.append(segment_from_parts(tli, no))
+    return {
+        "ok": not gaps,
+        "gaps": gaps,
+        "newest": newest,
+        "checked": max(0, end_no - start_no + 1),
+        "location": location.name,
+    }
+
+
+# ---- the standalone tool ---------------------------------------------------------------------
+
+_SHELL_LAUNCHER = """#!/bin/sh
+# kg-wal: knowngood WAL archiving for PostgreSQL (archive_command / restore_command).
+# Installed by knowngood; do not edit (it is rewritten on every install).
+# PostgreSQL runs restore_command once per 16 MB segment, so a segment the prefetcher already
+# fetched and verified is moved into place here without starting Python; everything else goes
+# to kg-wal.py.
+if [ "$1" = fetch ] && [ "$#" -eq 3 ] && [ "${{#2}}" -eq 24 ]; then
+    case "$2" in
+        *[!0-9A-F]*) ;;
+        *)
+            spool={spool}
+            if [ -f "$spool/$2.json" ] && mv -f "$spool/$2" "$3" 2>/dev/null; then
+                rm -f "$spool/$2.json"
+                echo "kg-wal: fetch $2 ok from prefetch spool" >&2
+                exit 0
+            fi
+            ;;
+    esac
+fi
+exec {python} {script} "$@"
+"""
+
+_LAUNCHER = """#!{python}
+# kg-wal.py: the Python half of kg-wal (see kg-wal). Installed by knowngood; do not edit.
+import sys
+
+sys.path.insert(0, {lib!r})
+from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_wal import tool_main
+
+sys.exit(tool_main(sys.argv[1:], default_config={config!r}))
+"""
+
+
+def _module_source(modname):
+    import importlib
+
+    module = importlib.import_module(f"{_PKG}.{modname}")
+    loader = getattr(module, "__loader__", None)
+    source = loader.get_source(module.__name__) if loader is not None else None
+    if source is None:
+        raise BackupError(f"cannot read the source of {modname} to install the WAL tool")
+    return source
+
+
+def _write_if_changed(path, data, mode, uid, gid):
+    if isinstance(data, str):
+        data = data.encode()
+    try:
+        with open(path, "rb") as handle:
+            same = handle.read() == data
+    except OSError:
+        same = False
+    changed = not same
+    if changed:
+        write_atomic(path, data, mode=mode)
+    st = os.stat(path)
+    if (st.st_mode & 0o7777) != mode:
+        os.chmod(path, mode)
+        changed = True
+    if uid is not None and (st.st_uid, st.st_gid) != (uid, gid):
+        os.chown(path, uid, gid)
+        changed = True
+    return changed
+
+
+def _ensure_dir(path, mode, uid, gid):
+    changed = False
+    if not os.path.isdir(path):
+        os.makedirs(path, exist_ok=True)
+        changed = True
+    st = os.stat(path)
+    if (st.st_mode & 0o7777) != mode:
+        os.chmod(path, mode)
+        changed = True
+    if uid is not None and (st.st_uid, st.st_gid) != (uid, gid):
+        os.chown(path, uid, gid)
+        changed = True
+    return changed
+
+
+def tool_commands(tool_dir):
+    """archive_command and restore_command for a tool installed in tool_dir."""
+    tool = os.path.join(tool_dir, TOOL_NAME)
+    quoted = "'" + tool.replace("'", "'\\''") + "'"
+    return {
+        "tool": tool,
+        "config": os.path.join(tool_dir, "config.json"),
+        "archive_command": f"{quoted} push %p",
+        "restore_command": f"{quoted} fetch %f %p",
+    }
+
+
+def _same_content(path, data):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read() == (data.encode() if isinstance(data, str) else data)
+    except OSError:
+        return False
+
+
+def _sh_quote(text):
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _launchers(cfg, tool_dir, python):
+    """[(path, content)] of kg-wal (shell, with the spool fast path) and kg-wal.py."""
+    commands = tool_commands(tool_dir)
+    script = commands["tool"] + ".py"
+    lib = os.path.join(tool_dir, "lib")
+    return [
+        (
+            commands["tool"],
+            _SHELL_LAUNCHER.format(
+                spool=_sh_quote(os.path.join(cfg.spool_dir, "prefetch")),
+                python=_sh_quote(python),
+                script=_sh_quote(script),
+            ),
+        ),
+        (script, _LAUNCHER.format(python=python, lib=lib, config=commands["config"])),
+    ]
+
+
+def tool_is_current(cfg, tool_dir, python="/usr/bin/python3"):
+    """True when install_tool would write nothing: check mode's answer, read-only."""
+    commands = tool_commands(tool_dir)
+    pkg_dir = os.path.join(tool_dir, "lib", *_PKG.split("."))
+    wanted = [
+        (commands["config"], json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"),
+        *_launchers(cfg, tool_dir, python),
+    ]
+    wanted += [(os.path.join(pkg_dir, m + ".py"), _module_source(m)) for m in MODULES]
+    return all(_same_content(path, data) for path, data in wanted) and os.path.isdir(cfg.spool_dir)
+
+
+def install_tool(cfg, tool_dir, python="/usr/bin/python3", owner="postgres"):
+    """Install kg-wal into tool_dir: the backup_* sources, a launcher and config.json (0600,
+    owned by `owner`, it holds secrets). Idempotent. Also makes the spool and the local
+    locations' WAL directories writable by `owner`."""
+    import pwd
+
+    if not os.path.isabs(tool_dir):
+        raise BackupError(f"tool_dir must be an absolute path, got {tool_dir!r}")
+    uid = gid = None
+    if owner:
+        try:
+            entry = pwd.getpwnam(owner)
+        except KeyError:
+            raise BackupError(f"install WAL tool: no OS user {owner!r}") from None
+        uid, gid = entry.pw_uid, entry.pw_gid
+        if os.geteuid() != 0 and os.geteuid() != uid:
+            uid = gid = None  # not root: cannot chown; files stay ours
+    changed = False
+    lib = os.path.join(tool_dir, "lib")
+    pkg_dir = os.path.join(lib, *_PKG.split("."))
+    changed |= _ensure_dir(tool_dir, 0o755, None, None)
+    parts = _PKG.split(".")
+    for depth in range(1, len(parts) + 1):
+        directory = os.path.join(lib, *parts[:depth])
+        changed |= _ensure_dir(directory, 0o755, None, None)
+        changed |= _write_if_changed(os.path.join(directory, "__init__.py"), "", 0o644, None, None)
+    for modname in MODULES:
+        changed |= _write_if_changed(
+            os.path.join(pkg_dir, modname + ".py"), _module_source(modname), 0o644, None, None
+        )
+    cache_tag = os.path.join(pkg_dir, "__pycache__")
+    if (changed or not os.path.isdir(cache_tag)) and os.access(python, os.X_OK):
+        # Byte-compile for the tool's interpreter now: postgres cannot write __pycache__ here,
+        # and compiling on every archive_command call would cost tens of milliseconds.
+        subprocess.run(
+            [python, "-m", "compileall", "-q", lib],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=120,
+            check=False,
+        )
+    config_path = os.path.join(tool_dir, "config.json")
+    changed |= _write_if_changed(
+        config_path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n", 0o600, uid, gid
+    )
+    for path, content in _launchers(cfg, tool_dir, python):
+        changed |= _write_if_changed(path, content, 0o755, None, None)
+    spool_created = not os.path.isdir(cfg.spool_dir)
+    os.makedirs(cfg.spool_dir, mode=0o700, exist_ok=True)
+    if uid is not None and (spool_created or os.stat(cfg.spool_dir).st_uid != uid):
+        os.chown(cfg.spool_dir, uid, gid)
+        changed = True
+    for spec in cfg.locations:
+        if spec.type not in ("local", "export") or not os.path.isdir(os.path.dirname(spec.path)):
+            continue
+        if spec.type == "export" and not os.path.isdir(spec.path):
+            continue  # removable medium not mounted now
+        for directory in (spec.path, os.path.join(spec.path, cfg.cluster)):
+            if not os.path.isdir(directory):
+                os.makedirs(directory, mode=0o755, exist_ok=True)
+                if uid is not None:
+                    os.chown(directory, uid, gid)
+                changed = True
+        for sub in ("wal", ".meta", os.path.join(".meta", "wal")):
+            directory = os.path.join(spec.path, cfg.cluster, sub)
+            if not os.path.isdir(directory):
+                os.makedirs(directory, mode=0o755, exist_ok=True)
+                changed = True
+            if uid is not None and os.stat(directory).st_uid != uid:
+                os.chown(directory, uid, gid)
+                changed = True
+    return {"changed": changed, **tool_commands(tool_dir)}
+
+
+# ---- command line (kg-wal and `knowngood wal`) -----------------------------------------------
+
+
+def load_config(path):
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except OSError as err:
+        raise BackupError(f"cannot read WAL tool config {path}: {err.strerror}") from None
+    except ValueError:
+        raise BackupError(f"WAL tool config {path} is not valid JSON") from None
+    return BackupConfig.from_dict(data)
+
+
+def status(cfg):
+    """Newest archived segment per location, pending copies, reachability (no secrets)."""
+    out = {"cluster": cfg.cluster, "locations": {}, "pending": pending_copies(cfg)}
+    for location in open_locations(cfg):
+        entry = {"type": location.type, "required": location.required}
+        try:
+            segments = list_segments(location)
+            entry.update(ok=True, segments=len(segments), newest=newest_segment(segments))
+        except Exception as err:  # noqa: BLE001 - reported
+            entry.update(ok=False, error=_safe(err))
+        out["locations"][location.name] = entry
+    return out
+
+
+def _scheduled_job(cfg, args):
+    """`kg-wal backup TYPE` / `kg-wal verify`: what cron and systemd timers run."""
+    import importlib
+
+    if args.cmd == "backup":
+        engine = importlib.import_module(f"{_PKG}.backup_engine")
+        entry = engine.take_backup(cfg, args.type, fallback_full=args.fallback_full)
+        missing = sorted(
+            name
+            for name, copy in (entry.get("locations") or {}).items()
+            if copy.get("status") != "ok"
+        )
+        summary = {"backup_id": entry["label"], "type": entry["type"], "missing": missing}
+        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+        return 1 if missing else 0
+    verifier = importlib.import_module(f"{_PKG}.backup_verify")
+    tiers = tuple(t for t in args.tiers.split(",") if t)
+    outcome = verifier.verify(cfg, tiers=tiers, scratch_port=cfg.pg.port + 1000)
+    sys.stdout.write(
+        json.dumps({"ok": outcome.get("ok"), "tiers": sorted(outcome.get("tiers", {}))}) + "\n"
+    )
+    return 0 if outcome.get("ok") else 1
+
+
+def tool_main(argv, default_config=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=TOOL_NAME, description="knowngood WAL archiving")
+    parser.add_argument("--config", default=default_config, help="backup config JSON")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_push = sub.add_parser("push", help="archive one WAL file (archive_command %%p)")
+    p_push.add_argument("path")
+    p_fetch = sub.add_parser("fetch", help="restore one WAL file (restore_command %%f %%p)")
+    p_fetch.add_argument("name")
+    p_fetch.add_argument("dest")
+    p_fetch.add_argument("--no-prefetch", action="store_true")
+    sub.add_parser("status", help="newest archived segment per location, pending copies")
+    p_backup = sub.add_parser("backup", help="take a backup now (the scheduled jobs)")
+    p_backup.add_argument("type", choices=("full", "incremental"))
+    p_backup.add_argument("--fallback-full", action="store_true")
+    p_verify = sub.add_parser("verify", help="verify the backups (integrity, freshness, restore)")
+    p_verify.add_argument("--tiers", default="integrity,freshness,restore")
+    args = parser.parse_args(argv)
+    if not args.config:
+        parser.error("--config is required")
+    try:
+        cfg = load_config(args.config)
+        if args.cmd == "push":
+            push(cfg, args.path)
+            return 0
+        if args.cmd == "fetch":
+            return 0 if fetch(cfg, args.name, args.dest, prefetch=not args.no_prefetch) else 1
+        if args.cmd in ("backup", "verify"):
+            return _scheduled_job(cfg, args)
+        sys.stdout.write(json.dumps(status(cfg), indent=2, sort_keys=True) + "\n")
+        return 0
+    except BackupError as err:
+        log(f"{args.cmd}: {err}")
+        return 1
+    except Exception as err:  # noqa: BLE001 - never a traceback with locals into the PG log
+        log(f"{args.cmd}: unexpected {type(err).__name__}")
+        return 1
+
+
+__all__ = [
+    "push",
+    "fetch",
+    "prefetch",
+    "backfill_pending",
+    "pending_copies",
+    "list_segments",
+    "newest_segment",
+    "continuity",
+    "install_tool",
+    "status",
+    "tool_main",
+    "is_transient",
+    "wal_key",
+]

@@ -1,0 +1,328 @@
+"""WAL archiving end to end: a real PostgreSQL 15 cluster whose archive_command is the
+installed kg-wal tool (system Python, run by the postgres user), two local directories and one
+lab SeaweedFS S3 region (encrypted).
+
+What matters: every segment PostgreSQL archives is in every location with identical content;
+a retry of the same segment is fine, different content under the same name is refused loudly;
+a required region that is down stops archiving (PostgreSQL keeps the WAL and retries) and it
+catches up when the region is back; a non-required one is backfilled later; restore_command
+serves prefetched segments from the spool and says "not here" fast; gaps are named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_store as store
+from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal as wal
+from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_codec import decode_file
+from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+    next_segment,
+    sha256_file,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+    BackupConfig,
+)
+from conftest import BIN, REPO, TEST_LAB_ROOT
+from pgcluster import as_postgres, make_dirs_for_postgres
+
+from knowngood.lab import infra
+from knowngood.lab.config import LabConfig
+
+ENC_KEY = "wal-test-passphrase-0123456789"
+
+
+@pytest.fixture(scope="module")
+def labcfg(lab_session) -> LabConfig:
+    return LabConfig.load(TEST_LAB_ROOT)
+
+
+@pytest.fixture
+def walenv(labcfg: LabConfig):
+    """A fresh base dir reachable by postgres; a config builder; cleanup of S3 objects."""
+    base = make_dirs_for_postgres(Path(f"{TEST_LAB_ROOT}-wal-{uuid.uuid4().hex[:8]}"))
+    prefix = f"test-wal/{uuid.uuid4().hex[:8]}"
+    status = infra.s3_status(labcfg)["region-a"]
+    access, secret = infra.s3_credentials(labcfg)
+
+    def config(s3_required: bool = True, **extra) -> BackupConfig:
+        data = {
+            "cluster": "waltest",
+            "compression": "lz4",
+            "encryption_key": ENC_KEY,
+            "spool_dir": str(base / "spool"),
+            "wal_prefetch": 3,
+            "retries": {"attempts": 2, "base_delay": 0.2, "max_delay": 1},
+            "locations": [
+                {"name": "local-a", "type": "local", "path": str(base / "loc-a")},
+                {"name": "local-b", "type": "local", "path": str(base / "loc-b")},
+                {
+                    "name": "s3-region-a",
+                    "type": "s3",
+                    "endpoint_url": status["endpoint"],
+                    "region": status["region"],
+                    "bucket": status["bucket"],
+                    "prefix": prefix,
+                    "access_key": access,
+                    "secret_key": secret,
+                    "encrypt": True,
+                    "required": s3_required,
+                },
+            ],
+        }
+        data.update(extra)
+        return BackupConfig.from_dict(data)
+
+    yield base, config
+    with_s3 = store.open_locations(config())[2]
+    if infra.s3_status(labcfg)["region-a"]["running"]:
+        with_s3.delete_prefix("wal")
+        with_s3.delete_prefix("repo.json")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def start_archiving(pg_factory, cfg: BackupConfig, tool_dir: Path):
+    installed = wal.install_tool(cfg, str(tool_dir))
+    assert installed["changed"]
+    assert wal.install_tool(cfg, str(tool_dir))["changed"] is False  # idempotent
+    pg = pg_factory(
+        "waltest", archive_mode="on", archive_command=installed["archive_command"]
+    ).start()
+    return pg, installed
+
+
+def write_and_switch(pg, n: int = 1) -> list[str]:
+    names = []
+    pg.sql("CREATE TABLE IF NOT EXISTS t (i int, pad text)")
+    for _ in range(n):
+        pg.sql("INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g")
+        names.append(pg.switch_wal())
+    return names
+
+
+def content_sha(cfg: BackupConfig, location, name: str, tmp: Path) -> str:
+    """Download + decode one archived segment; sha256 of the plain segment."""
+    store.ensure_repo(location, cfg)
+    found = wal._find(cfg, location, name)
+    assert found is not None, f"{name} missing in {location.name}"
+    out = tmp / f"{location.name}-{name}"
+    src = out.with_suffix(".stored")
+    location.get_file(found[0], src)
+    decode_file(src, out, compression="lz4", key=location.key, expect_sha256=found[1]["sha256"])
+    return sha256_file(out)
+
+
+def test_archive_to_every_location(pg_factory, walenv, tmp_path: Path) -> None:
+    base, config = walenv
+    cfg = config()
+    pg, installed = start_archiving(pg_factory, cfg, base / "tool")
+    tool_cfg = base / "tool" / "config.json"
+    assert oct(tool_cfg.stat().st_mode & 0o777) == "0o600"
+    assert tool_cfg.stat().st_uid == pwd.getpwnam("postgres").pw_uid
+    names = write_and_switch(pg, 2)
+    locations = store.open_locations(cfg)
+    for name in names:
+        shas = {loc.name: content_sha(cfg, loc, name, tmp_path) for loc in locations}
+        assert len(set(shas.values())) == 1, shas
+    # Stored forms: plain lz4 locally, encrypted in S3 (no segment bytes readable there).
+    tli = names[0][:8]
+    assert f"wal/{tli}/{names[0]}.lz4" in locations[0].list(f"wal/{tli}")
+    assert f"wal/{tli}/{names[0]}.lz4.enc" in locations[2].list(f"wal/{tli}")
+    # One log line per push, with segment and locations, and no secret anywhere.
+    log = pg.log()
+    assert f"kg-wal: push {names[0]} ok" in log and "s3-region-a=stored" in log
+    for secret in (ENC_KEY, infra.s3_credentials(None)[1]):
+        assert secret not in log
+    status = json.loads(
+        as_postgres([installed["tool"], "status"]).stdout  # the tool reads its own config
+    )
+    assert status["locations"]["s3-region-a"]["newest"] >= names[-1]
+    assert infra.s3_credentials(None)[1] not in json.dumps(status)
+
+
+def test_push_idempotent_and_conflict_refused(pg_factory, walenv, tmp_path: Path) -> None:
+    base, config = walenv
+    cfg = config()
+    pg, _ = start_archiving(pg_factory, cfg, base / "tool")
+    (name,) = write_and_switch(pg, 1)
+    # The same segment again through the CLI (PostgreSQL retrying after a crash): success.
+    seg = tmp_path / name
+    local_a = store.open_locations(cfg)[0]
+    store.ensure_repo(local_a, cfg)
+    hit = wal._find(cfg, local_a, name)
+    decode_file(local_a._path(hit[0]), seg, compression="lz4")
+    cli_cfg = dict(cfg.to_dict(), spool_dir=str(tmp_path / "spool-cli"))
+    (tmp_path / "cfg.json").write_text(json.dumps(cli_cfg))
+
+    def cli(*args):
+        return subprocess.run(
+            [str(BIN / "knowngood"), "wal", "--config", str(tmp_path / "cfg.json"), *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    again = cli("push", str(seg))
+    assert again.returncode == 0, again.stderr
+    assert "local-a=exists local-b=exists s3-region-a=exists" in again.stderr
+    # Different content under the same name: refused, exit 1, ALERT, nothing overwritten.
+    data = bytearray(seg.read_bytes())
+    data[5000] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    refused = cli("push", str(seg))
+    assert refused.returncode == 1
+    assert f"ALERT push {name}" in refused.stderr and "different content" in refused.stderr
+    assert ENC_KEY not in refused.stderr
+    shas = {content_sha(cfg, loc, name, tmp_path) for loc in store.open_locations(cfg)}
+    assert len(shas) == 1 and sha256_file(seg) not in shas
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_required_region_down_blocks_then_catches_up(pg_factory, walenv, labcfg: LabConfig) -> None:
+    base, config = walenv
+    cfg = config(s3_required=True)
+    pg, _ = start_archiving(pg_factory, cfg, base / "tool")
+    write_and_switch(pg, 1)
+    infra.s3_region_down(labcfg, 0)
+    try:
+        pg.sql("INSERT INTO t SELECT g, 'y' FROM generate_series(1, 1000) g")
+        stuck = pg.scalar("SELECT pg_walfile_name(pg_switch_wal())")
+        wait_for(
+            lambda: pg.scalar("SELECT failed_count FROM pg_stat_archiver") > 0,
+            60,
+            "archive_command to fail",
+        )
+        assert pg.scalar("SELECT last_archived_wal FROM pg_stat_archiver") < stuck
+        assert f"push {stuck} FAILED" in pg.log()
+        assert "endpoint" in pg.log() and "unreachable" in pg.log()
+        # PostgreSQL keeps the segment: it is still ready to archive.
+        assert (pg.data_dir / "pg_wal" / "archive_status" / f"{stuck}.ready").exists()
+    finally:
+        infra.s3_region_up(labcfg, lambda m: None, 0)
+    names = write_and_switch(pg, 1)  # wakes the archiver; it catches up in order
+    assert names[0] > stuck
+    s3 = store.open_locations(cfg)[2]
+    assert stuck in wal.list_segments(s3)
+
+
+def test_optional_region_down_pending_then_backfilled(
+    pg_factory, walenv, labcfg: LabConfig
+) -> None:
+    base, config = walenv
+    cfg = config(s3_required=False)
+    pg, _ = start_archiving(pg_factory, cfg, base / "tool")
+    write_and_switch(pg, 1)  # the S3 repo.json exists (and is cached) before the outage
+    infra.s3_region_down(labcfg, 0)
+    try:
+        t0 = time.monotonic()
+        (name,) = write_and_switch(pg, 1)  # archived although S3 is down
+        print(f"archive with optional region down: {time.monotonic() - t0:.1f}s")
+        assert wal.pending_copies(cfg) == {"s3-region-a": [name]}
+        assert "pending copies: 1" in pg.log()
+        local_a = store.open_locations(cfg)[0]
+        assert name in wal.list_segments(local_a)
+    finally:
+        infra.s3_region_up(labcfg, lambda m: None, 0)
+    time.sleep(wal._down_hold(cfg) + 0.5)
+    (later,) = write_and_switch(pg, 1)  # the next push backfills first
+    assert wal.pending_copies(cfg) == {}
+    s3 = store.open_locations(cfg)[2]
+    assert {name, later} <= set(wal.list_segments(s3))
+    assert "backfilled 1 pending WAL file(s) to s3-region-a" in pg.log()
+
+
+def test_fetch_prefetch_missing_and_continuity(pg_factory, walenv, tmp_path: Path) -> None:
+    base, config = walenv
+    cfg = config()
+    pg, installed = start_archiving(pg_factory, cfg, base / "tool")
+    names = write_and_switch(pg, 6)
+    pg.stop()
+    restore = make_dirs_for_postgres(base / "restore")
+    tool = installed["tool"]
+
+    def fetch(name: str):
+        t0 = time.monotonic()
+        run = as_postgres([tool, "fetch", name, restore / "RECOVERYXLOG"], check=False)
+        return run, time.monotonic() - t0
+
+    first, cold = fetch(names[0])
+    assert first.returncode == 0, first.stderr
+    assert "from local-a" in first.stderr
+    spool = base / "spool" / "prefetch"
+    wanted = names[1:4]  # wal_prefetch = 3
+    wait_for(lambda: all((spool / f"{n}.json").exists() for n in wanted), 30, "the prefetcher")
+    assert not (spool / names[4]).exists()  # exactly wal_prefetch ahead
+    # Take the prefetched segments away from every location: served from the spool anyway.
+    expected = {}
+    for loc in store.open_locations(cfg):
+        store.ensure_repo(loc, cfg)
+        for n in wanted:
+            key = wal._find(cfg, loc, n)[0]
+            if loc.name == "local-a":
+                decode_file(loc._path(key), tmp_path / n, compression="lz4")
+                expected[n] = sha256_file(tmp_path / n)
+            loc.delete(key)
+    warm = []
+    for n in wanted:
+        run, took = fetch(n)
+        assert run.returncode == 0, run.stderr
+        assert "from prefetch spool" in run.stderr
+        assert sha256_file(restore / "RECOVERYXLOG") == expected[n]
+        warm.append(took)
+    print(f"fetch from location {cold * 1000:.0f} ms; from spool {min(warm) * 1000:.0f} ms")
+    # Not archived anywhere: exit 1, fast (no backoff on not-found).
+    missing = next_segment(names[-1], 50)
+    run, took = fetch(missing)
+    assert run.returncode == 1 and "not found" in run.stderr
+    assert took < 1.0, f"fetch of a missing segment took {took:.2f}s"
+    # Continuity names every gap (the three taken away above), per location.
+    local_b = store.open_locations(cfg)[1]
+    report = wal.continuity(cfg, local_b, names[0])
+    assert report == {
+        "ok": False,
+        "gaps": wanted,
+        "newest": names[-1],
+        "checked": len(names),
+        "location": "local-b",
+    }
+    assert wal.continuity(cfg, local_b, names[4])["ok"]
+    assert wal.newest_segment(local_b) == names[-1]
+
+
+def test_fetch_skips_a_down_location(pg_factory, walenv, labcfg: LabConfig) -> None:
+    """Config order s3 first: with the region down, fetch falls through to a local copy."""
+    base, config = walenv
+    cfg = config()
+    data = cfg.to_dict()
+    data["locations"] = [data["locations"][2], data["locations"][0]]
+    s3_first = BackupConfig.from_dict(data)
+    pg, _ = start_archiving(pg_factory, s3_first, base / "tool")
+    (name,) = write_and_switch(pg, 1)
+    infra.s3_region_down(labcfg, 0)
+    try:
+        t0 = time.monotonic()
+        ok = wal.fetch(s3_first, name, str(base / "out"), prefetch=False)
+        took = time.monotonic() - t0
+    finally:
+        infra.s3_region_up(labcfg, lambda m: None, 0)
+    assert ok and (base / "out").stat().st_size == 16 * 1024 * 1024
+    assert took < 10, took
+    assert os.path.getsize(base / "out") > 0
