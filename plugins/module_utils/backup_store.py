@@ -260,7 +260,10 @@ class LocalLocation(Location):
         except OSError as err:
             raise self._err(f"cannot create {directory}: {err.strerror}") from None
 
-    def put_file(self, key, path, *, sha256=None, meta=None):
+    def put_file(self, key, path, *, sha256=None, meta=None, move=False, stored_sha256=None):
+        """Store the file at path under key. With move (and the stored_sha256 the caller
+        computed while writing it), a file on the same file system is renamed into place
+        instead of copied - the backup engine's own encoded temp files."""
         dest = self._path(key)
         directory = os.path.dirname(dest)
         self._makedirs(directory)
@@ -274,11 +277,25 @@ class LocalLocation(Location):
             raise self._err(f"cannot write in {directory}: {err.strerror}") from None
         durable = self.fsync
         try:
-            with os.fdopen(fd, "wb") as handle:
-                size, stored_sha = _hash_copy(path, handle)
-                handle.flush()
+            moved = False
+            if move and stored_sha256:
+                try:
+                    os.replace(path, tmp)
+                    moved = True
+                except OSError:
+                    moved = False  # another file system: copy below
+            if moved:
+                os.close(fd)
+                size, stored_sha = os.path.getsize(tmp), stored_sha256
                 if durable:
-                    os.fsync(handle.fileno())
+                    with open(tmp, "rb") as handle:
+                        os.fsync(handle.fileno())
+            else:
+                with os.fdopen(fd, "wb") as handle:
+                    size, stored_sha = _hash_copy(path, handle)
+                    handle.flush()
+                    if durable:
+                        os.fsync(handle.fileno())
             if os.path.getsize(tmp) != size:
                 raise self._err(f"short write of {key}")
             # repo.json must be readable by every user that archives (postgres) or backs up.

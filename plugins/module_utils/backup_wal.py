@@ -62,6 +62,7 @@ DOWN_HOLD_MAX = 30.0  # a non-required location that just failed is skipped for 
 TOOL_NAME = "kg-wal"
 PREFETCH_POLL = 0.05  # seconds between looks at what recovery consumed
 PREFETCH_IDLE_TIMEOUT = 30.0
+PREFETCH_WORKERS = 2
 MODULES = (
     "backup_common",
     "backup_config",
@@ -453,7 +454,6 @@ def _download(cfg, location, key, head, dest):
             if not enc or not cfg.encryption_key:
                 raise BackupError(f"location {location.name}: {key} is encrypted; no key")
             dec_key = location_key(cfg, enc["salt"])
-    directory = os.path.dirname(os.path.abspath(dest))
     fd, tmp = tempfile.mkstemp(dir=_spool(cfg, "staging"), prefix="fetch-")
     os.close(fd)
     try:
@@ -462,7 +462,7 @@ def _download(cfg, location, key, head, dest):
         else:
             location.get_file(key, tmp)
             src = tmp
-        decode_file(
+        size_sha = decode_file(
             src,
             dest,
             compression=compression,
@@ -473,7 +473,7 @@ def _download(cfg, location, key, head, dest):
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-    return directory
+    return size_sha[1]
 
 
 def _serve_from_spool(cfg, name, dest):
@@ -623,11 +623,9 @@ def _fetch_into_spool(cfg, locations, seg, spool):
                 continue
             # _download decodes and checks the content sha256 recorded at push time, so the
             # spool only ever holds verified segments; the marker is written after the data.
-            _download(cfg, location, hit[0], hit[1], data)
+            digest = _download(cfg, location, hit[0], hit[1], data)
             write_atomic(
-                data + ".json",
-                dump_json({"sha256": sha256_file(data), "from": location.name}),
-                mode=0o600,
+                data + ".json", dump_json({"sha256": digest, "from": location.name}), mode=0o600
             )
             return True
         except Exception as err:  # noqa: BLE001 - next location
@@ -656,6 +654,7 @@ def prefetch(cfg, after, count=None, follow=False, idle_timeout=PREFETCH_IDLE_TI
     got, waiting = [], []
     base = after
     last_progress = time.monotonic()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=PREFETCH_WORKERS)
     try:
         locations = open_locations(cfg)
         while True:
@@ -664,12 +663,16 @@ def prefetch(cfg, after, count=None, follow=False, idle_timeout=PREFETCH_IDLE_TI
                 base = max(base, *consumed)
                 waiting = [s for s in waiting if s not in consumed]
                 last_progress = time.monotonic()
+            wanted = [
+                seg
+                for seg in (next_segment(base, i) for i in range(1, count + 1))
+                if seg not in waiting and not os.path.exists(os.path.join(spool, seg + ".json"))
+            ]
+            # Two segments in flight: decoding releases the GIL, and replay must never wait.
+            found = pool.map(lambda seg: _fetch_into_spool(cfg, locations, seg, spool), wanted)
             at_end = False
-            for i in range(1, count + 1):
-                seg = next_segment(base, i)
-                if seg in waiting or os.path.exists(os.path.join(spool, seg + ".json")):
-                    continue
-                if not _fetch_into_spool(cfg, locations, seg, spool):
+            for seg, ok in zip(wanted, list(found), strict=True):
+                if not ok:
                     at_end = True  # the end of the archive (for now)
                     break
                 got.append(seg)
@@ -680,6 +683,7 @@ def prefetch(cfg, after, count=None, follow=False, idle_timeout=PREFETCH_IDLE_TI
         if got:
             log(f"prefetched {len(got)} segment(s): {got[0]}..{got[-1]}")
     finally:
+        pool.shutdown(wait=True)
         os.close(fd)
     return got
 

@@ -153,3 +153,30 @@ def test_scheduled_full_backup_command_takes_a_backup(lab_session, archiving):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     after = {e["label"] for e in catalog(lab_session)}
     assert len(after - before) == 1
+
+
+def test_region_down_during_backup_is_retried_reported_and_others_complete(lab_session, archiving):
+    from knowngood.lab import infra
+    from knowngood.lab.config import LabConfig
+
+    cfg = LabConfig.load(lab_session.root)
+    before = {e["label"] for e in catalog(lab_session)}
+    infra.s3_region_down(cfg, 1)  # region-b: s3-region-b and the cold bucket
+    try:
+        run = lab_session.playbook("backup", backup_type="full")
+    finally:
+        infra.s3_region_up(cfg, lambda _m: None, 1)
+    assert run.rc != 0, run.output
+    assert "is valid but missing from" in run.output, run.output
+    assert "s3-region-b" in run.output and "cold" in run.output
+    new = [e for e in catalog(lab_session) if e["label"] not in before]
+    assert len(new) == 1, new
+    status = {name: copy["status"] for name, copy in new[0]["locations"].items()}
+    assert status["local-a"] == status["local-b"] == status["s3-region-a"] == "ok", status
+    assert status["s3-region-b"] != "ok" and status["cold"] != "ok", status
+    # WAL archiving went on through the outage (remote copies are not required for a push).
+    with pg_conn(lab_session) as conn:
+        failed, archived = conn.execute(
+            "SELECT last_failed_time, last_archived_time FROM pg_stat_archiver"
+        ).fetchone()
+    assert failed is None or archived > failed

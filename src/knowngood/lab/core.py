@@ -28,6 +28,9 @@ from knowngood.lab.infra import LabError
 Progress = Callable[[str], None]
 RELEASES_SRC = Path(__file__).parent / "releases"
 POOLS = ("blue", "green")
+# Not an app pool: the load balancer's own 503 page, made live while a database rollback has
+# writes stopped (lb_pool pool=maintenance), like any other pool.
+MAINTENANCE_POOL = "maintenance"
 LAB_P95_MS = 400
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -247,10 +250,17 @@ def write_nginx_config(cfg: LabConfig) -> None:
         (p["pools"] / f"{pool}.conf").write_text(
             f"# knowngood-pool: {pool}\nupstream app_live {{\n{servers}\n    keepalive 32;\n}}\n"
         )
+    (p["pools"] / f"{MAINTENANCE_POOL}.conf").write_text(
+        f"# knowngood-pool: {MAINTENANCE_POOL}\nupstream app_live {{\n"
+        f"    server 127.0.0.1:{cfg.maintenance_port} max_fails=0;\n    keepalive 8;\n}}\n"
+    )
     if not p["live"].exists():
         shutil.copy(p["pools"] / "blue.conf", p["live"])
     else:  # host count may have changed: refresh the live pool's members, keep its colour
-        live = "green" if "knowngood-pool: green" in p["live"].read_text() else "blue"
+        text = p["live"].read_text()
+        live = next(
+            (n for n in (*POOLS, MAINTENANCE_POOL) if f"knowngood-pool: {n}" in text), "blue"
+        )
         shutil.copy(p["pools"] / f"{live}.conf", p["live"])
     p["conf"].write_text(f"""# knowngood lab load balancer; the live pool is {p["live"]}
 worker_processes 2;
@@ -276,6 +286,14 @@ http {{
             proxy_read_timeout 10s;
             proxy_next_upstream error timeout http_502 non_idempotent;
             add_header X-Upstream $upstream_addr always;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{cfg.maintenance_port};
+        location / {{
+            default_type application/json;
+            add_header Retry-After 30 always;
+            return 503 '{{"error": "maintenance", "detail": "writes are stopped"}}\n';
         }}
     }}
 }}
@@ -426,6 +444,9 @@ def inventory(cfg: LabConfig) -> dict:
                         }
                     }
                 },
+                # The streaming standby, for runbooks that must re-seed it (a database
+                # rollback leaves the primary on a new timeline).
+                "db_standby": {"hosts": {"db2": {**local, **standby_vars(cfg, pg)}}},
             },
         }
     }
@@ -463,6 +484,9 @@ def backup_config(cfg: LabConfig) -> dict:
             "prefix": "backups",
             "access_key": access,
             "secret_key": secret,
+            # A region outage must not stall WAL archiving: the local disks are required, the
+            # remote copies are retried, queued as pending and backfilled, and reported.
+            "required": False,
             **extra,
         }
 
@@ -494,7 +518,12 @@ def backup_config(cfg: LabConfig) -> dict:
                 storage_class="GLACIER",
                 object_lock_days=1,
             ),
-            {"name": "export", "type": "export", "path": str(backups / "export")},
+            {
+                "name": "export",
+                "type": "export",
+                "path": str(backups / "export"),
+                "required": False,
+            },
         ],
     }
 
@@ -507,6 +536,25 @@ def backup_vars(cfg: LabConfig) -> dict:
         "knowngood_backup_signing_key": keys["signing_key"],
         "knowngood_backup_tool_dir": str(cfg.pg_dir / "knowngood"),
         "knowngood_backup_cron_file": str(cfg.root / "cron.d" / "knowngood-backup"),
+    }
+
+
+def standby_vars(cfg: LabConfig, pg: dict) -> dict:
+    return {
+        "knowngood_db_standby": {
+            "primary_host": "127.0.0.1",
+            "primary_port": pg["primary_port"],
+            "port": pg["standby_port"],
+            "data_dir": pg["standby_data_dir"],
+            "slot": infra.pg_slot(cfg),
+            "bin_dir": pg["bin_dir"],
+            "os_user": infra.PG_OS_USER,
+            "user": infra.PG_SUPERUSER,
+            "log_file": str(cfg.pg_dir / "standby.log"),
+            # The lab keeps its settings in kglab.conf inside the data dir: carried over a
+            # re-seed, or the clone would come up with the primary's port and name.
+            "keep_files": ["postgresql.conf", "kglab.conf", "pg_hba.conf", "pg_ident.conf"],
+        }
     }
 
 
