@@ -490,7 +490,7 @@ def _stream_basebackup(cfg, label, staging, pool, add, progress):
     argv = [
         cfg.pg.binary("pg_basebackup"),
         "-h", cfg.pg.host, "-p", str(cfg.pg.port), "-U", cfg.pg.user,
-        "-D", "-", "-Ft", "-X", "none", "--manifest-checksums=SHA256",
+        "-D", "-", "-Ft", "-X", "none", "--manifest-checksums=CRC32C",
         "--checkpoint=fast", "--no-password", "-l", label,
     ]  # fmt: skip
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/tmp", "PGCONNECT_TIMEOUT": "10"}
