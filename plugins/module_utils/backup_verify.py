@@ -749,6 +749,15 @@ def _tail(path, lines=15):
         return "(no log)"
 
 
+# Public names of the scratch-cluster helpers for pitr.py (point-in-time recovery reuses them).
+pg_ctl = _pg_ctl
+scratch_cfg = _scratch_cfg
+scratch_settings = _scratch_settings
+stop_scratch = _stop_scratch
+make_reachable = _make_reachable
+log_tail = _tail
+free_port = _free_port
+
 # ---- entry point -----------------------------------------------------------------------------
 
 
