@@ -63,6 +63,7 @@ TOOL_NAME = "kg-wal"
 PREFETCH_POLL = 0.05  # seconds between looks at what recovery consumed
 PREFETCH_IDLE_TIMEOUT = 30.0
 PREFETCH_WORKERS = 2
+WATCHDOG = {"push": 600, "fetch": 300}  # seconds before the tool gives up (PostgreSQL retries)
 MODULES = (
     "backup_common",
     "backup_config",
@@ -342,6 +343,12 @@ def push(cfg, path):
                 )
             else:
                 todo.append(location)
+        for location in todo:
+            # S3 clients (and the first boto3 import) are made here, one at a time: botocore's
+            # client creation is not safe to run from several threads at once.
+            if hasattr(type(location), "client"):
+                with contextlib.suppress(Exception):
+                    location.client  # noqa: B018 - created for its side effect
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
             futures = {
                 pool.submit(_put_one, cfg, location, name, encoded): location for location in todo
@@ -783,8 +790,23 @@ sys.exit(tool_main(sys.argv[1:], default_config={config!r}))
 """
 
 
+def _tool_modules():
+    """Import statements, not importlib: Ansible ships with a module exactly the module_utils
+    its import statements name (anywhere in the file), and the tool's scheduled jobs need
+    these beside the WAL code."""
+    from ansible_collections.knowngood.runbooks.plugins.module_utils import (  # noqa: F401
+        backup_catalog,
+        backup_engine,
+        backup_native,
+        backup_pgbackrest,
+        backup_verify,
+    )
+
+
 def _module_source(modname):
     import importlib
+
+    _tool_modules()
 
     module = importlib.import_module(f"{_PKG}.{modname}")
     loader = getattr(module, "__loader__", None)
@@ -988,11 +1010,13 @@ def status(cfg):
 
 def _scheduled_job(cfg, args):
     """`kg-wal backup TYPE` / `kg-wal verify`: what cron and systemd timers run."""
-    import importlib
+    from ansible_collections.knowngood.runbooks.plugins.module_utils import (
+        backup_engine,
+        backup_verify,
+    )
 
     if args.cmd == "backup":
-        engine = importlib.import_module(f"{_PKG}.backup_engine")
-        entry = engine.take_backup(cfg, args.type, fallback_full=args.fallback_full)
+        entry = backup_engine.take_backup(cfg, args.type, fallback_full=args.fallback_full)
         missing = sorted(
             name
             for name, copy in (entry.get("locations") or {}).items()
@@ -1001,9 +1025,8 @@ def _scheduled_job(cfg, args):
         summary = {"backup_id": entry["label"], "type": entry["type"], "missing": missing}
         sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
         return 1 if missing else 0
-    verifier = importlib.import_module(f"{_PKG}.backup_verify")
     tiers = tuple(t for t in args.tiers.split(",") if t)
-    outcome = verifier.verify(cfg, tiers=tiers, scratch_port=cfg.pg.port + 1000)
+    outcome = backup_verify.verify(cfg, tiers=tiers)
     sys.stdout.write(
         json.dumps({"ok": outcome.get("ok"), "tiers": sorted(outcome.get("tiers", {}))}) + "\n"
     )
@@ -1031,6 +1054,13 @@ def tool_main(argv, default_config=None):
     args = parser.parse_args(argv)
     if not args.config:
         parser.error("--config is required")
+    if args.cmd in WATCHDOG:
+        # archive_command and restore_command must never hang: PostgreSQL waits on them, and
+        # a push that never returns stops archiving for good. SIGALRM ends the process; it
+        # exits non-zero and PostgreSQL retries.
+        import signal
+
+        signal.alarm(WATCHDOG[args.cmd])
     try:
         cfg = load_config(args.config)
         if args.cmd == "push":

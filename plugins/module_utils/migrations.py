@@ -88,15 +88,27 @@ def plan_sql(applied, supported, available, latest=False):
     return steps
 
 
-def refuse_irreversible(steps, live, target):
+def refuse_irreversible(steps, live, target, restore_points=None):
+    """Fail before anything runs when a needed down migration does not exist.
+
+    restore_points ({revision: restore point created before it was applied}) lets the
+    message name the exact database rollback to run instead.
+    """
     blocked = [s["revision"] for s in steps if s["direction"] == "down" and not s["reversible"]]
     if blocked:
+        point = (restore_points or {}).get(min(blocked))
+        how = (
+            "%s -e db_strategy=pitr -e target_name=%s (the restore point taken before %s was "
+            "applied)" % (DB_RUNBOOK, point, min(blocked))
+            if point
+            else "%s (db_strategy=pitr, target_name set to the release's restore point)"
+            % DB_RUNBOOK
+        )
         raise MigrationError(
             "live schema %s is newer than the target release supports (%s) and revision(s) %s "
             "cannot be undone (no down migration). Nothing was switched. Restore the database "
-            "to a point before the migration with %s (db_strategy=pitr, target_name set to the "
-            "release's restore point) and then roll the code back."
-            % (live, ", ".join(target), ", ".join(blocked), DB_RUNBOOK)
+            "to a point before the migration with %s and then roll the code back."
+            % (live, ", ".join(target), ", ".join(blocked), how)
         )
 
 
@@ -106,6 +118,27 @@ def ensure_version_table(conn):
         " revision text PRIMARY KEY, name text, applied_at timestamptz NOT NULL DEFAULT now(),"
         " run_id text)" % VERSION_TABLE
     )
+    conn.execute("ALTER TABLE %s ADD COLUMN IF NOT EXISTS restore_point text" % VERSION_TABLE)
+
+
+def restore_points(conn):
+    """{revision: name of the restore point created just before it was applied}."""
+    row = conn.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_name = %s AND column_name = %s",
+        (VERSION_TABLE, "restore_point"),
+    ).fetchone()
+    if row is None:
+        return {}
+    return dict(
+        conn.execute(
+            "SELECT revision, restore_point FROM %s WHERE restore_point IS NOT NULL" % VERSION_TABLE
+        ).fetchall()
+    )
+
+
+def create_restore_point(conn, name):
+    """pg_create_restore_point(name): a point PITR can stop at by name; returns its LSN."""
+    return str(conn.execute("SELECT pg_create_restore_point(%s)", (name,)).fetchone()[0])
 
 
 def applied_revisions(conn):
@@ -115,9 +148,10 @@ def applied_revisions(conn):
     return [r[0] for r in conn.execute("SELECT revision FROM %s ORDER BY revision" % VERSION_TABLE)]
 
 
-def apply_sql(conn, steps, run_id):
+def apply_sql(conn, steps, run_id, restore_point=None):
     """Run every step in one transaction: PostgreSQL DDL is transactional, so a failure
-    half-way leaves the schema exactly as it was."""
+    half-way leaves the schema exactly as it was. restore_point is recorded with every
+    revision applied up."""
     executed = []
     with conn.transaction():
         ensure_version_table(conn)
@@ -126,9 +160,9 @@ def apply_sql(conn, steps, run_id):
                 conn.execute(handle.read())
             if step["direction"] == "up":
                 conn.execute(
-                    "INSERT INTO %s (revision, name, run_id) VALUES (%%s, %%s, %%s)"
-                    % VERSION_TABLE,
-                    (step["revision"], step["name"], run_id),
+                    "INSERT INTO %s (revision, name, run_id, restore_point)"
+                    " VALUES (%%s, %%s, %%s, %%s)" % VERSION_TABLE,
+                    (step["revision"], step["name"], run_id, restore_point),
                 )
             else:
                 conn.execute(

@@ -34,7 +34,7 @@ options:
       the PostgreSQL OS user); default under the spool directory.
     type: path
   scratch_port:
-    description: Spare port for the scratch cluster (default the cluster's port + 1000).
+    description: Spare port for the scratch cluster (default a free port the kernel picks).
     type: int
   sentinel:
     description: Write a sentinel row before the restore test and require it after replay.
@@ -140,7 +140,7 @@ def main():
             tiers=tuple(tiers),
             label=params["label"],
             scratch_dir=params["scratch_dir"],
-            scratch_port=params["scratch_port"] or cfg.pg.port + 1000,
+            scratch_port=params["scratch_port"],
             sentinel=params["sentinel"],
         )
     except BackupError as err:

@@ -15,9 +15,13 @@ description:
     traffic stays where it was.
 options:
   pool:
-    description: Pool that should receive traffic. Omit to only report the live pool.
+    description:
+      - Pool that should receive traffic. Omit to only report the live pool.
+      - C(maintenance) is the load balancer's own 503 page (I(pools_dir)/maintenance.conf);
+        a database rollback makes it live while writes are stopped, then puts the previous
+        pool back.
     type: str
-    choices: [blue, green]
+    choices: [blue, green, maintenance]
   live_file:
     description: The included file that defines the live upstream.
     type: path
@@ -119,7 +123,7 @@ def write_atomic(module, path, content):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            pool=dict(type="str", choices=["blue", "green"]),
+            pool=dict(type="str", choices=["blue", "green", "maintenance"]),
             live_file=dict(type="path", required=True),
             pools_dir=dict(type="path", required=True),
             test_command=dict(type="list", elements="str", required=True),

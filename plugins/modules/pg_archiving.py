@@ -99,14 +99,7 @@ import pwd
 import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-# backup_engine and backup_verify are not called here: importing them makes Ansible ship their
-# sources with this module, and install_tool copies them into the WAL tool for the scheduled jobs.
-from ansible_collections.knowngood.runbooks.plugins.module_utils import (  # noqa: F401
-    backup_engine,
-    backup_verify,
-    backup_wal,
-)
+from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal
 from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
     BackupError,
 )
@@ -127,7 +120,6 @@ try:
 except ImportError:
     HAS_PSYCOPG = False
 
-TOOL_MODULES = (backup_engine, backup_verify)  # shipped for install_tool, see the imports
 SETTINGS = ("archive_mode", "archive_command", "restore_command", "archive_timeout")
 
 

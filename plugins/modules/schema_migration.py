@@ -56,6 +56,17 @@ options:
   run_id:
     description: Recorded with every applied revision.
     type: str
+  restore_point:
+    description:
+      - Name of a restore point to create with C(pg_create_restore_point) just before
+        migrating up, so the database can be brought back to the moment before the migration
+        (C(playbooks/rollback-database.yml -e target_name=<name>)). Recorded with every
+        revision applied (SQL engine) and named when a later rollback finds the migration
+        irreversible.
+      - Created only when there is something to migrate and not in check mode. When it cannot
+        be created (no privilege, the server is a standby, C(wal_level=minimal)) nothing is
+        migrated. The connecting role needs EXECUTE on C(pg_create_restore_point(text)).
+    type: str
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - knowngood.runbooks.attributes
@@ -92,6 +103,14 @@ plan:
   returned: always
   type: list
   elements: dict
+restore_point:
+  description: Name of the restore point created before migrating, null when none was.
+  returned: always
+  type: str
+restore_point_lsn:
+  description: WAL location of that restore point, null when none was created.
+  returned: always
+  type: str
 queries:
   description: Scripts executed, in order, for the audit trail.
   returned: always
@@ -111,8 +130,10 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.migrations impo
     MigrationError,
     applied_revisions,
     apply_sql,
+    create_restore_point,
     plan_sql,
     refuse_irreversible,
+    restore_points,
     scan_sql_dirs,
 )
 
@@ -195,6 +216,7 @@ def main():
             mode=dict(type="str", default="compatible", choices=["compatible", "latest"]),
             allow_down=dict(type="bool", default=True),
             run_id=dict(type="str"),
+            restore_point=dict(type="str"),
         ),
         required_if=[("engine", "alembic", ("alembic_config",))],
         supports_check_mode=True,
@@ -205,6 +227,7 @@ def main():
     params = module.params
     supported = params["supported_revisions"]
     queries = []
+    point = point_lsn = None
     try:
         with psycopg.connect(params["dsn"], autocommit=True, connect_timeout=5) as conn:
             if params["engine"] == "sql":
@@ -225,11 +248,23 @@ def main():
                     "down migrations needed (%s) but allow_down is false"
                     % ", ".join(s["revision"] for s in downs)
                 )
-            refuse_irreversible(steps, live, supported)
+            points = restore_points(conn) if params["engine"] == "sql" else {}
+            refuse_irreversible(steps, live, supported, points)
             after = live
             if steps and not module.check_mode:
+                ups = [s for s in steps if s["direction"] == "up"]
+                if params["restore_point"] and ups:
+                    try:
+                        point_lsn = create_restore_point(conn, params["restore_point"])
+                    except psycopg.Error as exc:
+                        raise MigrationError(
+                            "cannot create restore point %s before migrating, nothing was "
+                            "migrated: %s" % (params["restore_point"], str(exc).strip())
+                        ) from None
+                    point = params["restore_point"]
+                    queries.append("restore point %s at %s" % (point, point_lsn))
                 if params["engine"] == "sql":
-                    queries = apply_sql(conn, steps, params["run_id"])
+                    queries += apply_sql(conn, steps, params["run_id"], point)
                     after = max(applied_revisions(conn), default=None)
                 else:
                     step = steps[0]
@@ -242,16 +277,23 @@ def main():
                     )
                     if rc != 0:
                         raise MigrationError("alembic %s failed: %s" % (step["direction"], err))
-                    queries = ["alembic %s %s" % (step["direction"], step["revision"])]
+                    queries.append("alembic %s %s" % (step["direction"], step["revision"]))
                     after = alembic_live(conn)
     except (MigrationError, psycopg.Error, OSError) as exc:
-        module.fail_json(msg=str(exc), duration_ms=int((time.time() - started) * 1000))
+        module.fail_json(
+            msg=str(exc),
+            restore_point=point,
+            restore_point_lsn=point_lsn,
+            duration_ms=int((time.time() - started) * 1000),
+        )
     plan = [{k: s[k] for k in ("revision", "name", "direction", "reversible")} for s in steps]
     module.exit_json(
         changed=bool(steps),
         live_revision=live,
         revision_after=after,
         plan=plan,
+        restore_point=point,
+        restore_point_lsn=point_lsn,
         queries=queries,
         duration_ms=int((time.time() - started) * 1000),
         diff={"before": {"revision": live}, "after": {"revision": predicted_head(live, steps)}},

@@ -4,7 +4,9 @@ deploy v1 -> deploy the bad v2 (its canary fails the health gate and is rolled b
 automatically) -> deploy v1.1 -> an incident: roll back to the last known-good release
 under live traffic -> a risky feature flag goes on and is rolled back by turning it off ->
 print the ledger -> backups: set up archiving to six locations, take a full backup, prove it by
-a real restore, print the catalog -> the audit trail.
+a real restore, print the catalog -> database rollbacks: a bad DELETE undone in one table while
+a later write elsewhere survives, then a PITR to the restore point a deploy made -> the audit
+trail.
 """
 
 from __future__ import annotations
@@ -69,6 +71,90 @@ def print_catalog(cfg: LabConfig) -> None:
         )
 
 
+def sql(dsn: str, statement: str) -> list:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(statement)
+        return cur.fetchall() if cur.description else []
+
+
+def archive_now(cfg: LabConfig) -> None:
+    """Close the current WAL segment and wait until it is archived: what the restore replays."""
+    from knowngood.lab import infra
+
+    admin = infra.postgres_status(cfg)["superuser_dsn"]
+    (segment,) = sql(admin, "SELECT pg_walfile_name(pg_switch_wal())")[0]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if (sql(admin, "SELECT last_archived_wal FROM pg_stat_archiver")[0][0] or "") >= segment:
+            return
+        time.sleep(0.1)
+
+
+def database_story(cfg: LabConfig, lb: str) -> None:
+    """Strategy 3.2: the table strategy under live traffic, then a PITR to a restore point."""
+    from knowngood.lab import infra
+
+    pg = infra.postgres_status(cfg)
+    app = pg["primary_dsn"]
+    say("database: someone runs DELETE FROM orders; a minute later a refund is logged")
+    sql(app, "CREATE TABLE IF NOT EXISTS refunds (id serial PRIMARY KEY, note text)")
+    sql(app, "INSERT INTO orders (item) SELECT 'order ' || g FROM generate_series(1, 50) g")
+    time.sleep(1.1)
+    (target,) = sql(app, "SELECT to_char(now(), 'YYYY-MM-DD\"T\"HH24:MI:SS.USOF')")[0]
+    target += ":00" if len(target.rsplit("+", 1)[-1]) == 2 else ""
+    time.sleep(1.1)
+    sql(app, "DELETE FROM orders")
+    sql(app, "INSERT INTO refunds (note) VALUES ('refund written after the bad DELETE')")
+    archive_now(cfg)
+    print(f"    orders now {sql(app, 'SELECT count(*) FROM orders')[0][0]}, target {target}")
+    say("bring back only the orders table as of before the DELETE; the app keeps serving")
+    with Traffic(lb + "/db", threads=2) as traffic:
+        run(
+            cfg,
+            "rollback-database",
+            db_strategy="table",
+            tables=["public.orders"],
+            target_time=target,
+            confirm=pg["name"],
+            rollback_reason="bad DELETE on orders",
+            ticket="INC-9",
+        )
+    print(f"    traffic during the table restore: {traffic.report()}")
+    print(
+        f"    orders {sql(app, 'SELECT count(*) FROM orders')[0][0]}, refunds kept: "
+        f"{sql(app, 'SELECT note FROM refunds')}"
+    )
+
+    say("deploy v3: the deploy marks a restore point, then runs an irreversible migration")
+    run(cfg, "deploy-code", release_id="v3", ticket="CHG-4")
+    (point,) = sql(
+        app, "SELECT restore_point FROM knowngood_schema_migrations WHERE revision = '0003'"
+    )[0]
+    print(f"    restore point before the migration: {point}")
+    say("the code rollback refuses (0003 cannot be undone) and names the database rollback")
+    run(cfg, "rollback-code", expect_ok=False, release_id="v1", rollback_reason="v3 pricing bug")
+    archive_now(cfg)
+    say(f"PITR to {point}: writes stopped, safety backup, restore, verify, promote, resume")
+    run(
+        cfg,
+        "rollback-database",
+        target_name=point,
+        confirm=pg["name"],
+        rollback_reason="undo v3's irreversible migration",
+        ticket="INC-10",
+        db_verify_queries=["SELECT count(*) = 50 FROM orders"],
+    )
+    print(
+        "    schema now "
+        f"{sql(app, 'SELECT max(revision) FROM knowngood_schema_migrations')[0][0]}, "
+        f"standby streaming: {infra.postgres_status(cfg)['standby_streaming']}"
+    )
+    say("and the code follows the database back: roll back to v1")
+    run(cfg, "rollback-code", release_id="v1", rollback_reason="back on schema 0001")
+
+
 def main() -> int:
     root = Path(os.environ.get("KNOWNGOOD_LAB_DIR", str(DEFAULT_ROOT)))
     say(f"bringing up the lab in {root}")
@@ -130,6 +216,8 @@ def main() -> int:
     run(cfg, "verify-backup")
     say("the backup catalog")
     print_catalog(cfg)
+
+    database_story(cfg, lb)
 
     say(f"the audit trail ({cfg.root / 'audit'})")
     for line in (cfg.root / "audit" / "index.jsonl").read_text().splitlines()[-6:]:

@@ -29,6 +29,11 @@ class LabConfig:
         return self.base_port + 80
 
     @property
+    def maintenance_port(self) -> int:
+        """The load balancer's maintenance backend: answers 503 while writes are stopped."""
+        return self.base_port + 81
+
+    @property
     def prometheus_port(self) -> int:
         return self.base_port + 90
 

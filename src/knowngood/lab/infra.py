@@ -387,6 +387,9 @@ def _pg_slot(cfg: LabConfig) -> str:
     return re.sub(r"[^a-z0-9_]", "_", f"{cfg.name}_standby".lower())
 
 
+pg_slot = _pg_slot  # the inventory names it for runbooks that re-seed the standby
+
+
 def _pg_marker(node: _PgNode) -> Path:
     # Outside the data dir, so pg_basebackup never copies the primary's marker to the standby.
     return node.data_dir.with_name(f".{node.role}.initialized")
@@ -669,6 +672,18 @@ def _pg_bootstrap_objects(cfg: LabConfig, primary: _PgNode) -> None:
         _pg_query(primary.port, f'CREATE ROLE "{APP_ROLE}" LOGIN')
     if not _pg_query(primary.port, "SELECT 1 FROM pg_database WHERE datname = %s", (APP_DB,)):
         _pg_query(primary.port, f'CREATE DATABASE "{APP_DB}" OWNER "{APP_ROLE}"')
+    # Deploys mark the moment before each migration (code_migrations_restore_point) as the
+    # migrating role; production grants the same to its migration role. Function privileges
+    # live in each database's catalog: granted where the app connects.
+    _pg_query(
+        primary.port,
+        f'GRANT EXECUTE ON FUNCTION pg_create_restore_point(text) TO "{APP_ROLE}"',
+        dbname=APP_DB,
+    )
+    # amcheck in a schema of its own, so a reset of the app schema leaves it for pg_amcheck,
+    # which a database rollback runs read-only on the restored, paused instance.
+    _pg_query(primary.port, "CREATE SCHEMA IF NOT EXISTS amcheck", dbname=APP_DB)
+    _pg_query(primary.port, "CREATE EXTENSION IF NOT EXISTS amcheck SCHEMA amcheck", dbname=APP_DB)
 
 
 def _pg_streaming(standby: _PgNode) -> bool:

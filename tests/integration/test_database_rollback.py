@@ -1,0 +1,275 @@
+"""playbooks/rollback-database.yml on the lab: real PostgreSQL primary and standby, real WAL
+archive and backups, nginx in front of the app.
+
+PITR to the restore point a deploy made before its irreversible migration; a wrong
+confirmation refused with nothing changed; the table strategy undoing a bad DELETE while the
+app keeps serving and a later write to another table survives; writes refused while the
+database is restored and accepted after; the standby streaming again on the new timeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import LoadClient
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+
+def db_host(lab) -> dict:
+    inventory = json.loads(Path(lab.inventory).with_suffix(".json").read_text())
+    return inventory["all"]["children"]["db"]["hosts"]["db1"]
+
+
+def superuser_dsn(lab, port_key: str = "primary_port", dbname: str = "app") -> str:
+    pg = db_host(lab)["knowngood_backup"]["pg"]
+    port = pg["port"] if port_key == "primary_port" else pg["port"] + 1
+    return f"host=127.0.0.1 port={port} user=postgres dbname={dbname} connect_timeout=3"
+
+
+@contextlib.contextmanager
+def conn(dsn: str):
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        yield c
+
+
+def query(dsn: str, sql: str, params=()) -> list:
+    with conn(dsn) as c:
+        cur = c.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def archive_now(lab) -> None:
+    """Switch the WAL segment and wait until the archiver has it."""
+    dsn = superuser_dsn(lab, dbname="postgres")
+    (segment,) = query(dsn, "SELECT pg_walfile_name(pg_switch_wal())")[0]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        (last,) = query(dsn, "SELECT last_archived_wal FROM pg_stat_archiver")[0]
+        if last and last >= segment:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{segment} not archived in 30s")
+
+
+def cluster(lab) -> str:
+    return lab.status["postgres"]["name"]
+
+
+def timeline(dsn: str) -> int:
+    (tli,) = query(dsn, "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")[0]
+    return int(tli, 16)
+
+
+def live_pool(lab) -> str:
+    text = Path(db_host_lb(lab)["knowngood_lb_live_file"]).read_text()
+    return re.search(r"knowngood-pool:\s*(\w+)", text).group(1)
+
+
+def db_host_lb(lab) -> dict:
+    inventory = json.loads(Path(lab.inventory).with_suffix(".json").read_text())
+    return inventory["all"]["children"]["lb"]["hosts"]["lb1"]
+
+
+def report(lab) -> dict:
+    files = sorted(
+        (lab.root / "audit").glob("*.rollback-database.json"), key=lambda p: p.stat().st_mtime
+    )
+    return json.loads(files[-1].read_text())
+
+
+class Writer:
+    """Inserts a row through the app's own DSN every 50 ms and records each attempt."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.attempts: list[tuple[float, float, bool]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psycopg
+
+        while not self._stop.is_set():
+            started = time.time()
+            try:
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=2) as c:
+                    c.execute("INSERT INTO write_probe (at) VALUES (now())")
+                ok = True
+            except psycopg.Error:
+                ok = False
+            self.attempts.append((started, time.time(), ok))
+            time.sleep(0.05)
+
+    def __enter__(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def backed_up(lab_session):
+    """Archiving on, and a full backup: the base every restore here starts from."""
+    run = lab_session.playbook("setup-backups")
+    assert run.rc == 0, run.output
+    run = lab_session.playbook("backup", backup_type="full")
+    assert run.rc == 0, run.output
+    return lab_session
+
+
+def test_wrong_confirm_is_refused_with_nothing_changed(lab, backed_up):
+    lab.seed("v1")
+    app_dsn = lab.status["postgres"]["primary_dsn"]
+    primary = superuser_dsn(lab, dbname="postgres")
+    before = (timeline(primary), live_pool(lab), query(app_dsn, "SELECT count(*) FROM orders"))
+    data_dir = Path(lab.status["postgres"]["primary_data_dir"])
+    kept = set(data_dir.parent.glob(data_dir.name + ".pre-restore-*"))
+    run = lab.playbook(
+        "rollback-database",
+        target_immediate=True,
+        confirm="not-" + cluster(lab),
+        rollback_reason="wrong cluster drill",
+    )
+    assert run.rc != 0
+    assert "does not match the cluster" in run.output and "nothing was changed" in run.output
+    after = (timeline(primary), live_pool(lab), query(app_dsn, "SELECT count(*) FROM orders"))
+    assert after == before
+    assert query(primary, "SELECT bool_and(datallowconn) FROM pg_database WHERE datname = 'app'")[
+        0
+    ][0]
+    assert set(data_dir.parent.glob(data_dir.name + ".pre-restore-*")) == kept
+
+
+def test_table_strategy_restores_deleted_rows_keeps_later_writes_and_serves(lab, backed_up):
+    lab.seed("v1")
+    app_dsn = lab.status["postgres"]["primary_dsn"]
+    with conn(app_dsn) as c:
+        c.execute("INSERT INTO orders (item) SELECT 'item ' || g FROM generate_series(1, 20) g")
+        c.execute("CREATE TABLE audit_log (id serial PRIMARY KEY, note text)")
+    time.sleep(1.1)
+    (target,) = query(app_dsn, "SELECT to_char(now(), 'YYYY-MM-DD\"T\"HH24:MI:SS.USOF')")[0]
+    target = target + ":00" if re.search(r"[+-]\d\d$", target) else target
+    time.sleep(1.1)
+    with conn(app_dsn) as c:
+        c.execute("DELETE FROM orders")  # the bad statement
+        c.execute("INSERT INTO audit_log (note) VALUES ('written after the target')")
+    archive_now(lab)
+    with LoadClient(lab.status["lb_url"] + "/db", threads=2) as traffic:
+        run = lab.playbook(
+            "rollback-database",
+            db_strategy="table",
+            tables=["public.orders"],
+            target_time=target,
+            confirm=cluster(lab),
+            rollback_reason="bad DELETE on orders",
+            ticket="INC-42",
+        )
+    assert run.rc == 0, run.output
+    assert query(app_dsn, "SELECT count(*) FROM orders")[0][0] == 20
+    assert query(app_dsn, "SELECT note FROM audit_log") == [("written after the target",)]
+    assert traffic.responses and not traffic.failed, traffic.report()
+    assert live_pool(lab) == "blue"
+
+
+def test_pitr_to_deploy_restore_point_stops_writes_and_reseeds_standby(lab, backed_up):
+    lab.seed("v1")
+    app_dsn = lab.status["postgres"]["primary_dsn"]
+    primary = superuser_dsn(lab, dbname="postgres")
+    standby = superuser_dsn(lab, "standby_port", dbname="postgres")
+    with conn(app_dsn) as c:
+        c.execute("CREATE TABLE write_probe (id serial PRIMARY KEY, at timestamptz)")
+        c.execute("INSERT INTO orders (item) SELECT 'before ' || g FROM generate_series(1, 5) g")
+    deploy = lab.playbook("deploy-code", release_id="v3")
+    assert deploy.rc == 0, deploy.output
+    points = query(
+        app_dsn,
+        "SELECT restore_point FROM knowngood_schema_migrations WHERE revision = '0003'",
+    )
+    assert points and points[0][0].startswith("knowngood-") and points[0][0].endswith("-before-v3")
+    point = points[0][0]
+    with conn(app_dsn) as c:
+        c.execute("INSERT INTO orders (item) SELECT 'after ' || g FROM generate_series(1, 3) g")
+    # The code rollback cannot undo 0003 and names this database rollback instead.
+    refused = lab.playbook("rollback-code", release_id="v1", rollback_reason="v3 broke")
+    assert refused.rc != 0
+    assert f"rollback-database.yml -e db_strategy=pitr -e target_name={point}" in refused.output
+    archive_now(lab)
+    tli_before = timeline(primary)
+
+    with Writer(app_dsn) as writer, LoadClient(lab.status["lb_url"] + "/db", threads=2) as load:
+        run = lab.playbook(
+            "rollback-database",
+            target_name=point,
+            confirm=cluster(lab),
+            rollback_reason="v3 migration dropped order notes",
+            ticket="INC-43",
+            db_verify_queries=[
+                "SELECT count(*) = 5 FROM orders",
+                {
+                    "name": "no currency yet",
+                    "sql": "SELECT NOT EXISTS (SELECT 1 FROM information_schema.columns "
+                    "WHERE table_name = 'orders' AND column_name = 'currency')",
+                },
+            ],
+        )
+        time.sleep(0.5)
+    assert run.rc == 0, run.output
+    rep = report(lab)
+    # Landed before the migration: schema 0001 only, the rows from before it, none from after.
+    assert query(app_dsn, "SELECT max(revision) FROM knowngood_schema_migrations") == [("0001",)]
+    assert query(app_dsn, "SELECT count(*) FROM orders WHERE item LIKE 'before %%'")[0][0] == 5
+    assert query(app_dsn, "SELECT count(*) FROM orders WHERE item LIKE 'after %%'")[0][0] == 0
+    # Writes: refused from the stop until the resume, accepted after.
+    stopped, resumed = float(rep["writes_stopped_at"]), float(rep["writes_resumed_at"])
+    during = [a for a in writer.attempts if a[0] > stopped and a[1] < resumed]
+    assert during and not [a for a in during if a[2]], ([a for a in during if a[2]], rep)
+    assert any(ok for s, _e, ok in writer.attempts if s > resumed + 0.2)
+    # The app was drained, not broken: 503 maintenance while stopped, 200 before and after.
+    codes = {code for _t, code, _r in load.responses}
+    assert 503 in codes and codes <= {200, 503}, load.report()
+    assert live_pool(lab) == "blue"
+    # The report names what matters.
+    assert rep["backup_used"] and rep["reached_lsn"] and rep["aside_dir"]
+    assert rep["safety_backup"]["backup_id"] and rep["wal_bytes_replayed"]
+    assert {"db_stop_writes", "db_restore", "db_verify", "db_resume"} <= set(rep["steps"])
+    # The new timeline, and the standby streaming on it.
+    tli_after = timeline(primary)
+    assert tli_after > tli_before
+    assert query(standby, "SELECT received_tli, status FROM pg_stat_wal_receiver") == [
+        (tli_after, "streaming")
+    ]
+    with conn(app_dsn) as c:
+        c.execute("INSERT INTO orders (item) VALUES ('after the rollback')")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows = query(
+            superuser_dsn(lab, "standby_port"),
+            "SELECT count(*) FROM orders WHERE item = 'after the rollback'",
+        )
+        if rows[0][0] == 1:
+            break
+        time.sleep(0.1)
+    assert rows[0][0] == 1
+    # The kept directory goes only when asked.
+    aside = Path(rep["aside_dir"])
+    assert aside.exists()
+    released = lab.playbook(
+        "rollback-database",
+        db_release_aside=True,
+        aside_dir=str(aside),
+        confirm=cluster(lab),
+        rollback_reason="rollback verified",
+    )
+    assert released.rc == 0, released.output
+    assert not aside.exists()
