@@ -22,7 +22,7 @@ SYSTEM_DEPS := nginx:nginx-light prometheus:prometheus promtool:prometheus sshd:
 help:
 	@echo "make demo   install, bring up the lab, run the main story"
 	@echo "make test   install, lint, unit and integration tests on a lab of their own"
-	@echo "make bench  rollback and backup benchmarks beside their anchors (BENCH=rollback|backup)"
+	@echo "make bench  rollback, backup and PITR benchmarks beside their anchors (BENCH=rollback|backup|pitr)"
 
 system-deps:
 	@missing=""; \
@@ -72,11 +72,11 @@ integration: system-deps venv
 test: system-deps venv lint sanity
 	$(BIN)/pytest -q
 
-# BENCH=rollback or BENCH=backup runs one of them; BENCH_ARGS go to it (e.g. BENCH_ARGS=--quick).
+# BENCH=rollback, backup or pitr runs one of them; BENCH_ARGS go to it (e.g. BENCH_ARGS=--quick).
 BENCH ?= all
 bench: system-deps venv
 ifeq ($(BENCH),all)
-	$(PY) bench/bench_rollback.py && $(PY) bench/bench_backup.py
+	$(PY) bench/bench_rollback.py && $(PY) bench/bench_backup.py && $(PY) bench/bench_pitr.py
 else
 	$(PY) bench/bench_$(BENCH).py $(BENCH_ARGS)
 endif
