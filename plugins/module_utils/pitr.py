@@ -63,6 +63,8 @@ _COMMIT_RE = re.compile(
     r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC"
 )
 _RECORD_RE = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+),")
+_RESTORE_POINT_RE = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: RESTORE_POINT (.*)$")
+NAME_SCAN_LIMIT = 512  # archived segments searched, newest first, for a named restore point
 
 
 @dataclasses.dataclass
@@ -394,6 +396,37 @@ def decode_records(cfg, archive, name, tmp_dir):
     return out
 
 
+def restore_point_lsns(cfg, archive, path, start_no, newest_no, name, tmp_dir):
+    """LSNs of every restore point called `name` in the archived segments start..newest (at
+    most NAME_SCAN_LIMIT, newest first), and whether the scan reached start_no."""
+    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": "/tmp"}
+    found = []
+    complete = True
+    for count, segno in enumerate(range(newest_no, start_no - 1, -1)):
+        if count >= NAME_SCAN_LIMIT:
+            complete = False
+            break
+        segment = expected_segment(path, segno)
+        if segment not in archive.segments:
+            continue
+        archive.fetch(segment, tmp_dir)
+        proc = subprocess.run(
+            [cfg.pg.binary("pg_waldump"), "--rmgr=XLOG", "-p", tmp_dir, segment, segment],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(tmp_dir, segment))
+        for line in proc.stdout.splitlines():
+            match = _RESTORE_POINT_RE.search(line)
+            if match and match.group(2).strip() == name:
+                found.append(parse_lsn(match.group(1)))
+    return sorted(found), complete
+
+
 def last_archived_commit(cfg, archive, path, start_no, newest_no, tmp_dir):
     """(commit time, lsn, segment, last record lsn of the newest segment) or Nones: segments
     are decoded newest first, down to the backup's start, at most SCAN_LIMIT of them."""
@@ -456,6 +489,7 @@ def _plan(cfg, req, target, tmp_dir):
     archive = Archive(cfg)
     path = timeline_path(archive, req.target_timeline, tmp_dir)
     reasons = []
+    extra = {}
     on = [e for e in entries if on_path(path, int(e["timeline"]), parse_lsn(e["stop_lsn"]))]
     if req.backup_label:
         chosen = [e for e in entries if e["label"] == req.backup_label]
@@ -471,6 +505,29 @@ def _plan(cfg, req, target, tmp_dir):
     if not on:
         raise BackupError(f"no committed backup lies on timeline {path[-1]['tli']}'s history")
     kind = target["kind"]
+    point_lsn = None
+    if kind == "name":
+        # Where the restore point is decides the base backup (one taken after it could never
+        # reach it); a name that occurs twice is ambiguous (recovery stops at the first one
+        # after wherever the base backup starts), so it is refused.
+        oldest_no = min(segment_parts(e["wal_start"])[1] for e in on)
+        newest_seen = newest_on_path(archive, path)
+        lsns, complete = restore_point_lsns(
+            cfg, archive, path, oldest_no, newest_seen or oldest_no, target["text"], tmp_dir
+        )
+        if len(lsns) > 1:
+            raise BackupError(
+                f"restore point {target['text']!r} occurs {len(lsns)} times in the archive (at "
+                f"{', '.join(format_lsn(x) for x in lsns)}): give target_lsn instead"
+            )
+        if not lsns:
+            scope = "" if complete else f" (searched the newest {NAME_SCAN_LIMIT} segments)"
+            raise BackupError(
+                f"restore point {target['text']!r} is not in the archive{scope}: nothing to "
+                "recover to"
+            )
+        point_lsn = lsns[0]
+        extra["restore_point_lsn"] = format_lsn(point_lsn)
     if kind == "time":
         before = [e for e in on if _stop_time(e) and _stop_time(e) <= target["value"]]
         if not before:
@@ -481,18 +538,19 @@ def _plan(cfg, req, target, tmp_dir):
             )
         base = max(before, key=lambda e: (e["stop_time"], e["label"]))
         reasons.append(f"newest backup that ended by the target ({base['stop_time']})")
-    elif kind == "lsn":
-        before = [e for e in on if parse_lsn(e["stop_lsn"]) <= target["value"]]
+    elif kind in ("lsn", "name"):
+        lsn = target["value"] if kind == "lsn" else point_lsn
+        before = [e for e in on if parse_lsn(e["stop_lsn"]) <= lsn]
         if not before:
             raise BackupError(
-                f"no backup before the target: target_lsn {target['text']} is before the end of "
-                f"backup {on[0]['label']} ({on[0]['stop_lsn']})"
+                f"no backup before the target: {kind} {target['text']} (LSN {format_lsn(lsn)}) "
+                f"is before the end of backup {on[0]['label']} ({on[0]['stop_lsn']})"
             )
         base = before[-1]
         reasons.append(f"newest backup that ended by the target LSN ({base['stop_lsn']})")
     else:
         base = on[-1]
-        if kind in ("xid", "name"):
+        if kind == "xid":
             reasons.append(
                 f"newest backup; the target {kind} {target['text']} must lie after it (its end "
                 f"{base['stop_lsn']}): checked after replay (PostgreSQL pauses only on reaching "
@@ -506,7 +564,6 @@ def _plan(cfg, req, target, tmp_dir):
             f"started ({base['wal_start']})"
         )
     recovery = {}
-    extra = {}
     if kind == "immediate":
         end_no = parse_lsn(base["stop_lsn"]) // SEGMENT_SIZE
         recovery = {"immediate": True}
@@ -556,6 +613,10 @@ def _plan(cfg, req, target, tmp_dir):
                 "time": target["value"].isoformat(sep=" "),
                 "inclusive": target["inclusive"],
             }
+    elif kind == "name":
+        end_no = point_lsn // SEGMENT_SIZE
+        recovery = {"name": target["text"]}
+        reasons.append(f"restore point {target['text']} found at {format_lsn(point_lsn)}")
     else:
         end_no = newest_no
         recovery = {kind: target["text"]}

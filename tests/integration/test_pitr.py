@@ -112,6 +112,8 @@ def world():
         pg.sql("SELECT pg_create_restore_point('kg-point')")
         _mark(pg, "after_name")
         marks["table_target"] = _mark(pg, "before_table_damage")
+        pg.sql("SELECT pg_create_restore_point('kg-twice')")  # ambiguous: refused as a target
+        pg.sql("SELECT pg_create_restore_point('kg-twice')")
         pg.sql("DELETE FROM keep")  # the damage the table strategy undoes
         pg.sql("INSERT INTO other VALUES ('written after the target')")
         marks["last"] = _mark(pg, "last")
@@ -164,6 +166,8 @@ def test_each_target_lands_exactly_on_the_sentinel_rows(world, kind, expected):
         assert result["plan"]["wal_from"] and result["plan"]["wal_to"]
         assert result["wal_bytes_replayed"] > 0 and result["reached_lsn"]
         assert result["first_read_seconds"] is not None
+        if kind == "name":  # located in the archive before the base backup was chosen
+            assert result["plan"]["restore_point_lsn"], result["plan"]
         assert {"plan", "stop", "move_aside", "restore", "replay"} <= set(result["steps"])
         with world.pg.connect() as conn:  # read-only while paused
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
@@ -195,6 +199,8 @@ def test_preflight_refusals_touch_nothing(world):
         "in the future": {"target_time": "2999-01-01T00:00:00+00:00"},
         "no backup before the target": {"target_time": "2001-01-01T00:00:00+00:00"},
         "does not match the cluster name": {"target_immediate": True, "confirm": "other"},
+        "occurs 2 times in the archive": {"target_name": "kg-twice"},
+        "is not in the archive": {"target_name": "kg-never-created"},
     }  # fmt: skip
     for words, kw in cases.items():
         req = world.request(state="recovered", run_id="refused", **kw)
