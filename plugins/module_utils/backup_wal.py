@@ -94,8 +94,19 @@ def wal_key(name, compression, encrypted):
 
 def _spool(cfg, *parts):
     path = os.path.join(cfg.spool_dir, *parts)
+    missing = []
+    probe = path
+    while probe != cfg.spool_dir and not os.path.isdir(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
+        if missing and os.geteuid() == 0:
+            # root (a module, a restore test) must not leave spool directories the PostgreSQL
+            # user cannot enter: restore_command would lose its prefetch queue and fast path.
+            owner = os.stat(cfg.spool_dir)
+            for directory in missing:
+                os.chown(directory, owner.st_uid, owner.st_gid)
     except OSError as err:
         raise BackupError(f"spool {path} is not writable: {err.strerror}") from None
     return path

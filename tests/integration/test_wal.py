@@ -326,3 +326,25 @@ def test_fetch_skips_a_down_location(pg_factory, walenv, labcfg: LabConfig) -> N
     assert ok and (base / "out").stat().st_size == 16 * 1024 * 1024
     assert took < 10, took
     assert os.path.getsize(base / "out") > 0
+
+
+def test_spool_directories_made_by_root_stay_usable_by_postgres(tmp_path):
+    """A root-run fetch (a module, a restore test) creating the prefetch queue must not lock
+    out restore_command, which runs as postgres: it lost its prefetcher and fast path once."""
+    spool = make_dirs_for_postgres(Path(f"/tmp/kg-spool-{uuid.uuid4().hex[:8]}"), 0o700)
+    try:
+        cfg = BackupConfig.from_dict(
+            {
+                "cluster": "spooltest",
+                "spool_dir": str(spool),
+                "locations": [{"name": "a", "type": "local", "path": str(tmp_path / "a")}],
+            }
+        )
+        assert not wal.fetch(cfg, "000000010000000000000001", str(tmp_path / "x"), prefetch=False)
+        postgres = pwd.getpwnam("postgres").pw_uid
+        made = [p for p in spool.rglob("*") if p.is_dir()]
+        assert made and all(p.stat().st_uid == postgres for p in made), made
+        probe = as_postgres(["touch", str(spool / "prefetch" / "probe")], check=False)
+        assert probe.returncode == 0, probe.stderr
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
