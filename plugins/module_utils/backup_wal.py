@@ -838,6 +838,12 @@ def _write_if_changed(path, data, mode, uid, gid):
     changed = not same
     if changed:
         write_atomic(path, data, mode=mode)
+    return _ensure_attrs(path, mode, uid, gid) or changed
+
+
+def _ensure_attrs(path, mode, uid, gid):
+    """Mode and (when uid is given) owner of path; True if either had to change."""
+    changed = False
     st = os.stat(path)
     if (st.st_mode & 0o7777) != mode:
         os.chmod(path, mode)
@@ -853,14 +859,7 @@ def _ensure_dir(path, mode, uid, gid):
     if not os.path.isdir(path):
         os.makedirs(path, exist_ok=True)
         changed = True
-    st = os.stat(path)
-    if (st.st_mode & 0o7777) != mode:
-        os.chmod(path, mode)
-        changed = True
-    if uid is not None and (st.st_uid, st.st_gid) != (uid, gid):
-        os.chown(path, uid, gid)
-        changed = True
-    return changed
+    return _ensure_attrs(path, mode, uid, gid) or changed
 
 
 def tool_commands(tool_dir):

@@ -363,20 +363,27 @@ def gaps_on_path(archive, path, start_no, end_no):
     ]
 
 
-def decode_records(cfg, archive, name, tmp_dir):
-    """[(lsn, commit time or None)] of one archived segment, by pg_waldump."""
+def waldump(cfg, archive, name, tmp_dir, *options):
+    """pg_waldump of one archived segment (fetched into tmp_dir, removed after)."""
     archive.fetch(name, tmp_dir)
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": "/tmp"}
-    proc = subprocess.run(
-        [cfg.pg.binary("pg_waldump"), "-p", tmp_dir, name, name],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(tmp_dir, name))
+    try:
+        return subprocess.run(
+            [cfg.pg.binary("pg_waldump"), *options, "-p", tmp_dir, name, name],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(tmp_dir, name))
+
+
+def decode_records(cfg, archive, name, tmp_dir):
+    """[(lsn, commit time or None)] of one archived segment, by pg_waldump."""
+    proc = waldump(cfg, archive, name, tmp_dir)
     out = []
     for line in proc.stdout.splitlines():
         commit = _COMMIT_RE.search(line)
@@ -399,7 +406,6 @@ def decode_records(cfg, archive, name, tmp_dir):
 def restore_point_lsns(cfg, archive, path, start_no, newest_no, name, tmp_dir):
     """LSNs of every restore point called `name` in the archived segments start..newest (at
     most NAME_SCAN_LIMIT, newest first), and whether the scan reached start_no."""
-    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "TZ": "UTC", "HOME": "/tmp"}
     found = []
     complete = True
     for count, segno in enumerate(range(newest_no, start_no - 1, -1)):
@@ -409,17 +415,7 @@ def restore_point_lsns(cfg, archive, path, start_no, newest_no, name, tmp_dir):
         segment = expected_segment(path, segno)
         if segment not in archive.segments:
             continue
-        archive.fetch(segment, tmp_dir)
-        proc = subprocess.run(
-            [cfg.pg.binary("pg_waldump"), "--rmgr=XLOG", "-p", tmp_dir, segment, segment],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-            check=False,
-        )
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(tmp_dir, segment))
+        proc = waldump(cfg, archive, segment, tmp_dir, "--rmgr=XLOG")
         for line in proc.stdout.splitlines():
             match = _RESTORE_POINT_RE.search(line)
             if match and match.group(2).strip() == name:
