@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -47,19 +45,17 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common i
 from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (  # noqa: E402
     BackupConfig,
 )
+
+# One lock and one error type for every benchmark (bench/ is on sys.path when run as a script).
+from bench_rollback import BenchError, only_bench_running, port_in_use  # noqa: E402, F401
 from pgcluster import PG_BIN, PgCluster, as_postgres, make_dirs_for_postgres  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 DOCS_SVG = REPO / "docs" / "backup-bench.svg"
-BENCH_LOCK = Path("/tmp/knowngood-bench.lock")
 GOAL_RATIO = 1.2
 TABLES = 20  # the 5% change rewrites one of twenty equal tables
 STARTED = time.monotonic()
 GB = 1024**3
-
-
-class BenchError(Exception):
-    """A step of the benchmark failed; the message says which."""
 
 
 def progress(message: str) -> None:
@@ -80,28 +76,6 @@ def native_modules():
 
 
 # ------------------------------------------------------------------ helpers
-
-
-@contextlib.contextmanager
-def only_bench_running():
-    """One benchmark at a time (the rollback bench takes the same lock)."""
-    with open(BENCH_LOCK, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            raise BenchError(
-                f"another benchmark is running (pid {lock.read().strip() or '?'}); wait for it"
-            ) from None
-        lock.truncate(0)
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
-        yield
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def du(path: Path) -> int:
