@@ -21,6 +21,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common i
     dump_json,
     iso,
     parse_iso,
+    read_json,
     segment_parts,
     utcnow,
     write_atomic,
@@ -105,13 +106,7 @@ class Catalog:
         return os.path.join(self.dir, f"{label}.json")
 
     def _read(self, path):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                return json.load(handle)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as err:
-            raise BackupError(f"catalog entry {path} is unreadable: {err}") from err
+        return read_json(path, f"catalog entry {path}")
 
     def entries(self, include_expired=False):
         """Every entry, oldest first."""

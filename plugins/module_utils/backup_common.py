@@ -85,6 +85,17 @@ def dump_json(obj):
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
+def read_json(path, what=None):
+    """The JSON document at path, None when it does not exist; BackupError when unreadable."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise BackupError(f"{what or path} is unreadable: {err}") from None
+
+
 # ---- WAL names and LSNs (16 MB segments; wal_segment_size is fixed at initdb) ----------------
 
 SEGMENT_SIZE = 16 * 1024 * 1024

@@ -128,6 +128,15 @@ def location_key(location, spec):
 # ---- small helpers ---------------------------------------------------------------------------
 
 
+# The environment of every command the engine runs: nothing of the caller's PG* / AWS_* leaks in.
+COMMAND_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "LC_ALL": "C.UTF-8",
+    "HOME": "/tmp",
+    "PGCONNECT_TIMEOUT": "10",
+}
+
+
 def _postgres_ids(cfg):
     try:
         pw = pwd.getpwnam(cfg.pg.os_user)
@@ -151,14 +160,13 @@ def run(argv, *, cfg=None, as_postgres=False, timeout=None, check=True, what=Non
     if as_postgres:
         uid, gid = _postgres_ids(cfg)
         kwargs.update(user=uid, group=gid, extra_groups=[])
-    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/tmp", "PGCONNECT_TIMEOUT": "10"}
     try:
         proc = subprocess.run(
             [str(a) for a in argv],
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=env,
+            env=dict(COMMAND_ENV),
             preexec_fn=_die_with_parent,
             check=False,
             **kwargs,
@@ -493,7 +501,6 @@ def _stream_basebackup(cfg, label, staging, pool, add, progress):
         "-D", "-", "-Ft", "-X", "none", "--manifest-checksums=CRC32C",
         "--checkpoint=fast", "--no-password", "-l", label,
     ]  # fmt: skip
-    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/tmp", "PGCONNECT_TIMEOUT": "10"}
     progress("pg_basebackup streaming (files are stored as they arrive)")
     # Bounded staging: at most this many large files wait for an encoder at once.
     slots = threading.BoundedSemaphore(max(4, cfg.io_parallel * 2))
@@ -514,7 +521,7 @@ def _stream_basebackup(cfg, label, staging, pool, add, progress):
             stdout=subprocess.PIPE,
             stderr=errors,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=dict(COMMAND_ENV),
             preexec_fn=_die_with_parent,
         )
         try:

@@ -44,6 +44,9 @@ META_DIR = ".meta"  # local / export: per-object metadata sidecars live under <r
 _TMP_MARK = ".kgtmp."
 _DEFAULT_SALT_INFO = b"knowngood repo salt v1\x00"
 _KEY_CACHE = {}
+# botocore's client creation (and the first boto3 import) is not safe to run from several
+# threads at once; WAL pushes, uploads and verification reach locations from worker threads.
+_CLIENT_LOCK = threading.Lock()
 
 # ---- retries ---------------------------------------------------------------------------------
 
@@ -628,36 +631,41 @@ class S3Location(Location):
     @property
     def client(self):
         if self._client is None:
-            try:
-                import boto3
-                from botocore.config import Config
-            except ImportError as err:
-                raise self._err("S3 locations need the python boto3 package") from err
-            options = {
-                "s3": {"addressing_style": "path"},
-                "signature_version": "s3v4",
-                "connect_timeout": 3,
-                "read_timeout": 30,
-                "retries": {"max_attempts": 1, "mode": "standard"},
-                "max_pool_connections": max(10, 2 * getattr(self.cfg, "parallel", 2)),
-            }
-            try:  # botocore >= 1.36 adds CRC checksums by default; keep requests portable
-                config = Config(
-                    request_checksum_calculation="when_required",
-                    response_checksum_validation="when_required",
-                    **options,
-                )
-            except TypeError:
-                config = Config(**options)
-            self._client = boto3.session.Session().client(
-                "s3",
-                endpoint_url=self.spec.endpoint_url or None,
-                region_name=self.spec.region or None,
-                aws_access_key_id=self.spec.access_key or None,
-                aws_secret_access_key=self.spec.secret_key or None,
-                config=config,
-            )
+            with _CLIENT_LOCK:
+                if self._client is None:
+                    self._client = self._make_client()
         return self._client
+
+    def _make_client(self):
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as err:
+            raise self._err("S3 locations need the python boto3 package") from err
+        options = {
+            "s3": {"addressing_style": "path"},
+            "signature_version": "s3v4",
+            "connect_timeout": 3,
+            "read_timeout": 30,
+            "retries": {"max_attempts": 1, "mode": "standard"},
+            "max_pool_connections": max(10, 2 * getattr(self.cfg, "parallel", 2)),
+        }
+        try:  # botocore >= 1.36 adds CRC checksums by default; keep requests portable
+            config = Config(
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                **options,
+            )
+        except TypeError:
+            config = Config(**options)
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.spec.endpoint_url or None,
+            region_name=self.spec.region or None,
+            aws_access_key_id=self.spec.access_key or None,
+            aws_secret_access_key=self.spec.secret_key or None,
+            config=config,
+        )
 
     def _key(self, key):
         return self.root + check_key(key)
@@ -885,24 +893,16 @@ class S3Location(Location):
             out = []
             paginator = self.client.get_paginator("list_object_versions")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=s3key):
-                for item in page.get("Versions", []):
-                    if item["Key"] == s3key:
-                        out.append(
-                            {
-                                "version_id": item["VersionId"],
-                                "delete_marker": False,
-                                "latest": item.get("IsLatest", False),
-                            }
-                        )
-                for item in page.get("DeleteMarkers", []):
-                    if item["Key"] == s3key:
-                        out.append(
-                            {
-                                "version_id": item["VersionId"],
-                                "delete_marker": True,
-                                "latest": item.get("IsLatest", False),
-                            }
-                        )
+                for kind, marker in (("Versions", False), ("DeleteMarkers", True)):
+                    out.extend(
+                        {
+                            "version_id": item["VersionId"],
+                            "delete_marker": marker,
+                            "latest": item.get("IsLatest", False),
+                        }
+                        for item in page.get(kind, [])
+                        if item["Key"] == s3key
+                    )
             return out
 
         return self._call(f"list versions of {key}", listing, key)
@@ -1097,6 +1097,22 @@ def location_key(cfg, salt):
     if cache_id not in _KEY_CACHE:
         _KEY_CACHE[cache_id] = derive_key(cfg.encryption_key, salt)
     return _KEY_CACHE[cache_id]
+
+
+def probe_locations(cfg):
+    """{name: {ok, error, unavailable}}: every location checked (reachable, writable,
+    credentials) and its repo.json read (cluster, encryption key); `unavailable` marks a
+    location that is down or timing out, as opposed to misconfigured."""
+    status = {}
+    for location in open_locations(cfg):
+        try:
+            location.check()
+            ensure_repo(location, cfg)
+            status[location.name] = {"ok": True, "error": None, "unavailable": False}
+        except BackupError as err:
+            unavailable = isinstance(err, LocationUnavailable)
+            status[location.name] = {"ok": False, "error": str(err), "unavailable": unavailable}
+    return status
 
 
 def ensure_repo(location, cfg, cache_dir=None):

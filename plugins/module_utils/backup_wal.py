@@ -354,12 +354,6 @@ def push(cfg, path):
                 )
             else:
                 todo.append(location)
-        for location in todo:
-            # S3 clients (and the first boto3 import) are made here, one at a time: botocore's
-            # client creation is not safe to run from several threads at once.
-            if hasattr(type(location), "client"):
-                with contextlib.suppress(Exception):
-                    location.client  # noqa: B018 - created for its side effect
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
             futures = {
                 pool.submit(_put_one, cfg, location, name, encoded): location for location in todo

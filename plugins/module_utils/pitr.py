@@ -22,7 +22,6 @@ removed by release().
 import contextlib
 import dataclasses
 import datetime
-import json
 import os
 import re
 import shutil
@@ -41,10 +40,12 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common i
     SEGMENT_SIZE,
     WAL_SEGMENT_RE,
     BackupError,
+    dump_json,
     format_lsn,
     iso,
     parse_iso,
     parse_lsn,
+    read_json,
     segment_from_parts,
     segment_parts,
     utcnow,
@@ -740,18 +741,8 @@ def assert_identity(cfg, req, info, plan_, expect_recovery):
         raise BackupError(f"the live cluster is {state}; expected the opposite: refusing")
 
 
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        raise BackupError(f"{path} is unreadable: {err}") from None
-
-
 def _write_json(path, data):
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o600)
+    write_atomic(path, dump_json(data), mode=0o600)
 
 
 def marker_path(data_dir):
@@ -926,8 +917,8 @@ def recover(cfg, req, result=None):
         plan_ = plan(cfg, req, target)
     result["plan"] = plan_
     result["backup_id"] = plan_["backup"]
-    marker = _read_json(marker_path(data_dir))
-    state = _read_json(state_path(data_dir))
+    marker = read_json(marker_path(data_dir))
+    state = read_json(state_path(data_dir))
     if req.run_id and not RUN_ID_RE.match(req.run_id):
         raise BackupError(f"run_id {req.run_id!r}: letters, digits, '.', '_' and '-' only")
     unfinished = state if (state or {}).get("phase") != "promoted" else None
@@ -1003,7 +994,7 @@ def recover(cfg, req, result=None):
         else:
             _wait_running_paused(lcfg, req.timeout, result, queries)
     report_position(lcfg, result, plan_, queries)
-    state = _read_json(state_path(data_dir)) or {}
+    state = read_json(state_path(data_dir)) or {}
     _write_json(state_path(data_dir), {**state, "phase": "paused"})
     return result
 
@@ -1059,7 +1050,7 @@ def promote(cfg, req, result=None):
     queries = result["queries"]
     lcfg = live_cfg(cfg, req)
     data_dir = lcfg.pg.data_dir.rstrip("/")
-    state = _read_json(state_path(data_dir)) or {}
+    state = read_json(state_path(data_dir)) or {}
     result["aside_dir"] = state.get("aside_dir")
     with steps("identity"):
         info = probe(lcfg, queries)

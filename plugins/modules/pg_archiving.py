@@ -108,8 +108,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_module i
     config_from_params,
 )
 from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_store import (
-    ensure_repo,
-    open_locations,
+    probe_locations,
 )
 
 try:
@@ -148,9 +147,9 @@ def _restart(module, cfg):
 
 
 def _check_locations(cfg):
-    for location in open_locations(cfg):
-        location.check()
-        ensure_repo(location, cfg)
+    for status in probe_locations(cfg).values():
+        if not status["ok"]:
+            raise BackupError(status["error"])
 
 
 def _wait_archived(conn, name, timeout):

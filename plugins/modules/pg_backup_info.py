@@ -76,29 +76,15 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_catalog import Catalog
 from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
     BackupError,
-    LocationUnavailable,
 )
 from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_module import (
     argument_spec,
     config_from_params,
 )
 from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_store import (
-    ensure_repo,
     open_locations,
+    probe_locations,
 )
-
-
-def _location_status(cfg):
-    status = {}
-    for location in open_locations(cfg):
-        try:
-            location.check()
-            ensure_repo(location, cfg)
-            status[location.name] = {"ok": True, "error": None, "unavailable": False}
-        except BackupError as err:
-            unavailable = isinstance(err, LocationUnavailable)
-            status[location.name] = {"ok": False, "error": str(err), "unavailable": unavailable}
-    return status
 
 
 def main():
@@ -122,7 +108,7 @@ def main():
         result["config"] = cfg.public()
         catalog = Catalog(cfg)
         if module.params["check_locations"]:
-            result["location_status"] = _location_status(cfg)
+            result["location_status"] = probe_locations(cfg)
         if module.params["refresh"]:
             refreshed = catalog.refresh(open_locations(cfg)) or {}
             result["unreachable_locations"] = refreshed.get("unreachable", {})
