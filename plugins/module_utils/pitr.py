@@ -1166,11 +1166,21 @@ def restore_tables(cfg, req, result=None):
             start_and_wait_paused(scfg, data, os.path.join(scratch, "server.log"), req.timeout,
                                   result, queries)  # fmt: skip
         report_position(scfg, result, plan_, queries)
+        # Paused at the target, the startup process still holds the locks WAL-logged by
+        # transactions that were open there: a DROP TABLE logs its AccessExclusiveLock before
+        # the commit the target stops at, and pg_dump would wait on it forever. Promoting the
+        # throwaway scratch (archive_mode off) aborts them.
+        with steps("end_scratch_recovery"), contextlib.closing(native.connect(scfg)) as conn:
+            query = "SELECT pg_promote(true, %s)"
+            if not conn.execute(query, (int(min(req.timeout, 600)),)).fetchone()[0]:
+                raise BackupError("the scratch cluster did not leave recovery")
+            _audit(queries, query)
         with steps("dump"):
             names = _expand_tables(scfg, wanted, queries)
             dump = os.path.join(scratch, "tables.sql")
             argv = [cfg.pg.binary("pg_dump"), "-h", "127.0.0.1", "-p", port, "-U", cfg.pg.user,
-                    "-d", cfg.pg.dbname, "--no-password", "-f", dump]  # fmt: skip
+                    "-d", cfg.pg.dbname, "--no-password", "--lock-wait-timeout=60s",
+                    "-f", dump]  # fmt: skip
             for schema, table in names:
                 argv += ["-t", f'"{schema}"."{table}"']
             native.run(argv, timeout=req.timeout, what="pg_dump from the scratch cluster")
