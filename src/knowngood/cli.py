@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     from knowngood import wal  # `knowngood wal push|fetch|status` (backup_wal's commands)
 
     wal.add_parser(sub)
+    from knowngood import awx  # `knowngood awx surveys`
+
+    awx.add_parser(sub)
+    from knowngood import drills  # `knowngood drill run|list|report`
+
+    drills.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,218 @@
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Drill bookkeeping: phase marks, sentinel ticks in the database, and the scorecard.
+
+A drill lives in <drill_dir>/<name>/current.json from `started` to `scored`; every molecule
+phase (prepare, side_effect, converge, verify) is a separate playbook run, so state is on disk.
+RTO is measured from the failure's injection to verification passing; RPO from sentinel rows
+("ticks") committed before the failure and counted again after recovery.
+"""
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+
+TICKS_TABLE = "knowngood_drill_ticks"
+
+
+class DrillError(Exception):
+    """A drill cannot be recorded or scored; the message says why."""
+
+
+def now_iso():
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _parse(stamp):
+    return datetime.fromisoformat(stamp)
+
+
+def default_dir():
+    explicit = os.environ.get("KNOWNGOOD_DRILL_DIR")
+    if explicit:
+        return explicit
+    audit = os.environ.get("KNOWNGOOD_AUDIT_DIR")
+    if audit:
+        return os.path.join(audit, "drills")
+    return os.path.join(os.path.expanduser("~"), ".local", "state", "knowngood", "drills")
+
+
+def _current(drill_dir, name):
+    return os.path.join(drill_dir, name, "current.json")
+
+
+def _write(path, document):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(document, handle, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def load(drill_dir, name):
+    path = _current(drill_dir, name)
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except OSError as err:
+        raise DrillError(
+            "drill %s was not started (no %s): run its prepare phase first" % (name, path)
+        ) from err
+
+
+def start(drill_dir, name, run_id, targets):
+    state = {
+        "drill": name,
+        "run_id": run_id or "drill-%s-%s" % (name, datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")),
+        "started_at": now_iso(),
+        "targets": targets,
+        "marks": {},
+        "ticks": {},
+        "data": {},
+    }
+    _write(_current(drill_dir, name), state)
+    return state
+
+
+def mark(drill_dir, name, label, data=None):
+    state = load(drill_dir, name)
+    state["marks"][label] = now_iso()
+    if data:
+        state["data"].update(data)
+    _write(_current(drill_dir, name), state)
+    return state
+
+
+def epochs(state):
+    return {label: _parse(stamp).timestamp() for label, stamp in state["marks"].items()}
+
+
+def _connect(dsn):
+    import psycopg  # declared optional dependency of the module
+
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+
+
+def tick(drill_dir, name, dsn, count, interval):
+    """Commit `count` sentinel rows `interval` seconds apart; remember the newest one."""
+    state = load(drill_dir, name)
+    with _connect(dsn) as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS %s (id bigserial PRIMARY KEY, drill text NOT NULL, "
+            "run_id text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())" % TICKS_TABLE
+        )
+        newest = None
+        for index in range(count):
+            newest = conn.execute(
+                "INSERT INTO %s (drill, run_id) VALUES (%%s, %%s) RETURNING id, at" % TICKS_TABLE,
+                (name, state["run_id"]),
+            ).fetchone()
+            if index + 1 < count:
+                time.sleep(interval)
+        total = conn.execute(
+            "SELECT count(*) FROM %s WHERE run_id = %%s" % TICKS_TABLE, (state["run_id"],)
+        ).fetchone()[0]
+    state["ticks"] = {
+        "committed": total,
+        "newest_id": newest[0],
+        "newest_at": newest[1].isoformat(),
+    }
+    _write(_current(drill_dir, name), state)
+    return state
+
+
+def survivors(dsn, run_id):
+    with _connect(dsn) as conn:
+        exists = conn.execute("SELECT to_regclass(%s)", (TICKS_TABLE,)).fetchone()[0]
+        if exists is None:
+            return {"count": 0, "newest_at": None}
+        row = conn.execute(
+            "SELECT count(*), max(at) FROM %s WHERE run_id = %%s" % TICKS_TABLE, (run_id,)
+        ).fetchone()
+    return {"count": row[0], "newest_at": row[1].isoformat() if row[1] else None}
+
+
+def _seconds(state, start, end):
+    marks = state["marks"]
+    if start not in marks or end not in marks:
+        return None
+    return round((_parse(marks[end]) - _parse(marks[start])).total_seconds(), 3)
+
+
+def score(state, surviving=None):
+    """The scorecard: RTO, RPO, phase timings, and pass or fail against the targets."""
+    marks = state["marks"]
+    ordered = sorted(marks.items(), key=lambda item: item[1])
+    steps = []
+    for index, (label, stamp) in enumerate(ordered):
+        following = ordered[index + 1][1] if index + 1 < len(ordered) else None
+        seconds = (
+            round((_parse(following) - _parse(stamp)).total_seconds(), 3) if following else None
+        )
+        steps.append({"step": label, "at": stamp, "seconds_to_next": seconds})
+    rto = _seconds(state, "failure_injected", "recovered")
+    card = {
+        "drill": state["drill"],
+        "run_id": state["run_id"],
+        "started_at": state["started_at"],
+        "scored_at": now_iso(),
+        "rto_s": rto,
+        "runbook_s": _seconds(state, "runbook_started", "runbook_finished"),
+        "rpo_s": None,
+        "rows_committed": None,
+        "rows_lost": None,
+        "steps": steps,
+        "targets": state["targets"],
+        "data": state["data"],
+    }
+    ticks = state.get("ticks") or {}
+    if ticks and surviving is not None:
+        lost = max(ticks["committed"] - surviving["count"], 0)
+        card["rows_committed"] = ticks["committed"]
+        card["rows_lost"] = lost
+        if lost == 0:
+            card["rpo_s"] = 0.0
+        elif surviving["newest_at"] is None:
+            card["rpo_s"] = round(
+                (_parse(ticks["newest_at"]) - _parse(state["started_at"])).total_seconds(), 3
+            )
+        else:
+            card["rpo_s"] = round(
+                (_parse(ticks["newest_at"]) - _parse(surviving["newest_at"])).total_seconds(), 3
+            )
+    misses = []
+    if "recovered" not in marks:
+        misses.append("never verified green")
+    targets = state["targets"] or {}
+    if rto is not None and targets.get("rto_s") is not None and rto > targets["rto_s"]:
+        misses.append("RTO %.1fs over the %.1fs target" % (rto, targets["rto_s"]))
+    rpo = card["rpo_s"]
+    if targets.get("rpo_s") is not None:
+        if rpo is None and ticks:
+            misses.append("RPO not measured")
+        elif rpo is not None and rpo > targets["rpo_s"]:
+            misses.append(f"RPO {rpo:.1f}s over the {targets['rpo_s']:.1f}s target")
+    card["misses"] = misses
+    card["passed"] = not misses
+    return card
+
+
+def record(drill_dir, card):
+    """Append the scorecard to the drill history; the current drill is closed."""
+    name = card["drill"]
+    path = os.path.join(drill_dir, name, "%s.json" % card["run_id"])
+    _write(path, card)
+    with open(os.path.join(drill_dir, "history.jsonl"), "a") as handle:
+        handle.write(json.dumps(card, sort_keys=True) + "\n")
+    current = _current(drill_dir, name)
+    if os.path.exists(current):
+        os.remove(current)
+    return path
+
+
+def history(drill_dir):
+    path = os.path.join(drill_dir, "history.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]

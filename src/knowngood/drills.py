@@ -1,0 +1,267 @@
+"""`knowngood drill run NAME | list | report`: rollback drills with measured RTO and RPO.
+
+A drill is a molecule scenario under molecule/ (prepare -> side_effect -> converge -> verify)
+run against the lab; its verify phase writes a scorecard (module drill_scorecard). This module
+runs the scenario, shows the scorecard, and turns the history into a report with trends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from knowngood.lab.config import DEFAULT_ROOT
+from knowngood.modutils import module_utils
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = REPO / "molecule"
+
+
+class DrillError(Exception):
+    """A drill cannot run or report; the message says why."""
+
+
+def scenarios() -> list[str]:
+    return sorted(
+        p.parent.name for p in SCENARIOS.glob("*/molecule.yml") if p.parent.name != "shared"
+    )
+
+
+def drill_dir(lab_dir: Path) -> Path:
+    return Path(os.environ.get("KNOWNGOOD_DRILL_DIR") or lab_dir / "audit" / "drills")
+
+
+def run(name: str, lab_dir: Path, echo: bool = True, timeout: float = 1800) -> dict[str, Any]:
+    """Run one drill scenario with molecule; return its scorecard.
+
+    A drill that hangs is a finding, not a wait: past `timeout` seconds the whole scenario is
+    killed and the drill fails, naming the phase reached (from the audit trail)."""
+    if name not in scenarios():
+        raise DrillError(f"no drill {name!r}; drills: {', '.join(scenarios())}")
+    if not (lab_dir / "inventory" / "hosts.yml").is_file():
+        raise DrillError(f"no lab at {lab_dir}: run `knowngood lab up` first")
+    molecule = Path(sys.executable).parent / "molecule"
+    if not molecule.exists():
+        raise DrillError("molecule is not installed (make venv installs it)")
+    run_id = f"drill-{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    directory = drill_dir(lab_dir)
+    env = dict(os.environ)
+    env.update(
+        KNOWNGOOD_LAB_DIR=str(lab_dir),
+        KNOWNGOOD_AUDIT_DIR=str(lab_dir / "audit"),
+        KNOWNGOOD_DRILL_DIR=str(directory),
+        KNOWNGOOD_DRILL_RUN_ID=run_id,
+        PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+    )
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [str(molecule), "test", "-s", name],
+        cwd=REPO,
+        env=env,
+        stdout=None if echo else subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate()
+        raise DrillError(
+            f"drill {name} exceeded {timeout:.0f}s and was stopped; the audit records under "
+            f"{lab_dir / 'audit'} show the last task each phase reached"
+        ) from None
+    card_path = directory / name / f"{run_id}.json"
+    if not card_path.is_file():
+        tail = (output or "")[-3000:]
+        raise DrillError(
+            f"drill {name} ended (rc={proc.returncode}) after {time.monotonic() - started:.0f}s "
+            f"without a scorecard: a phase failed before verify\n{tail}"
+        )
+    card = json.loads(card_path.read_text())
+    card["molecule_rc"] = proc.returncode
+    card["path"] = str(card_path)
+    return card
+
+
+def summary(card: dict[str, Any]) -> list[str]:
+    verdict = "PASSED" if card["passed"] else "MISSED"
+    targets = card.get("targets") or {}
+    lines = [
+        f"drill {card['drill']} {verdict} ({card['run_id']})",
+        f"  RTO {card['rto_s']}s (target {targets.get('rto_s')}s); runbook {card['runbook_s']}s",
+        f"  RPO {card['rpo_s']}s (target {targets.get('rpo_s')}s); "
+        f"{card['rows_lost']} of {card['rows_committed']} sentinel rows lost",
+    ]
+    for step in card["steps"]:
+        to_next = step["seconds_to_next"]
+        lines.append(
+            f"    {step['step']:<18} {step['at'][11:23]}"
+            + (f"  +{to_next}s" if to_next is not None else "")
+        )
+    lines += [f"  missed: {m}" for m in card.get("misses", [])]
+    return lines
+
+
+def history(lab_dir: Path) -> list[dict[str, Any]]:
+    drill = module_utils("drill")
+    return drill.history(str(drill_dir(lab_dir)))
+
+
+def trends(cards: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per drill: runs, pass rate, last and best RTO, and the change against the run before."""
+    out: dict[str, dict[str, Any]] = {}
+    for card in sorted(cards, key=lambda c: c["scored_at"]):
+        entry = out.setdefault(card["drill"], {"runs": [], "passed": 0})
+        entry["runs"].append(card)
+        entry["passed"] += 1 if card["passed"] else 0
+    for entry in out.values():
+        rtos = [c["rto_s"] for c in entry["runs"] if c["rto_s"] is not None]
+        entry["last_rto_s"] = rtos[-1] if rtos else None
+        entry["best_rto_s"] = min(rtos) if rtos else None
+        entry["rto_change_s"] = round(rtos[-1] - rtos[-2], 2) if len(rtos) > 1 else None
+        entry["last_rpo_s"] = entry["runs"][-1]["rpo_s"]
+    return out
+
+
+def text_report(cards: list[dict[str, Any]]) -> str:
+    if not cards:
+        return "no drills recorded yet: knowngood drill run <name>"
+    head = ("drill", "runs", "passed", "last RTO", "change", "best", "RPO")
+    lines = ["{:<18} {:>4} {:>6} {:>9} {:>8} {:>7} {:>6}".format(*head)]
+    for name, entry in sorted(trends(cards).items()):
+        change = entry["rto_change_s"]
+        lines.append(
+            "{:<18} {:>4} {:>6} {:>9} {:>8} {:>7} {:>6}".format(
+                name,
+                len(entry["runs"]),
+                entry["passed"],
+                _num(entry["last_rto_s"]),
+                f"{change:+.1f}s" if change is not None else "-",
+                _num(entry["best_rto_s"]),
+                _num(entry["last_rpo_s"]),
+            )
+        )
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def _chart(runs: list[dict[str, Any]], target: float | None) -> str:
+    """RTO per run as an inline SVG line, with the objective as a dashed line."""
+    points = [c["rto_s"] for c in runs if c["rto_s"] is not None]
+    if not points:
+        return "<p>no RTO measured</p>"
+    width, height, pad = 520, 160, 30
+    top = max(points + ([target] if target else [])) * 1.15 or 1
+    step = (width - 2 * pad) / max(len(points) - 1, 1)
+
+    def y(value: float) -> float:
+        return height - pad - (value / top) * (height - 2 * pad)
+
+    coords = " ".join(f"{pad + i * step:.1f},{y(v):.1f}" for i, v in enumerate(points))
+    dots = "".join(
+        f'<circle cx="{pad + i * step:.1f}" cy="{y(v):.1f}" r="3.5" '
+        f'fill="{"#1a7f37" if runs[i]["passed"] else "#cf222e"}"><title>{v}s</title></circle>'
+        for i, v in enumerate(points)
+    )
+    goal = (
+        f'<line x1="{pad}" x2="{width - pad}" y1="{y(target):.1f}" y2="{y(target):.1f}" '
+        f'stroke="#9a6700" stroke-dasharray="5,4"/><text x="{width - pad}" y="{y(target) - 4:.1f}" '
+        f'text-anchor="end" font-size="11" fill="#9a6700">objective {target}s</text>'
+        if target
+        else ""
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" '
+        'stroke="#888"/>'
+        f'<line x1="{pad}" y1="{pad / 2}" x2="{pad}" y2="{height - pad}" stroke="#888"/>'
+        f'<text x="4" y="{pad}" font-size="11">{top:.0f}s</text>{goal}'
+        f'<polyline fill="none" stroke="#0969da" stroke-width="2" points="{coords}"/>{dots}</svg>'
+    )
+
+
+def html_report(cards: list[dict[str, Any]]) -> str:
+    rows, charts = [], []
+    for name, entry in sorted(trends(cards).items()):
+        target = (entry["runs"][-1].get("targets") or {}).get("rto_s")
+        charts.append(f"<h2>{html.escape(name)}: RTO per run</h2>{_chart(entry['runs'], target)}")
+        for card in entry["runs"]:
+            rows.append(
+                "<tr>"
+                + "".join(
+                    f"<td>{html.escape(str(v))}</td>"
+                    for v in (
+                        card["drill"],
+                        card["scored_at"][:19].replace("T", " "),
+                        _num(card["rto_s"]),
+                        _num(card["rpo_s"]),
+                        card["rows_lost"] if card["rows_lost"] is not None else "-",
+                        "passed" if card["passed"] else "missed: " + "; ".join(card["misses"]),
+                    )
+                )
+                + "</tr>"
+            )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>knowngood drills</title>"
+        "<style>body{font-family:sans-serif;margin:2em;max-width:60em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em}</style>"
+        "</head><body><h1>Rollback drills</h1>"
+        f"<pre>{html.escape(text_report(cards))}</pre>{''.join(charts)}"
+        "<h2>Every run</h2><table><tr><th>drill</th><th>scored (UTC)</th><th>RTO</th>"
+        f"<th>RPO</th><th>rows lost</th><th>verdict</th></tr>{''.join(rows)}</table>"
+        "</body></html>"
+    )
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    lab_dir = Path(args.lab_dir or os.environ.get("KNOWNGOOD_LAB_DIR") or DEFAULT_ROOT)
+    try:
+        if args.drill_command == "list":
+            print("\n".join(scenarios()))
+            return 0
+        if args.drill_command == "report":
+            cards = history(lab_dir)
+            print(text_report(cards))
+            if args.html:
+                Path(args.html).write_text(html_report(cards))
+                print(f"HTML report: {args.html}")
+            return 0
+        if not args.name:
+            raise DrillError("drill run needs a NAME: " + ", ".join(scenarios()))
+        card = run(args.name, lab_dir, echo=not args.quiet, timeout=args.timeout)
+    except DrillError as exc:
+        print(f"knowngood: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(summary(card)))
+    return 0 if card["passed"] and card["molecule_rc"] == 0 else 1
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "drill",
+        help="rollback drills: run NAME | list | report [--html FILE]",
+        description="knowngood drill run NAME | list | report [--html FILE]",
+    )
+    parser.add_argument("drill_command", choices=["run", "list", "report"])
+    parser.add_argument("name", nargs="?")
+    parser.add_argument("--lab-dir", help="lab root (default $KNOWNGOOD_LAB_DIR)")
+    parser.add_argument("--html", help="report: also write a self-contained HTML file")
+    parser.add_argument("--quiet", action="store_true", help="run: print only the scorecard")
+    parser.add_argument(
+        "--timeout", type=float, default=1800, help="run: seconds before the drill is stopped"
+    )
+    parser.set_defaults(func=cmd_drill)
