@@ -17,11 +17,12 @@ SYSTEM_DEPS := nginx:nginx-light prometheus:prometheus promtool:prometheus sshd:
 	/usr/lib/python3/dist-packages/cryptography:python3-cryptography \
 	/usr/lib/python3/dist-packages/psycopg:python3-psycopg
 
-.PHONY: help system-deps venv demo test unit integration lint sanity bench lab-up lab-down collection clean
+.PHONY: help system-deps venv demo test unit integration lint sanity bench drill lab-up lab-down collection clean
 
 help:
 	@echo "make demo   install, bring up the lab, run the main story"
 	@echo "make test   install, lint, unit and integration tests on a lab of their own"
+	@echo "make drill  rollback drills on the lab with measured RTO/RPO (DRILL=<scenario>)"
 	@echo "make bench  rollback, backup and PITR benchmarks beside their anchors (BENCH=rollback|backup|pitr)"
 
 system-deps:
@@ -79,6 +80,17 @@ ifeq ($(BENCH),all)
 	$(PY) bench/bench_rollback.py && $(PY) bench/bench_backup.py && $(PY) bench/bench_pitr.py
 else
 	$(PY) bench/bench_$(BENCH).py $(BENCH_ARGS)
+endif
+
+# Drills against the lab (molecule scenarios; each a minute or more, so not in `make test`).
+# DRILL=<scenario> runs one; the default runs every scenario and prints the history.
+DRILL ?= all
+drill: system-deps venv lab-up
+ifeq ($(DRILL),all)
+	rc=0; for d in $$($(BIN)/knowngood drill list); do $(BIN)/knowngood drill run $$d --quiet || rc=1; done; \
+	$(BIN)/knowngood drill report --html drill-report.html; exit $$rc
+else
+	$(BIN)/knowngood drill run $(DRILL)
 endif
 
 collection: venv
