@@ -71,7 +71,7 @@ def judge(get, workflow_job_id, roles, role_teams):
             % (len(approvals), len(roles), ", ".join(roles))
         )
     approvers, seen = [], set()
-    for (identifier, job), role in zip(approvals, roles, strict=True):
+    for (identifier, job), role in zip(approvals, roles):  # noqa: B905 - lengths checked above; targets may run Python 3.8
         detail = get("/api/v2/workflow_approvals/%d/" % int(job["id"]))
         actor = ((detail.get("summary_fields") or {}).get("approved_or_denied_by") or {}).get(
             "username"
