@@ -64,6 +64,18 @@ KEPT_KEYS = (
     "current",
     "last_known_good",
     "removed_releases",
+    "verdict",
+    "severity",
+    "action",
+    "approvals_required",
+    "triggers",
+    "fired",
+    "inconclusive",
+    "baseline",
+    "query_errors",
+    "evaluated_at",
+    "baseline_at",
+    "window_s",
 )
 SECRET_RE = re.compile(r"pass|secret|token|key|dsn|credential", re.I)
 

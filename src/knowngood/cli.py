@@ -68,6 +68,12 @@ def _parse_extravars(pairs: list[str]) -> dict:
         if pair.startswith("@"):
             extravars.update(json.loads(Path(pair[1:]).read_text()))
             continue
+        if pair.startswith("{"):  # -e '{"k": "two words"}', as ansible-playbook takes it
+            try:
+                extravars.update(json.loads(pair))
+            except ValueError as exc:
+                raise runner.KnowngoodError(f"-e JSON is not valid: {exc}") from None
+            continue
         key, sep, value = pair.partition("=")
         if not sep or not key.isidentifier():
             raise runner.KnowngoodError(f"-e expects key=value, got {pair!r}")
