@@ -76,6 +76,16 @@ KEPT_KEYS = (
     "evaluated_at",
     "baseline_at",
     "window_s",
+    "approved",
+    "mode",
+    "request_id",
+    "request",
+    "signers",
+    "refused",
+    "missing_roles",
+    "break_glass_reason",
+    "post_hoc_approval",
+    "post_hoc_request_file",
 )
 SECRET_RE = re.compile(r"pass|secret|token|key|dsn|credential", re.I)
 

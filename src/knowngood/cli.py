@@ -3,7 +3,9 @@
 knowngood lab up [--hosts N] [--ssh]      build the lab (idempotent)
 knowngood lab status [--json]             where everything is
 knowngood lab down                        stop it and remove it
-knowngood run rollback-code -e rollback_reason=... [--check]
+knowngood run rollback-code --ticket T --reason R [--request FILE] [--check]
+knowngood request rollback-code --severity high --ticket T --reason R   -> request file
+knowngood approve REQUEST --key ~/.ssh/id_ed25519                        (sign it)
 knowngood audit list | show RUN_ID
 """
 
@@ -81,18 +83,43 @@ def _parse_extravars(pairs: list[str]) -> dict:
     return extravars
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    # Without -i the runbook runs on the lab, and its records go to the lab's audit dir.
+def _run_target(args: argparse.Namespace) -> tuple[str, Path]:
+    """(inventory, audit dir): without -i the runbook runs on the lab and records there."""
     inventory, audit_dir = args.inventory, runner.DEFAULT_AUDIT_DIR
     if not inventory:
         cfg = LabConfig.load(Path(args.root))
         inventory, audit_dir = str(cfg.inventory_path), cfg.root / "audit"
-    if args.audit_dir:
+    if getattr(args, "audit_dir", ""):
         audit_dir = Path(args.audit_dir)
+    return inventory, audit_dir
+
+
+def _governed_extravars(args: argparse.Namespace) -> dict:
+    extravars = _parse_extravars(args.extra_vars)
+    if args.ticket:
+        extravars.setdefault("ticket", args.ticket)
+    if args.reason:
+        extravars.setdefault("rollback_reason", args.reason)
+    return extravars
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    inventory, audit_dir = _run_target(args)
+    if args.request:
+        from knowngood import governance
+
+        # The approved request says why; the run carries the same ticket and reason.
+        doc = governance.read_request(Path(args.request))
+        args.ticket, args.reason = args.ticket or doc["ticket"], args.reason or doc["reason"]
+    extravars = _governed_extravars(args)
+    if args.request:
+        extravars["knowngood_request"] = str(Path(args.request).resolve())
+    if args.break_glass:
+        extravars["knowngood_break_glass"] = args.break_glass
     request = runner.RunRequest(
         runbook=args.runbook,
         inventory=inventory,
-        extravars=_parse_extravars(args.extra_vars),
+        extravars=extravars,
         check=args.check,
         limit=args.limit or "",
         audit_dir=audit_dir,
@@ -104,6 +131,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(line)
     print(f"audit record: {result.record_path}")
     return result.exit_code
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    from knowngood import governance
+
+    inventory, audit_dir = _run_target(args)
+    path = governance.create_request(
+        runbook=args.runbook,
+        inventory=inventory,
+        limit=args.limit or "",
+        extravars=_governed_extravars(args),
+        severity=args.severity,
+        requester=args.requester,
+        ticket=args.ticket,
+        reason=args.reason,
+        ttl_s=args.expires,
+        out=Path(args.output) if args.output else audit_dir / "requests",
+    )
+    print(path)
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from knowngood import governance
+
+    print(governance.approve(Path(args.request), Path(args.key).expanduser(), args.signer))
+    return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -156,7 +210,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--check", action="store_true", help="show the plan, change nothing")
     run.add_argument("--audit-dir", default="")
     run.add_argument("--quiet", action="store_true")
+    run.add_argument("--ticket", default="", help="incident or change ticket")
+    run.add_argument("--reason", default="", help="why this run (rollback_reason)")
+    run.add_argument("--request", default="", help="approved request file (knowngood request)")
+    run.add_argument("--break-glass", default="", metavar="REASON", help="run without approvals")
     run.set_defaults(func=cmd_run)
+
+    req = sub.add_parser("request", help="write a rollback request for approvers to sign")
+    req.add_argument("runbook", help="playbook name, e.g. rollback-code")
+    req.add_argument("-e", "--extra-vars", action="append", default=[])
+    req.add_argument("-i", "--inventory", default="")
+    req.add_argument("--limit", default="")
+    req.add_argument("--severity", required=True, choices=["low", "medium", "high"])
+    req.add_argument("--ticket", required=True)
+    req.add_argument("--reason", required=True)
+    req.add_argument("--requester", default="", help="default: the OS user")
+    req.add_argument("--expires", type=int, default=3600, help="seconds (default 3600)")
+    req.add_argument("-o", "--output", default="", help="directory (default <audit>/requests)")
+    req.set_defaults(func=cmd_request, audit_dir="")
+
+    appr = sub.add_parser("approve", help="sign a rollback request with your SSH key")
+    appr.add_argument("request", help="request file")
+    appr.add_argument("--key", default="~/.ssh/id_ed25519", help="SSH private key")
+    appr.add_argument("--signer", default="", help="your principal (default: the OS user)")
+    appr.set_defaults(func=cmd_approve)
 
     audit = sub.add_parser("audit", help="read audit records")
     audit.add_argument("--audit-dir", default="")
