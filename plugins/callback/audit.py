@@ -15,6 +15,17 @@ description:
   - Only whitelisted result keys are kept and results of C(no_log) tasks are already censored by
     Ansible; extra variables whose names look secret are masked.
 options:
+  audit_key:
+    description:
+      - SSH private key that signs each index line (namespace knowngood-audit); made on first
+        use. Keep it, and the checkpoints written beside it, outside I(audit_dir).
+    default: ~/.config/knowngood/audit_key
+    type: path
+    env:
+      - name: KNOWNGOOD_AUDIT_KEY
+    ini:
+      - section: callback_knowngood_audit
+        key: audit_key
   audit_dir:
     description: Directory for audit records.
     default: ~/.local/state/knowngood/audit
@@ -38,6 +49,7 @@ import uuid
 
 from ansible import context
 from ansible.plugins.callback import CallbackBase
+from ansible_collections.knowngood.runbooks.plugins.module_utils import audit_chain
 
 KEPT_KEYS = (
     "msg",
@@ -124,6 +136,10 @@ class CallbackModule(CallbackBase):
             "run_id": self.run_id,
             "kind": "ansible-playbook",
             "user": os.environ.get("KNOWNGOOD_USER") or getpass.getuser(),
+            "os_user": getpass.getuser(),
+            "key_fingerprint": os.environ.get("KNOWNGOOD_KEY_FINGERPRINT", ""),
+            "inventory": list(context.CLIARGS.get("inventory") or []),
+            "limit": context.CLIARGS.get("subset") or "",
             "started_at": utcnow(),
             "events": [],
             "plays": [],
@@ -139,6 +155,9 @@ class CallbackModule(CallbackBase):
         manager = play.get_variable_manager()
         extra = getattr(manager, "extra_vars", None) or {}
         self.record["extra_vars"] = mask(dict(extra))
+        for field, var in (("ticket", "ticket"), ("reason", "rollback_reason")):
+            value = extra.get(var) or os.environ.get("KNOWNGOOD_" + field.upper(), "")
+            self.record[field] = mask(value, var) if not isinstance(value, str) else value
         self.record["check_mode"] = bool(context.CLIARGS.get("check", False))
 
     def v2_playbook_on_task_start(self, task, is_conditional):
@@ -156,10 +175,18 @@ class CallbackModule(CallbackBase):
             "task": task.get_name(),
             "action": task.action,
             "status": status,
+            "changed": bool(raw.get("changed")),
             "duration_s": round(time.time() - self.task_started.get(task._uuid, time.time()), 3),
             "result": mask(kept),
         }
         self.record["events"].append(event)
+        if task.action.endswith("approval_gate") and "mode" in raw:
+            self.record["approvals"] = dict(
+                (k, mask(raw.get(k)))
+                for k in ("mode", "approved", "request_id", "severity", "signers", "refused",
+                          "missing_roles", "break_glass_reason", "post_hoc_approval",
+                          "post_hoc_request_file")
+            )
 
     def v2_runner_on_ok(self, result):
         self._add(result, "changed" if result._result.get("changed") else "ok")
@@ -197,24 +224,18 @@ class CallbackModule(CallbackBase):
         with os.fdopen(fd, "w") as handle:
             handle.write(body)
         os.rename(tmp, path)
-        index = os.path.join(audit_dir, "index.jsonl")
-        prev = "0" * 64
-        if os.path.exists(index):
-            with open(index, "rb") as handle:
-                lines = handle.read().splitlines()
-            if lines:
-                prev = hashlib.sha256(lines[-1]).hexdigest()
-        line = json.dumps(
+        key = self.get_option("audit_key")
+        audit_chain.append(
+            audit_dir,
             {
+                "kind": "record",
                 "run_id": self.run_id,
+                "record": "%s.json" % self.run_id,
                 "playbook": self.record.get("playbook"),
                 "status": self.record["status"],
                 "finished_at": self.record["finished_at"],
                 "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
-                "prev": prev,
             },
-            sort_keys=True,
+            os.path.expanduser(key) if key else None,
         )
-        with open(index, "a") as handle:
-            handle.write(line + "\n")
         self._display.display("knowngood: audit record %s" % path)

@@ -124,6 +124,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         limit=args.limit or "",
         audit_dir=audit_dir,
         quiet=args.quiet,
+        ticket=args.ticket,
+        reason=args.reason,
     )
     result = runner.run(request)
     print()
@@ -162,6 +164,19 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     audit_dir = Path(args.audit_dir) if args.audit_dir else Path(args.root) / "audit"
+    if args.command == "verify":
+        from knowngood.modutils import module_utils
+
+        problems, count = module_utils("audit_chain").verify(
+            str(audit_dir), str(runner.DEFAULT_AUDIT_KEY)
+        )
+        for problem in problems:
+            print(f"TAMPERED  {problem}")
+        if problems:
+            print(f"audit trail {audit_dir}: {len(problems)} problem(s) in {count} entries")
+            return 3
+        print(f"audit trail {audit_dir}: {count} entries, chain, signatures and checkpoint intact")
+        return 0
     if args.command == "list":
         index = audit_dir / "index.jsonl"
         if not index.exists():
@@ -169,6 +184,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             return 0
         for line in index.read_text().splitlines():
             entry = json.loads(line)
+            if entry.get("kind", "record") != "record":
+                continue
             print(
                 f"{entry['finished_at']}  {entry['status']:<10}  {entry['run_id']}  "
                 f"{Path(entry.get('playbook') or '?').name}"
@@ -239,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--audit-dir", default="")
     audit_sub = audit.add_subparsers(dest="command", required=True)
     audit_sub.add_parser("list")
+    audit_sub.add_parser("verify", help="check the chain, signatures, records and checkpoint")
     show = audit_sub.add_parser("show")
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true")

@@ -23,6 +23,12 @@ EXIT_CODES = {"successful": 0, "failed": 2, "timeout": 3, "canceled": 4}
 DEFAULT_AUDIT_DIR = Path(
     os.environ.get("KNOWNGOOD_AUDIT_DIR", "~/.local/state/knowngood/audit")
 ).expanduser()
+# Signs the audit index and keeps its checkpoints; outside every audit dir on purpose.
+DEFAULT_AUDIT_KEY = Path(
+    os.environ.get("KNOWNGOOD_AUDIT_KEY", "~/.config/knowngood/audit_key")
+).expanduser()
+# Runner artifacts kept (and digested) with the record; env/ (extra vars, secrets) never is.
+KEPT_ARTIFACTS = ("stdout", "status", "rc", "command")
 
 
 class KnowngoodError(Exception):
@@ -39,6 +45,9 @@ class RunRequest:
     audit_dir: Path = DEFAULT_AUDIT_DIR
     user: str = ""
     quiet: bool = False
+    ticket: str = ""
+    reason: str = ""
+    audit_key: Path = DEFAULT_AUDIT_KEY
 
 
 @dataclass
@@ -69,6 +78,49 @@ def new_run_id() -> str:
     return f"kg-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
 
 
+def operator_fingerprint() -> str:
+    """SHA256 fingerprint of the operator's SSH key (agent first, then ~/.ssh/id_*), or ''."""
+    import subprocess
+
+    done = subprocess.run(["ssh-add", "-l"], capture_output=True, text=True, check=False)
+    if done.returncode == 0 and done.stdout.strip():
+        return done.stdout.split()[1]
+    for name in ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"):
+        pub = Path.home() / ".ssh" / name
+        if pub.exists():
+            done = subprocess.run(
+                ["ssh-keygen", "-l", "-E", "sha256", "-f", str(pub)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode == 0:
+                return done.stdout.split()[1]
+    return ""
+
+
+def keep_artifacts(artifact_dir: Path, audit_dir: Path, run_id: str) -> dict[str, str]:
+    """Copy the runner's output (never env/) beside the record; {relative path: sha256}."""
+    import shutil
+
+    from knowngood.modutils import module_utils
+
+    chain = module_utils("audit_chain")
+    kept = audit_dir / "artifacts" / run_id
+    digests = {}
+    sources = [artifact_dir / n for n in KEPT_ARTIFACTS] + sorted(
+        (artifact_dir / "job_events").glob("*.json")
+    )
+    for src in sources:
+        if not src.is_file():
+            continue
+        dest = kept / src.relative_to(artifact_dir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+        digests[str(dest.relative_to(audit_dir))] = chain.sha256_file(str(dest))
+    return digests
+
+
 def run(request: RunRequest) -> RunResult:
     import ansible_runner
 
@@ -87,6 +139,10 @@ def run(request: RunRequest) -> RunResult:
         "KNOWNGOOD_RUN_ID": run_id,
         "KNOWNGOOD_AUDIT_DIR": str(audit_dir),
         "KNOWNGOOD_USER": request.user or getpass.getuser(),
+        "KNOWNGOOD_KEY_FINGERPRINT": operator_fingerprint(),
+        "KNOWNGOOD_AUDIT_KEY": str(request.audit_key),
+        "KNOWNGOOD_TICKET": request.ticket,
+        "KNOWNGOOD_REASON": request.reason,
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
         "ANSIBLE_COLLECTIONS_PATH": str(REPO / "collections"),
         "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
@@ -105,8 +161,17 @@ def run(request: RunRequest) -> RunResult:
             cmdline=" ".join(cmdline) or None,
             envvars=env,
             quiet=request.quiet,
+            ident=run_id,
         )
+        digests = keep_artifacts(Path(private) / "artifacts" / run_id, audit_dir, run_id)
     duration = time.monotonic() - started
+    from knowngood.modutils import module_utils
+
+    module_utils("audit_chain").append(
+        str(audit_dir),
+        {"kind": "artifacts", "run_id": run_id, "status": result.status, "artifacts": digests},
+        str(request.audit_key),
+    )
     record_path = audit_dir / f"{run_id}.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     return RunResult(run_id, result.status, result.rc, duration, record_path, record)
