@@ -19,6 +19,7 @@ options:
     description:
       - SSH private key that signs each index line (namespace knowngood-audit); made on first
         use. Keep it, and the checkpoints written beside it, outside I(audit_dir).
+      - Unset, with C(KNOWNGOOD_LAB_DIR) set, the lab's key C($KNOWNGOOD_LAB_DIR/governance/audit_key).
     default: ~/.config/knowngood/audit_key
     type: path
     env:
@@ -225,6 +226,9 @@ class CallbackModule(CallbackBase):
             handle.write(body)
         os.rename(tmp, path)
         key = self.get_option("audit_key")
+        if not os.environ.get("KNOWNGOOD_AUDIT_KEY") and os.environ.get("KNOWNGOOD_LAB_DIR"):
+            # A lab's runs sign with the lab's key, kept beside (not inside) its audit dir.
+            key = os.path.join(os.environ["KNOWNGOOD_LAB_DIR"], "governance", "audit_key")
         audit_chain.append(
             audit_dir,
             {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -94,6 +95,15 @@ def _run_target(args: argparse.Namespace) -> tuple[str, Path]:
     return inventory, audit_dir
 
 
+def _audit_key(args: argparse.Namespace) -> Path:
+    """The lab's audit key for lab runs (removed with the lab), the operator's otherwise."""
+    if "KNOWNGOOD_AUDIT_KEY" in os.environ or getattr(args, "inventory", ""):
+        return runner.DEFAULT_AUDIT_KEY
+    if getattr(args, "audit_dir", "") and Path(args.audit_dir) != Path(args.root) / "audit":
+        return runner.DEFAULT_AUDIT_KEY
+    return Path(args.root) / "governance" / "audit_key"
+
+
 def _governed_extravars(args: argparse.Namespace) -> dict:
     extravars = _parse_extravars(args.extra_vars)
     if args.ticket:
@@ -126,6 +136,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         ticket=args.ticket,
         reason=args.reason,
+        audit_key=_audit_key(args),
+        verbosity=args.verbose,
+        diff=args.diff,
+        vault_password_file=args.vault_password_file,
     )
     result = runner.run(request)
     print()
@@ -168,7 +182,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         from knowngood.modutils import module_utils
 
         problems, count = module_utils("audit_chain").verify(
-            str(audit_dir), str(runner.DEFAULT_AUDIT_KEY)
+            str(audit_dir), str(_audit_key(args))
         )
         for problem in problems:
             print(f"TAMPERED  {problem}")
@@ -231,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reason", default="", help="why this run (rollback_reason)")
     run.add_argument("--request", default="", help="approved request file (knowngood request)")
     run.add_argument("--break-glass", default="", metavar="REASON", help="run without approvals")
+    run.add_argument("-v", "--verbose", action="count", default=0)
+    run.add_argument("--diff", action="store_true", help="show differences (always with --check)")
+    run.add_argument("--vault-password-file", default="")
     run.set_defaults(func=cmd_run)
 
     req = sub.add_parser("request", help="write a rollback request for approvers to sign")

@@ -10,6 +10,7 @@ import getpass
 import json
 import os
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -48,6 +49,9 @@ class RunRequest:
     ticket: str = ""
     reason: str = ""
     audit_key: Path = DEFAULT_AUDIT_KEY
+    verbosity: int = 0
+    diff: bool = False
+    vault_password_file: str = ""
 
 
 @dataclass
@@ -65,6 +69,8 @@ class RunResult:
 
 
 def playbook_path(runbook: str) -> Path:
+    if runbook.endswith(".yml") and Path(runbook).is_file():
+        return Path(runbook).resolve()  # a playbook of one's own, by path
     if not RUNBOOK_RE.match(runbook):
         raise KnowngoodError(f"invalid runbook name {runbook!r}")
     path = REPO / "playbooks" / f"{runbook}.yml"
@@ -133,11 +139,18 @@ def run(request: RunRequest) -> RunResult:
     cmdline = []
     if request.check:
         cmdline += ["--check", "--diff"]
+    elif request.diff:
+        cmdline += ["--diff"]
     if request.limit:
         cmdline += ["--limit", request.limit]
+    if request.vault_password_file:
+        cmdline += ["--vault-password-file", str(Path(request.vault_password_file).resolve())]
     env = {
         "KNOWNGOOD_RUN_ID": run_id,
         "KNOWNGOOD_AUDIT_DIR": str(audit_dir),
+        # ansible-runner wraps this stdout callback; it hides no_log tasks' error messages,
+        # which the wrapped default callback of ansible-core 2.19 would print.
+        "ANSIBLE_STDOUT_CALLBACK": "knowngood.runbooks.safe_default",
         "KNOWNGOOD_USER": request.user or getpass.getuser(),
         "KNOWNGOOD_KEY_FINGERPRINT": operator_fingerprint(),
         "KNOWNGOOD_AUDIT_KEY": str(request.audit_key),
@@ -158,10 +171,11 @@ def run(request: RunRequest) -> RunResult:
             playbook=str(playbook),
             inventory=request.inventory,
             extravars=request.extravars,
-            cmdline=" ".join(cmdline) or None,
+            cmdline=shlex.join(cmdline) or None,
             envvars=env,
             quiet=request.quiet,
             ident=run_id,
+            verbosity=request.verbosity or None,
         )
         digests = keep_artifacts(Path(private) / "artifacts" / run_id, audit_dir, run_id)
     duration = time.monotonic() - started
