@@ -213,6 +213,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from knowngood import report
+
+    audit_dir = Path(args.audit_dir) if args.audit_dir else Path(args.root) / "audit"
+    record = report.load_record(audit_dir, args.run_id)
+    prometheus = args.prometheus
+    if not prometheus and (Path(args.root) / "lab.json").exists():
+        prometheus = f"http://127.0.0.1:{LabConfig.load(Path(args.root)).prometheus_port}"
+    notes = json.loads(Path(args.notes).read_text()) if args.notes else {}
+    out = Path(args.output) if args.output else audit_dir / "reports" / f"{args.run_id}.{args.format}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(report.write(record, notes, prometheus, args.format, out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="knowngood", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -278,6 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true")
     audit.set_defaults(func=cmd_audit)
+
+    rep = sub.add_parser("report", help="incident report (strategy section 7) for a run")
+    rep.add_argument("run_id")
+    rep.add_argument("--format", choices=["md", "html"], default="md")
+    rep.add_argument("--notes", default="", help="JSON: description, root_cause, recommendations")
+    rep.add_argument("--prometheus", default="", help="default: the lab's")
+    rep.add_argument("--audit-dir", default="")
+    rep.add_argument("-o", "--output", default="")
+    rep.set_defaults(func=cmd_report)
 
     from knowngood import wal  # `knowngood wal push|fetch|status` (backup_wal's commands)
 
