@@ -15,16 +15,7 @@ from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import load_extra_vars
 from ansible_collections.knowngood.runbooks.plugins.module_utils import approval
-
-ARGUMENT_SPEC = dict(
-    request=dict(type="path"),
-    required=dict(type="bool", default=True),
-    allowed_signers_file=dict(type="path"),
-    approvers=dict(type="dict", default={}),
-    matrix=dict(type="dict", default={}),
-    break_glass_reason=dict(type="str", default=""),
-    audit_dir=dict(type="path"),
-)
+from ansible_collections.knowngood.runbooks.plugins.modules.approval_gate import ARGUMENT_SPEC
 
 
 class ActionModule(ActionBase):
@@ -48,9 +39,15 @@ class ActionModule(ActionBase):
         if doc is None:
             user = os.environ.get("KNOWNGOOD_USER") or getpass.getuser()
             doc = approval.build_request(
-                run["playbook"], [], run["limit"], extra, "high", user,
+                run["playbook"],
+                [],
+                run["limit"],
+                extra,
+                "high",
+                user,
                 str(extra.get("ticket") or "break-glass"),
-                "break-glass: " + params["break_glass_reason"].strip(), 7 * 86400,
+                "break-glass: " + params["break_glass_reason"].strip(),
+                7 * 86400,
             )
             doc["inventory"] = run["inventory"]
         path = ""
@@ -99,43 +96,68 @@ class ActionModule(ActionBase):
                 differ = approval.compare_run(doc, run)
                 if differ:
                     raise approval.ApprovalError(
-                        "request %s is not this run: %s differ (request %s, run %s)" % (
-                            approval.request_id(doc)[:12], ", ".join(differ),
-                            dict((f, doc.get(f)) for f in differ), dict((f, run[f]) for f in differ),
+                        "request %s is not this run: %s differ (request %s, run %s)"
+                        % (
+                            approval.request_id(doc)[:12],
+                            ", ".join(differ),
+                            dict((f, doc.get(f)) for f in differ),
+                            dict((f, run[f]) for f in differ),
                         )
                     )
                 verdict = approval.check(
-                    doc, data["approvals"], params["allowed_signers_file"], params["approvers"],
+                    doc,
+                    data["approvals"],
+                    params["allowed_signers_file"],
+                    params["approvers"],
                     params["matrix"],
                 )
                 result.update(
-                    request_id=verdict["request_id"], request=doc, severity=doc["severity"],
-                    signers=verdict["signers"], refused=verdict["refused"],
+                    request_id=verdict["request_id"],
+                    request=doc,
+                    severity=doc["severity"],
+                    signers=verdict["signers"],
+                    refused=verdict["refused"],
                     missing_roles=verdict["missing_roles"],
                 )
         except approval.ApprovalError as exc:
             result["refused"].append(str(exc))
 
         if verdict and verdict["approved"]:
-            result.update(approved=True, mode="approved", msg="approved by %s" % ", ".join(
-                "%s as %s" % (who, role) for role, who in sorted(verdict["assignment"].items())
-            ) or "approved (no roles required for %s)" % doc["severity"])
+            result.update(
+                approved=True,
+                mode="approved",
+                msg="approved by %s"
+                % ", ".join(
+                    "%s as %s" % (who, role) for role, who in sorted(verdict["assignment"].items())
+                )
+                or "approved (no roles required for %s)" % doc["severity"],
+            )
             return result
         if not params["required"] and not params["request"]:
-            result.update(approved=True, mode="not_required",
-                          msg="approval not required in this environment")
+            result.update(
+                approved=True, mode="not_required", msg="approval not required in this environment"
+            )
             return result
         if reason:
             if not approval.break_glass_ok(reason):
-                result.update(failed=not self._task.check_mode, msg=(
-                    "break-glass needs a stated reason of at least %d characters"
-                    % approval.MIN_BREAK_GLASS_REASON))
+                result.update(
+                    failed=not self._task.check_mode,
+                    msg=(
+                        "break-glass needs a stated reason of at least %d characters"
+                        % approval.MIN_BREAK_GLASS_REASON
+                    ),
+                )
                 return result
             doc, path = self._post_hoc(params, extra, run, doc)
             result.update(
-                approved=True, mode="break_glass", break_glass_reason=reason.strip(),
-                post_hoc_approval="open", post_hoc_request_file=path,
-                request_id=approval.request_id(doc), request=doc, severity=doc["severity"],
+                approved=True,
+                mode="break_glass",
+                break_glass_reason=reason.strip(),
+                post_hoc_approval="open",
+                post_hoc_request_file=path,
+                request_id=approval.request_id(doc),
+                request=doc,
+                severity=doc["severity"],
                 msg="BREAK-GLASS: proceeding without approvals (%s); post-hoc approval open: "
                 "knowngood approve %s" % (reason.strip(), path or "<request>"),
             )

@@ -19,7 +19,8 @@ options:
     description:
       - SSH private key that signs each index line (namespace knowngood-audit); made on first
         use. Keep it, and the checkpoints written beside it, outside I(audit_dir).
-      - Unset, with C(KNOWNGOOD_LAB_DIR) set, the lab's key C($KNOWNGOOD_LAB_DIR/governance/audit_key).
+      - Unset, with C(KNOWNGOOD_LAB_DIR) set, the lab's key,
+        C($KNOWNGOOD_LAB_DIR/governance/audit_key).
     default: ~/.config/knowngood/audit_key
     type: path
     env:
@@ -184,9 +185,18 @@ class CallbackModule(CallbackBase):
         if task.action.endswith("approval_gate") and "mode" in raw:
             self.record["approvals"] = dict(
                 (k, mask(raw.get(k)))
-                for k in ("mode", "approved", "request_id", "severity", "signers", "refused",
-                          "missing_roles", "break_glass_reason", "post_hoc_approval",
-                          "post_hoc_request_file")
+                for k in (
+                    "mode",
+                    "approved",
+                    "request_id",
+                    "severity",
+                    "signers",
+                    "refused",
+                    "missing_roles",
+                    "break_glass_reason",
+                    "post_hoc_approval",
+                    "post_hoc_request_file",
+                )
             )
 
     def v2_runner_on_ok(self, result):

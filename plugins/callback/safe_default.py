@@ -32,7 +32,8 @@ class CallbackModule(DefaultCallback):
         if task is not None and getattr(task, "no_log", False):
             if result.pop("exception", None) is not None:
                 self._display.display(
-                    "task failed; its error is hidden because the task has no_log", stderr=use_stderr
+                    "task failed; its error is hidden because the task has no_log",
+                    stderr=use_stderr,
                 )
             return
         super()._handle_exception(result, use_stderr=use_stderr)

@@ -10,10 +10,6 @@ the approvers map (signer -> roles). The gate recomputes the request from the ru
 a signature over one request never approves another.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import datetime
 import hashlib
 import itertools
@@ -51,7 +47,7 @@ class ApprovalError(Exception):
 
 
 def utcnow():
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def iso(when):
@@ -60,11 +56,9 @@ def iso(when):
 
 def parse_iso(text):
     try:
-        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=datetime.timezone.utc
-        )
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
     except (TypeError, ValueError):
-        raise ApprovalError("timestamp %r is not YYYY-MM-DDTHH:MM:SSZ" % (text,))
+        raise ApprovalError("timestamp %r is not YYYY-MM-DDTHH:MM:SSZ" % (text,)) from None
 
 
 def split_inputs(extra_vars):
@@ -90,8 +84,9 @@ def normalize_inventory(inventory):
     return sorted(os.path.realpath(i) if os.path.exists(i) else str(i) for i in items if i)
 
 
-def build_request(playbook, inventory, limit, extra_vars, severity, requester, ticket, reason,
-                  ttl_s, now=None):
+def build_request(
+    playbook, inventory, limit, extra_vars, severity, requester, ticket, reason, ttl_s, now=None
+):
     """A new request document for this run (what `knowngood request` writes)."""
     if severity not in SEVERITIES:
         raise ApprovalError("severity must be low, medium or high, got %r" % (severity,))
@@ -138,7 +133,7 @@ def load_request_file(path):
         with open(path) as handle:
             data = json.load(handle)
     except (OSError, ValueError) as exc:
-        raise ApprovalError("cannot read request %s: %s" % (path, exc))
+        raise ApprovalError("cannot read request %s: %s" % (path, exc)) from None
     if not isinstance(data, dict) or not isinstance(data.get("request"), dict):
         raise ApprovalError("%s is not a knowngood rollback request" % path)
     data.setdefault("approvals", [])
@@ -158,14 +153,18 @@ def _ssh_keygen(args, data=None):
     proc = subprocess.run(
         ["ssh-keygen"] + args, input=data, capture_output=True, check=False, timeout=30
     )
-    return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode(
-        "utf-8", "replace"
+    return (
+        proc.returncode,
+        proc.stdout.decode("utf-8", "replace"),
+        proc.stderr.decode("utf-8", "replace"),
     )
 
 
 def sign(doc, key_path):
     """Signature (armored text) over the request's canonical bytes with an SSH private key."""
-    code, out, err = _ssh_keygen(["-Y", "sign", "-q", "-f", key_path, "-n", NAMESPACE], canonical(doc))
+    code, out, err = _ssh_keygen(
+        ["-Y", "sign", "-q", "-f", key_path, "-n", NAMESPACE], canonical(doc)
+    )
     if code != 0 or "BEGIN SSH SIGNATURE" not in out:
         raise ApprovalError("ssh-keygen -Y sign failed: %s" % (err.strip() or out.strip()))
     return out
@@ -173,7 +172,9 @@ def sign(doc, key_path):
 
 def key_fingerprint(key_path):
     pub = key_path if key_path.endswith(".pub") else key_path + ".pub"
-    code, out, err = _ssh_keygen(["-l", "-E", "sha256", "-f", pub if os.path.exists(pub) else key_path])
+    code, out, err = _ssh_keygen(
+        ["-l", "-E", "sha256", "-f", pub if os.path.exists(pub) else key_path]
+    )
     if code != 0:
         raise ApprovalError("cannot fingerprint %s: %s" % (key_path, err.strip()))
     return out.split()[1]
@@ -195,8 +196,18 @@ def verify(doc, signature, allowed_signers):
             raise ApprovalError("signed by a key that is not in %s" % allowed_signers)
         for principal in principals:
             code, out, err = _ssh_keygen(
-                ["-Y", "verify", "-f", allowed_signers, "-I", principal, "-n", NAMESPACE,
-                 "-s", sig_path],
+                [
+                    "-Y",
+                    "verify",
+                    "-f",
+                    allowed_signers,
+                    "-I",
+                    principal,
+                    "-n",
+                    NAMESPACE,
+                    "-s",
+                    sig_path,
+                ],
                 canonical(doc),
             )
             if code == 0:
@@ -216,8 +227,8 @@ def assign_roles(signers, required):
         return {}
     names = sorted(signers)
     for chosen in itertools.permutations(names, len(required)):
-        if all(role in signers[name] for role, name in zip(required, chosen)):
-            return dict(zip(required, chosen))
+        if all(role in signers[name] for role, name in zip(required, chosen, strict=False)):
+            return dict(zip(required, chosen, strict=False))
     return None
 
 
@@ -257,11 +268,14 @@ def check(doc, approvals, allowed_signers, approvers, matrix, now=None):
             result["refused"].append("%s: %s" % (item.get("signer", "unknown"), exc))
             continue
         if principal == doc.get("requester"):
-            result["refused"].append("%s: the requester cannot approve their own request" % principal)
+            result["refused"].append(
+                "%s: the requester cannot approve their own request" % principal
+            )
             continue
         roles = set((approvers.get(principal) or {}).get("roles") or [])
-        result["signers"].append({"principal": principal, "roles": sorted(roles),
-                                  "signed_at": item.get("signed_at", "")})
+        result["signers"].append(
+            {"principal": principal, "roles": sorted(roles), "signed_at": item.get("signed_at", "")}
+        )
         valid[principal] = roles
     assignment = assign_roles(valid, required)
     if assignment is None:
@@ -270,9 +284,15 @@ def check(doc, approvals, allowed_signers, approvers, matrix, now=None):
         result["missing_roles"] = [r for r in required if r not in held]
         result["refused"].append(
             "needs %s signed by %d distinct people; valid signers: %s"
-            % (" + ".join(required), len(required), ", ".join(
-                "%s (%s)" % (p, ", ".join(sorted(r)) or "no role") for p, r in sorted(valid.items())
-            ) or "none")
+            % (
+                " + ".join(required),
+                len(required),
+                ", ".join(
+                    "%s (%s)" % (p, ", ".join(sorted(r)) or "no role")
+                    for p, r in sorted(valid.items())
+                )
+                or "none",
+            )
         )
         return result
     result.update({"assignment": assignment, "missing_roles": [], "approved": True})

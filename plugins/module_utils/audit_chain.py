@@ -10,10 +10,6 @@ so someone who can rewrite the directory can neither re-sign lines nor hide a cu
 Verification reports modification, deletion, reordering and truncation.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import fcntl
 import hashlib
 import json
@@ -40,7 +36,18 @@ def ensure_key(key_path):
         if not os.path.isdir(directory):
             os.makedirs(directory, 0o700)
         subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "knowngood-audit", "-f", key_path],
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "knowngood-audit",
+                "-f",
+                key_path,
+            ],
             check=True,
             capture_output=True,
         )
@@ -54,7 +61,10 @@ def _body(entry):
 def _sign(data, key_path):
     proc = subprocess.run(
         ["ssh-keygen", "-Y", "sign", "-q", "-f", key_path, "-n", NAMESPACE],
-        input=data, capture_output=True, check=False, timeout=30,
+        input=data,
+        capture_output=True,
+        check=False,
+        timeout=30,
     )
     if proc.returncode != 0:
         raise OSError("audit signature failed: %s" % proc.stderr.decode("utf-8", "replace"))
@@ -70,9 +80,23 @@ def _verify_sig(data, signature, pub_line):
         with open(sig, "w") as handle:
             handle.write(signature)
         proc = subprocess.run(
-            ["ssh-keygen", "-Y", "verify", "-f", allowed, "-I", "knowngood-audit",
-             "-n", NAMESPACE, "-s", sig],
-            input=data, capture_output=True, check=False, timeout=30,
+            [
+                "ssh-keygen",
+                "-Y",
+                "verify",
+                "-f",
+                allowed,
+                "-I",
+                "knowngood-audit",
+                "-n",
+                NAMESPACE,
+                "-s",
+                sig,
+            ],
+            input=data,
+            capture_output=True,
+            check=False,
+            timeout=30,
         )
     return proc.returncode == 0
 
@@ -158,15 +182,18 @@ def verify(audit_dir, key_path=None, checkpoint=None):
                 % (number, seq, expected_seq)
             )
         if line.get("prev") != prev:
-            problems.append("line %d (seq %s): prev does not match the line before (chain broken)"
-                            % (number, seq))
+            problems.append(
+                "line %d (seq %s): prev does not match the line before (chain broken)"
+                % (number, seq)
+            )
         sig = line.pop("sig", None)
         if pub:
             if not sig:
                 problems.append("line %d (seq %s): unsigned" % (number, seq))
             elif not _verify_sig(_body(line), sig, pub):
-                problems.append("line %d (seq %s): signature does not match (modified)"
-                                % (number, seq))
+                problems.append(
+                    "line %d (seq %s): signature does not match (modified)" % (number, seq)
+                )
         record = line.get("record")
         if record:
             path = os.path.join(audit_dir, record)
@@ -191,7 +218,9 @@ def verify(audit_dir, key_path=None, checkpoint=None):
                 % (last, checkpoint["seq"])
             )
         elif hashes.get(checkpoint["seq"]) != checkpoint["sha256"]:
-            problems.append("entry seq %d differs from the checkpoint (rewritten)" % checkpoint["seq"])
+            problems.append(
+                "entry seq %d differs from the checkpoint (rewritten)" % checkpoint["seq"]
+            )
     elif key_path:
         problems.append("no checkpoint for %s: cannot tell whether the tail was cut" % audit_dir)
     return problems, len(lines)

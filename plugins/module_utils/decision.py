@@ -8,20 +8,12 @@ window against a baseline window). A trigger whose data is missing is inconclusi
 "fine": an inconclusive decision notifies and does not act.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import json
 import math
 import time
 
-try:
-    from urllib.parse import urlencode
-    from urllib.request import urlopen
-except ImportError:  # pragma: no cover - Python 2 is not supported, sanity imports it anyway
-    urlencode = None
-    urlopen = None
+from ansible.module_utils.six.moves.urllib.parse import urlencode
+from ansible.module_utils.urls import open_url
 
 SEVERITIES = ("none", "low", "medium", "high")
 DECLARED_TRIGGERS = ("security", "data_integrity", "ux_disruption")
@@ -64,7 +56,11 @@ DEFAULT_THRESHOLDS = {
     "targets_down": {"high": 1},
 }
 
-DECLARED_DEFAULT_SEVERITY = {"security": "high", "data_integrity": "high", "ux_disruption": "medium"}
+DECLARED_DEFAULT_SEVERITY = {
+    "security": "high",
+    "data_integrity": "high",
+    "ux_disruption": "medium",
+}
 
 
 class DecisionError(Exception):
@@ -74,8 +70,8 @@ class DecisionError(Exception):
 def prom_query(url, query, at, timeout=5.0):
     """One instant query -> float, or None when there is no data (empty vector, NaN)."""
     params = urlencode({"query": query, "time": "%.3f" % at})
-    with urlopen("%s/api/v1/query?%s" % (url.rstrip("/"), params), timeout=timeout) as resp:
-        body = json.loads(resp.read().decode("utf-8"))
+    resp = open_url("%s/api/v1/query?%s" % (url.rstrip("/"), params), timeout=timeout)
+    body = json.loads(resp.read().decode("utf-8"))
     if body.get("status") != "success":
         raise DecisionError("prometheus: %s" % body.get("error", "query failed"))
     result = body["data"]["result"]
@@ -157,12 +153,16 @@ def evaluate(current, baseline, thresholds, declared=None):
     lat, lat0 = current.get("latency_p95_s"), baseline.get("latency_p95_s")
     if lat is None or not lat0:
         triggers.append(
-            _trigger("latency_degradation", None, "no latency data in the current or baseline window")
+            _trigger(
+                "latency_degradation", None, "no latency data in the current or baseline window"
+            )
         )
     else:
         pct = _pct(lat, lat0)
         delta_ms = (lat - lat0) * 1000.0
-        sev = _grade(pct, th["degradation_pct"]) if delta_ms >= th["min_latency_delta_ms"] else "none"
+        sev = (
+            _grade(pct, th["degradation_pct"]) if delta_ms >= th["min_latency_delta_ms"] else "none"
+        )
         triggers.append(
             _trigger(
                 "latency_degradation",
@@ -252,8 +252,18 @@ def validate_matrix(matrix):
     return matrix
 
 
-def run_decision(url, window, baseline_offset, at=None, queries=None, selector=None,
-                 thresholds=None, declared=None, matrix=None, timeout=5.0):
+def run_decision(
+    url,
+    window,
+    baseline_offset,
+    at=None,
+    queries=None,
+    selector=None,
+    thresholds=None,
+    declared=None,
+    matrix=None,
+    timeout=5.0,
+):
     """Measure both windows, evaluate, decide: the whole of section 2 in one call."""
     if window < 4:
         raise DecisionError("window must be at least 4 seconds (two scrapes)")
@@ -277,7 +287,9 @@ def run_decision(url, window, baseline_offset, at=None, queries=None, selector=N
             "window_s": int(window),
             "evaluated_at": at,
             "baseline_at": at - baseline_offset,
-            "query_errors": dict(errors, **dict(("baseline_" + k, v) for k, v in base_errors.items())),
+            "query_errors": dict(
+                errors, **dict(("baseline_" + k, v) for k, v in base_errors.items())
+            ),
         }
     )
     return out

@@ -5,7 +5,7 @@
 DOCUMENTATION = r"""
 ---
 module: approval_gate
-short_description: Refuse a destructive run unless its exact request carries the required signed approvals
+short_description: Refuse a destructive run unless its exact request carries signed approvals
 version_added: "0.2.0"
 description:
   - Runs on the controller (action plugin). Rebuilds the rollback request from the run itself
@@ -25,7 +25,8 @@ description:
   - In check mode the gate reports what it would decide and never fails.
 options:
   request:
-    description: Path to the request file (C(knowngood request) writes it, C(knowngood approve) signs it).
+    description:
+      - Path to the request file (C(knowngood request) writes it, C(knowngood approve) signs it).
     type: path
   required:
     description: Whether this environment requires approvals (C(knowngood_approval_required)).
@@ -35,7 +36,8 @@ options:
     description: The trust root, an OpenSSH allowed_signers file.
     type: path
   approvers:
-    description: Signer principal to C({roles, email}); roles are C(team_lead), C(cto), C(infra_lead).
+    description:
+      - Signer principal to C({roles, email}); roles are C(team_lead), C(cto), C(infra_lead).
     type: dict
     default: {}
   matrix:
@@ -113,16 +115,27 @@ break_glass_reason:
   returned: always
   type: str
 post_hoc_approval:
-  description: C(open) after a break-glass run, with the request file to sign in C(post_hoc_request_file).
+  description:
+    - C(open) after a break-glass run; the request file to sign is in C(post_hoc_request_file).
   returned: always
   type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
+ARGUMENT_SPEC = dict(
+    request=dict(type="path"),
+    required=dict(type="bool", default=True),
+    allowed_signers_file=dict(type="path"),
+    approvers=dict(type="dict", default={}),
+    matrix=dict(type="dict", default={}),
+    break_glass_reason=dict(type="str", default=""),
+    audit_dir=dict(type="path"),
+)
+
 
 def main():
-    module = AnsibleModule(argument_spec=dict(), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     module.fail_json(
         msg="knowngood.runbooks.approval_gate runs on the controller as an action plugin; "
         "call it as a task, not as a module"

@@ -181,9 +181,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.command == "verify":
         from knowngood.modutils import module_utils
 
-        problems, count = module_utils("audit_chain").verify(
-            str(audit_dir), str(_audit_key(args))
-        )
+        problems, count = module_utils("audit_chain").verify(str(audit_dir), str(_audit_key(args)))
         for problem in problems:
             print(f"TAMPERED  {problem}")
         if problems:
@@ -222,7 +220,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not prometheus and (Path(args.root) / "lab.json").exists():
         prometheus = f"http://127.0.0.1:{LabConfig.load(Path(args.root)).prometheus_port}"
     notes = json.loads(Path(args.notes).read_text()) if args.notes else {}
-    out = Path(args.output) if args.output else audit_dir / "reports" / f"{args.run_id}.{args.format}"
+    out = (
+        Path(args.output) if args.output else audit_dir / "reports" / f"{args.run_id}.{args.format}"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     print(report.write(record, notes, prometheus, args.format, out))
     return 0

@@ -37,9 +37,11 @@ class Report:
 
 
 def _epoch(ts: str) -> float:
-    return datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-        tzinfo=datetime.UTC
-    ).timestamp()
+    return (
+        datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ")
+        .replace(tzinfo=datetime.UTC)
+        .timestamp()
+    )
 
 
 def query_range(url: str, query: str, start: float, end: float, step: float) -> list:
@@ -74,9 +76,16 @@ def _phase_avg(points: list, lo: float, hi: float) -> float | None:
 def impact(rep: Report) -> list[tuple[str, str, str, str]]:
     before, start, end, after = rep.window
     rows = []
-    for name, label, fmt in (("error_ratio", "error rate", "{:.1%}"), ("p95_ms", "p95 latency", "{:.0f} ms")):
+    for name, label, fmt in (
+        ("error_ratio", "error rate", "{:.1%}"),
+        ("p95_ms", "p95 latency", "{:.0f} ms"),
+    ):
         pts = rep.series.get(name, [])
-        cells = [_phase_avg(pts, before, start), _phase_avg(pts, start, end), _phase_avg(pts, end, after)]
+        cells = [
+            _phase_avg(pts, before, start),
+            _phase_avg(pts, start, end),
+            _phase_avg(pts, end, after),
+        ]
         rows.append((label, *["n/a" if c is None else fmt.format(c) for c in cells]))
     return rows
 
@@ -101,7 +110,9 @@ def data_loss(record: dict) -> str:
         res = ev.get("result", {})
         if ev.get("action", "").endswith("pg_pitr") and res.get("plan"):
             plan = res["plan"]
-            return f"database restored to {json.dumps(plan)[:300]}; writes after that point are lost"
+            return (
+                f"database restored to {json.dumps(plan)[:300]}; writes after that point are lost"
+            )
     return "not a database rollback: no data-loss window"
 
 
@@ -136,7 +147,10 @@ def _sections(rep: Report) -> list[tuple[str, list[str]]]:
         ("Root cause analysis", [n.get("root_cause") or "(to be completed by the operator)"]),
         (
             "Rollback procedure used",
-            [f"playbook {Path(r.get('playbook', '?')).name}, inputs {json.dumps(r.get('extra_vars', {}))}"]
+            [
+                f"playbook {Path(r.get('playbook', '?')).name}, "
+                f"inputs {json.dumps(r.get('extra_vars', {}))}"
+            ]
             + [f"{t} - {s}, {d:.2f}s on {h} host(s)" for t, s, d, h in steps(r)],
         ),
         (
@@ -148,14 +162,21 @@ def _sections(rep: Report) -> list[tuple[str, list[str]]]:
         (
             "Timeline",
             [f"{r.get('started_at')} run started"]
-            + [f"{ev['ts']} {ev['host']} {ev['task']}: {ev['status']}" for ev in r.get("events", []) if ev["status"] != "ok"]
+            + [
+                f"{ev['ts']} {ev['host']} {ev['task']}: {ev['status']}"
+                for ev in r.get("events", [])
+                if ev["status"] != "ok"
+            ]
             + [f"{r.get('finished_at')} run finished: {r.get('status')}"],
         ),
         ("Approvals", appr),
         ("Verification", verify or ["(no verification step in this run)"]),
         (
             "Notified",
-            [f"{x.get('channel')} {x.get('target')}: {x.get('event')} -> {x.get('outcome')}" for x in r.get("notifications", [])]
+            [
+                f"{x.get('channel')} {x.get('target')}: {x.get('event')} -> {x.get('outcome')}"
+                for x in r.get("notifications", [])
+            ]
             or ["(no notifications recorded)"],
         ),
     ]
@@ -184,7 +205,8 @@ def svg_chart(rep: Report, width: int = 760, height: int = 260) -> str:
         f'<rect x="{x(start):.1f}" y="{pad / 2}" width="{max(x(end) - x(start), 2):.1f}" '
         f'height="{height - 1.5 * pad}" fill="#ffe9a8"/>',
         f'<text x="{x(start):.1f}" y="{pad / 2 - 4}" font-size="11">rollback run</text>',
-        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#333"/>',
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" '
+        'stroke="#333"/>',
     ]
     p95max = max([v for _t, v in rep.series.get("p95_ms", [])] + [1.0])
     for name, color, top in (("error_ratio", "#d62728", 1.0), ("p95_ms", "#1f77b4", p95max)):
@@ -210,7 +232,9 @@ def to_html(rep: Report) -> str:
         body.append(f"<h2>{html.escape(name)}</h2>")
         if name == "Impact assessment":
             body.append(svg_chart(rep))
-        body.append("<ul>" + "".join(f"<li>{html.escape(str(line))}</li>" for line in lines) + "</ul>")
+        body.append(
+            "<ul>" + "".join(f"<li>{html.escape(str(line))}</li>" for line in lines) + "</ul>"
+        )
     style = (
         "body{font-family:sans-serif;max-width:900px;margin:2em auto;color:#222}"
         "h1{background:#243b55;color:#fff;padding:.5em}h2{border-bottom:2px solid #243b55}"

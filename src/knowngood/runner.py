@@ -133,6 +133,13 @@ def run(request: RunRequest) -> RunResult:
     playbook = playbook_path(request.runbook)
     run_id = new_run_id()
     audit_dir = request.audit_dir
+    lab_key = audit_dir.parent / "governance" / "audit_key"
+    if (
+        request.audit_key == DEFAULT_AUDIT_KEY
+        and "KNOWNGOOD_AUDIT_KEY" not in os.environ
+        and (audit_dir.parent / "lab.json").exists()
+    ):
+        request.audit_key = lab_key  # a lab's trail is signed with the lab's key
     audit_dir.mkdir(parents=True, exist_ok=True)
     # ansible-runner writes the extra variables (secrets included) and raw output into its
     # private data dir; the audit record is our callback's, so that dir lives only for the run.

@@ -38,10 +38,19 @@ def check_html_report(run_id: str, tmp_path: Path) -> None:
     assert "src=" not in text and "href=" not in text  # one self-contained file
     shot = tmp_path / "report.png"
     subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", f"--screenshot={shot}",
-         "--window-size=1000,1400", out.as_uri()],
-        capture_output=True, timeout=60, check=True,
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            f"--screenshot={shot}",
+            "--window-size=1000,1400",
+            out.as_uri(),
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
     )
     px = pixels(shot)
     ink = sum(1 for p in px if sum(p) < 600) / len(px)
@@ -54,8 +63,18 @@ def test_gate_refuses_until_the_exact_request_is_signed_by_cto_and_infra_lead(la
     lab.seed("v1", "v1.1")
     keys = lab.root / "governance" / "keys"
     made = knowngood(
-        "request", "rollback-code", "-e", "release_id=v1", "--severity", "high",
-        "--ticket", "INC-42", "--reason", "v1.1 checkout errors", "--requester", "oscar",
+        "request",
+        "rollback-code",
+        "-e",
+        "release_id=v1",
+        "--severity",
+        "high",
+        "--ticket",
+        "INC-42",
+        "--reason",
+        "v1.1 checkout errors",
+        "--requester",
+        "oscar",
     )
     assert made.returncode == 0, made.stderr
     request = made.stdout.strip()

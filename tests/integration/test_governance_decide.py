@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -24,10 +25,8 @@ def paced(url: str, rps: float, seconds: float) -> None:
     def worker() -> None:
         interval, nxt = 4.0 / rps, time.monotonic()
         while nxt < stop:
-            try:
+            with contextlib.suppress(urllib.error.HTTPError, OSError):
                 urllib.request.urlopen(url, timeout=5).read()
-            except (urllib.error.HTTPError, OSError):
-                pass
             nxt += interval
             time.sleep(max(0.0, nxt - time.monotonic()))
 

@@ -39,7 +39,9 @@ def test_secrets_appear_nowhere_and_the_trail_verifies(lab, tmp_path):
     assert record["extra_vars"]["survey_db_password"] == "********"
     statuses = [(e["task"], e["status"]) for e in record["events"]]
     assert ("Fail in a loop over secrets", "ignored") in statuses
-    assert all({"host", "task", "status", "changed", "duration_s"} <= set(e) for e in record["events"])
+    assert all(
+        {"host", "task", "status", "changed", "duration_s"} <= set(e) for e in record["events"]
+    )
 
     for canary in CANARIES:
         assert canary not in output, canary

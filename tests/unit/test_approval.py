@@ -8,7 +8,12 @@ import subprocess
 import pytest
 from ansible_collections.knowngood.runbooks.plugins.module_utils import approval, decision
 
-PEOPLE = {"tess": ["team_lead"], "carla": ["cto"], "ivan": ["infra_lead"], "boss": ["cto", "infra_lead"]}
+PEOPLE = {
+    "tess": ["team_lead"],
+    "carla": ["cto"],
+    "ivan": ["infra_lead"],
+    "boss": ["cto", "infra_lead"],
+}
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,13 @@ def trail(tmp_path):
         (audit / f"r{n}.json").write_text(body)
         audit_chain.append(
             str(audit),
-            {"kind": "record", "run_id": f"r{n}", "record": f"r{n}.json",
-             "sha256": hashlib.sha256(body.encode()).hexdigest(), "status": "successful"},
+            {
+                "kind": "record",
+                "run_id": f"r{n}",
+                "record": f"r{n}.json",
+                "sha256": hashlib.sha256(body.encode()).hexdigest(),
+                "status": "successful",
+            },
             key,
         )
     return audit, key

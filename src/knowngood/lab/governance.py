@@ -65,8 +65,16 @@ def inventory_vars(cfg: LabConfig) -> dict:
             for name, roles in LAB_APPROVERS.items()
         },
         "knowngood_contacts": {
-            "primary_oncall": {"name": "oscar", "email": "oscar@lab.invalid", "phone": "+1-555-0100"},
-            "secondary_oncall": {"name": "tess", "email": "tess@lab.invalid", "phone": "+1-555-0101"},
+            "primary_oncall": {
+                "name": "oscar",
+                "email": "oscar@lab.invalid",
+                "phone": "+1-555-0100",
+            },
+            "secondary_oncall": {
+                "name": "tess",
+                "email": "tess@lab.invalid",
+                "phone": "+1-555-0101",
+            },
             "infra_lead": {"name": "ivan", "email": "ivan@lab.invalid", "phone": "+1-555-0102"},
         },
     }
