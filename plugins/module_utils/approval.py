@@ -23,8 +23,15 @@ NAMESPACE = "knowngood-approval"
 ROLES = ("team_lead", "cto", "infra_lead")
 SEVERITIES = ("low", "medium", "high")
 SECRET_RE = re.compile(r"pass|secret|token|key|dsn|credential|vault", re.I)
-# Inputs that steer governance itself are not part of what is approved.
-GOVERNANCE_VARS = ("knowngood_request", "knowngood_break_glass", "knowngood_approval_required")
+# Inputs that steer governance itself are not part of what is approved; where notices go
+# (knowngood_notify) is not either, and its webhook URLs carry tokens.
+GOVERNANCE_VARS = (
+    "knowngood_request",
+    "knowngood_break_glass",
+    "knowngood_approval_required",
+    "knowngood_notify",
+    "knowngood_notify_smtp_password",
+)
 REQUEST_FIELDS = (
     "version",
     "playbook",

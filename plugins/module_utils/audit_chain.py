@@ -8,14 +8,27 @@ signature (namespace knowngood-audit) over the line without sig, made with the h
 The key and the checkpoint (seq and hash of the last line) live outside the audit directory,
 so someone who can rewrite the directory can neither re-sign lines nor hide a cut-off tail.
 Verification reports modification, deletion, reordering and truncation.
+
+Optionally (KNOWNGOOD_AUDIT_S3_URL=s3://bucket/prefix) every checkpoint is also put to S3 as its
+own object, <prefix>/<audit dir tag>/seq-<seq>.json, under Object Lock when the bucket has it,
+so a second place keeps the high-water mark even if the host's checkpoint is rolled back.
 """
 
+import datetime
 import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import tempfile
+
+try:
+    import boto3
+    from botocore.config import Config
+
+    HAS_BOTO3 = True
+except ImportError:
+    HAS_BOTO3 = False
 
 NAMESPACE = "knowngood-audit"
 GENESIS = "0" * 64
@@ -115,8 +128,118 @@ def read_checkpoint(key_path, audit_dir):
         return None
 
 
+def remote_from_env(environ=None):
+    """The S3 copy's settings from the environment, or None when it is not configured."""
+    environ = os.environ if environ is None else environ
+    url = environ.get("KNOWNGOOD_AUDIT_S3_URL", "")
+    if not url:
+        return None
+    if not url.startswith("s3://") or len(url) <= 5:
+        raise ValueError("KNOWNGOOD_AUDIT_S3_URL must look like s3://bucket/prefix")
+    bucket, dummy, prefix = url[5:].partition("/")
+    return {
+        "url": url.rstrip("/"),
+        "bucket": bucket,
+        "prefix": prefix.strip("/"),
+        "endpoint_url": environ.get("KNOWNGOOD_AUDIT_S3_ENDPOINT") or None,
+        "region": environ.get("KNOWNGOOD_AUDIT_S3_REGION") or None,
+        "lock_days": int(environ.get("KNOWNGOOD_AUDIT_S3_LOCK_DAYS") or 0),
+    }
+
+
+def _s3(remote):
+    if not HAS_BOTO3:
+        raise OSError("boto3 is required for the S3 checkpoint copy")
+    # Credentials come from boto3's usual chain (AWS_* variables, profile, instance role).
+    return boto3.client(
+        "s3",
+        endpoint_url=remote["endpoint_url"],
+        region_name=remote["region"],
+        config=Config(
+            s3={"addressing_style": "path"},
+            connect_timeout=3,
+            read_timeout=10,
+            retries={"max_attempts": 3, "mode": "standard"},
+        ),
+    )
+
+
+def _remote_dir(remote, audit_dir):
+    tag = hashlib.sha256(os.path.realpath(audit_dir).encode("utf-8")).hexdigest()[:16]
+    return "/".join(p for p in (remote["prefix"], tag) if p) + "/"
+
+
+def put_remote_checkpoint(remote, audit_dir, point):
+    """One object per checkpoint, never overwritten; retained under Object Lock if asked."""
+    args = {
+        "Bucket": remote["bucket"],
+        "Key": "%sseq-%012d.json" % (_remote_dir(remote, audit_dir), point["seq"]),
+        "Body": json.dumps(point, sort_keys=True).encode("utf-8"),
+        "ContentType": "application/json",
+    }
+    if remote["lock_days"]:
+        args["ObjectLockMode"] = "COMPLIANCE"
+        args["ObjectLockRetainUntilDate"] = datetime.datetime.now(
+            datetime.UTC
+        ) + datetime.timedelta(days=remote["lock_days"])
+    _s3(remote).put_object(**args)
+    return "s3://%s/%s" % (args["Bucket"], args["Key"])
+
+
+def read_remote_checkpoint(remote, audit_dir):
+    """The highest checkpoint kept in S3 for this audit directory, or None."""
+    client = _s3(remote)
+    prefix = _remote_dir(remote, audit_dir)
+    last = None
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=remote["bucket"], Prefix=prefix
+    ):
+        for obj in page.get("Contents") or []:
+            if obj["Key"].endswith(".json") and (last is None or obj["Key"] > last):
+                last = obj["Key"]
+    if last is None:
+        return None
+    body = client.get_object(Bucket=remote["bucket"], Key=last)["Body"].read()
+    return json.loads(body)
+
+
+def verify_remote(audit_dir, remote):
+    """Problems found comparing the index with the S3 checkpoint (empty list: consistent)."""
+    try:
+        point = read_remote_checkpoint(remote, audit_dir)
+    except Exception as exc:  # any S3 failure means the second place could not vouch
+        return ["remote checkpoint %s unreadable: %s" % (remote["url"], type(exc).__name__)]
+    if point is None:
+        return ["no remote checkpoint for %s in %s" % (audit_dir, remote["url"])]
+    index = os.path.join(audit_dir, "index.jsonl")
+    hashes = {}
+    if os.path.exists(index):
+        with open(index, "rb") as handle:
+            for raw in handle.read().splitlines():
+                try:
+                    hashes[json.loads(raw).get("seq")] = hashlib.sha256(raw).hexdigest()
+                except ValueError:
+                    continue
+    last = max([s for s in hashes if isinstance(s, int)] or [0])
+    if point["seq"] > last:
+        return [
+            "index ends at seq %d but the remote checkpoint in %s says %d (tail truncated)"
+            % (last, remote["url"], point["seq"])
+        ]
+    if hashes.get(point["seq"]) != point["sha256"]:
+        return [
+            "entry seq %d differs from the remote checkpoint in %s (rewritten)"
+            % (point["seq"], remote["url"])
+        ]
+    return []
+
+
 def append(audit_dir, entry, key_path=None):
-    """Append one entry to the chain under a lock; returns the written line as a dict."""
+    """Append one entry to the chain under a lock; returns the written line as a dict.
+
+    With an S3 copy configured, a failed put never fails the append: the returned dict then
+    carries remote_checkpoint_error for the caller to show.
+    """
     index = os.path.join(audit_dir, "index.jsonl")
     with open(os.path.join(audit_dir, ".index.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -149,6 +272,12 @@ def append(audit_dir, entry, key_path=None):
             with os.fdopen(fd, "w") as handle:
                 json.dump(point, handle, sort_keys=True)
             os.rename(tmp, target)
+            try:
+                remote = remote_from_env()
+                if remote:
+                    put_remote_checkpoint(remote, audit_dir, point)
+            except Exception as exc:  # the record is written; the copy is reported, not fatal
+                return dict(line, remote_checkpoint_error="%s: %s" % (type(exc).__name__, exc))
     return line
 
 

@@ -166,6 +166,9 @@ def cmd_request(args: argparse.Namespace) -> int:
         out=Path(args.output) if args.output else audit_dir / "requests",
     )
     print(path)
+    if not args.no_notify:
+        for line in governance.notify_request(path, inventory, audit_dir, _audit_key(args)):
+            print(line, file=sys.stderr)
     return 0
 
 
@@ -181,13 +184,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.command == "verify":
         from knowngood.modutils import module_utils
 
-        problems, count = module_utils("audit_chain").verify(str(audit_dir), str(_audit_key(args)))
+        chain = module_utils("audit_chain")
+        problems, count = chain.verify(str(audit_dir), str(_audit_key(args)))
+        try:
+            remote = chain.remote_from_env()
+        except ValueError as exc:
+            raise runner.KnowngoodError(str(exc)) from None
+        if remote:  # the second place (KNOWNGOOD_AUDIT_S3_URL)
+            problems += chain.verify_remote(str(audit_dir), remote)
         for problem in problems:
             print(f"TAMPERED  {problem}")
         if problems:
             print(f"audit trail {audit_dir}: {len(problems)} problem(s) in {count} entries")
             return 3
-        print(f"audit trail {audit_dir}: {count} entries, chain, signatures and checkpoint intact")
+        what = "chain, signatures and checkpoint"
+        if remote:
+            what += f" (and its S3 copy in {remote['url']})"
+        print(f"audit trail {audit_dir}: {count} entries, {what} intact")
         return 0
     if args.command == "list":
         index = audit_dir / "index.jsonl"
@@ -276,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--requester", default="", help="default: the OS user")
     req.add_argument("--expires", type=int, default=3600, help="seconds (default 3600)")
     req.add_argument("-o", "--output", default="", help="directory (default <audit>/requests)")
+    req.add_argument("--no-notify", action="store_true", help="do not tell contacts and approvers")
     req.set_defaults(func=cmd_request, audit_dir="")
 
     appr = sub.add_parser("approve", help="sign a rollback request with your SSH key")

@@ -81,3 +81,34 @@ def approve(path: Path, key: Path, signer: str = "") -> str:
     )
     approval.write_request_file(str(path), data)
     return f"{who} ({fingerprint}) signed request {rid[:12]} ({doc['playbook']}, {doc['severity']})"
+
+
+def notify_request(path: Path, inventory: str, audit_dir: Path, audit_key: Path) -> list[str]:
+    """Tell on-call and the approvers (playbooks/notify.yml, recorded); lines saying how it went.
+
+    A failed notice is reported, never an error: the request stands either way.
+    """
+    result = runner.run(
+        runner.RunRequest(
+            runbook="notify",
+            inventory=inventory,
+            extravars={"knowngood_notify_request": str(path.resolve())},
+            audit_dir=audit_dir,
+            audit_key=audit_key,
+            quiet=True,
+        )
+    )
+    sent = result.record.get("notifications", [])
+    if result.status != "successful":
+        failed = [e for e in result.record.get("events", []) if e["status"] == "failed"]
+        why = failed[0]["result"].get("msg", "") if failed else result.status
+        return [f"notify: not sent: {why} (audit record {result.record_path})"]
+    if not sent:
+        return ["notify: no notification channel configured (knowngood_notify)"]
+    lines = []
+    for n in sent:
+        line = f"notify: {n['event']} {n['channel']} {n['target']}: {n['outcome']}"
+        if n["outcome"] != "delivered":
+            line += f" after {n['attempts']} attempt(s): {n['error']}"
+        lines.append(line)
+    return lines

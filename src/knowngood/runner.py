@@ -131,6 +131,12 @@ def run(request: RunRequest) -> RunResult:
     import ansible_runner
 
     playbook = playbook_path(request.runbook)
+    from knowngood.modutils import module_utils
+
+    try:
+        module_utils("audit_chain").remote_from_env()  # a bad S3 setting stops us before the run
+    except ValueError as exc:
+        raise KnowngoodError(str(exc)) from None
     run_id = new_run_id()
     audit_dir = request.audit_dir
     lab_key = audit_dir.parent / "governance" / "audit_key"
@@ -186,13 +192,17 @@ def run(request: RunRequest) -> RunResult:
         )
         digests = keep_artifacts(Path(private) / "artifacts" / run_id, audit_dir, run_id)
     duration = time.monotonic() - started
-    from knowngood.modutils import module_utils
-
-    module_utils("audit_chain").append(
+    line = module_utils("audit_chain").append(
         str(audit_dir),
         {"kind": "artifacts", "run_id": run_id, "status": result.status, "artifacts": digests},
         str(request.audit_key),
     )
+    if line.get("remote_checkpoint_error"):
+        print(
+            f"knowngood: WARNING the S3 copy of the audit checkpoint failed "
+            f"({line['remote_checkpoint_error']})",
+            file=sys.stderr,
+        )
     record_path = audit_dir / f"{run_id}.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     return RunResult(run_id, result.status, result.rc, duration, record_path, record)

@@ -78,3 +78,24 @@ def inventory_vars(cfg: LabConfig) -> dict:
             "infra_lead": {"name": "ivan", "email": "ivan@lab.invalid", "phone": "+1-555-0102"},
         },
     }
+
+
+def audit_s3_env(cfg: LabConfig) -> dict[str, str]:
+    """Environment that keeps a second copy of the audit checkpoint in the lab's cold bucket.
+
+    Opt-in (tests and the demo pass it): the cold bucket has Object Lock, so each checkpoint
+    object is retained for a day. Holds the lab's S3 credentials: pass it to a process's
+    environment, never print it.
+    """
+    from knowngood.lab import infra
+
+    access, secret = infra.s3_credentials(cfg)
+    region = infra.s3_region_name(infra.COLD_REGION)
+    return {
+        "KNOWNGOOD_AUDIT_S3_URL": f"s3://{infra.COLD_BUCKET}/audit-checkpoints",
+        "KNOWNGOOD_AUDIT_S3_ENDPOINT": infra.s3_status(cfg)[region]["endpoint"],
+        "KNOWNGOOD_AUDIT_S3_REGION": region,
+        "KNOWNGOOD_AUDIT_S3_LOCK_DAYS": "1",
+        "AWS_ACCESS_KEY_ID": access,
+        "AWS_SECRET_ACCESS_KEY": secret,
+    }
