@@ -153,11 +153,12 @@ def cmd_request(args: argparse.Namespace) -> int:
     from knowngood import governance
 
     inventory, audit_dir = _run_target(args)
+    extravars = _governed_extravars(args)
     path = governance.create_request(
         runbook=args.runbook,
         inventory=inventory,
         limit=args.limit or "",
-        extravars=_governed_extravars(args),
+        extravars=extravars,
         severity=args.severity,
         requester=args.requester,
         ticket=args.ticket,
@@ -167,7 +168,9 @@ def cmd_request(args: argparse.Namespace) -> int:
     )
     print(path)
     if not args.no_notify:
-        for line in governance.notify_request(path, inventory, audit_dir, _audit_key(args)):
+        for line in governance.notify_request(
+            path, inventory, audit_dir, _audit_key(args), extravars
+        ):
             print(line, file=sys.stderr)
     return 0
 

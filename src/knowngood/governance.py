@@ -83,16 +83,20 @@ def approve(path: Path, key: Path, signer: str = "") -> str:
     return f"{who} ({fingerprint}) signed request {rid[:12]} ({doc['playbook']}, {doc['severity']})"
 
 
-def notify_request(path: Path, inventory: str, audit_dir: Path, audit_key: Path) -> list[str]:
+def notify_request(
+    path: Path, inventory: str, audit_dir: Path, audit_key: Path, extravars: dict
+) -> list[str]:
     """Tell on-call and the approvers (playbooks/notify.yml, recorded); lines saying how it went.
 
+    Only the request's knowngood_notify* extra variables (channels given with -e) pass on.
     A failed notice is reported, never an error: the request stands either way.
     """
+    channels = {k: v for k, v in extravars.items() if k.startswith("knowngood_notify")}
     result = runner.run(
         runner.RunRequest(
             runbook="notify",
             inventory=inventory,
-            extravars={"knowngood_notify_request": str(path.resolve())},
+            extravars={**channels, "knowngood_notify_request": str(path.resolve())},
             audit_dir=audit_dir,
             audit_key=audit_key,
             quiet=True,

@@ -175,6 +175,11 @@ def _sections(rep: Report) -> list[tuple[str, list[str]]]:
             "Notified",
             [
                 f"{x.get('channel')} {x.get('target')}: {x.get('event')} -> {x.get('outcome')}"
+                + (
+                    f" after {x.get('attempts')} attempt(s) ({x.get('error')})"
+                    if x.get("outcome") == "failed"
+                    else ""
+                )
                 for x in r.get("notifications", [])
             ]
             or ["(no notifications recorded)"],

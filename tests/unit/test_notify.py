@@ -7,7 +7,7 @@ import time
 
 import pytest
 from ansible_collections.knowngood.runbooks.plugins.module_utils import notify
-from notify_servers import SmtpReceiver, WebhookReceiver, closed_port
+from knowngood.lab.notify_sinks import SmtpReceiver, WebhookReceiver, closed_port
 
 CONTACTS = {
     "primary_oncall": {"name": "Pat Primary", "email": "pat@example.com", "phone": "+1-555-0100"},

@@ -1,4 +1,4 @@
-"""Local notification receivers for the tests: a webhook endpoint and an SMTP server.
+"""Local notification receivers for the tests and the demo: a webhook endpoint and an SMTP server.
 
 Both are real servers on loopback, run in threads: a Slack-compatible webhook that records
 each JSON body (or answers with a chosen status), and just enough SMTP (EHLO/HELO, MAIL, RCPT,
