@@ -20,7 +20,8 @@ import threading
 import time
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
-from urllib.request import Request, urlopen
+
+from ansible.module_utils.urls import open_url
 
 EVENTS = ("request", "approval_needed", "start", "success", "failure", "break_glass")
 CONTACT_ROLES = ("primary_oncall", "secondary_oncall", "infra_lead")
@@ -195,9 +196,16 @@ def post_webhook(event, url, text, attempts, timeout, backoff):
     for attempt in range(1, attempts + 1):
         retry = True
         try:
-            req = Request(url, data=body, headers={"Content-Type": "application/json"})
-            with urlopen(req, timeout=timeout) as resp:
-                resp.read(1024)
+            resp = open_url(
+                url,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                method="POST",
+                timeout=timeout,
+                follow_redirects="none",
+            )
+            resp.read(1024)
+            resp.close()
             error = ""
             break
         except HTTPError as exc:

@@ -8,9 +8,9 @@ module: notify
 short_description: Tell the contacts about a rollback by webhook and e-mail (strategy section 5)
 version_added: "0.2.0"
 description:
-  - Runs on the controller (action plugin). Validates the contacts and the channels, then sends
-    the event to every webhook (Slack-compatible JSON C({"text": ...})) and e-mails the contacts
-    the event is routed to through SMTP.
+  - "Runs on the controller (action plugin). Validates the contacts and the channels, then sends
+    the event to every webhook (Slack-compatible JSON C({\"text\": ...})) and e-mails the
+    contacts the event is routed to through SMTP."
   - Routing. C(request), C(start) and C(success) go to the primary and secondary on-call;
     C(failure) also to the infrastructure lead; C(approval_needed) to the infrastructure lead
     and the approvers holding a role the request needs; C(break_glass) to every contact.

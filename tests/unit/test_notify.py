@@ -7,6 +7,7 @@ import time
 
 import pytest
 from ansible_collections.knowngood.runbooks.plugins.module_utils import notify
+
 from knowngood.lab.notify_sinks import SmtpReceiver, WebhookReceiver, closed_port
 
 CONTACTS = {
