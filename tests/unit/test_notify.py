@@ -145,3 +145,20 @@ def test_mask_url_keeps_only_scheme_and_host():
         "https://hooks.slack.com/***"
     )
     assert notify.mask_url("http://127.0.0.1:8080/") == "http://127.0.0.1:8080"
+
+
+def test_a_receiver_that_never_answers_is_given_up_on_within_the_bound():
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/hook/{TOKEN}"
+        started = time.monotonic()
+        sent = notify.deliver(
+            "start", "hi", CONTACTS, {"webhooks": [url], "attempts": 2, "timeout_s": 0.5}
+        )
+        took = time.monotonic() - started
+    assert [(n["outcome"], n["attempts"]) for n in sent] == [("failed", 2)]
+    assert "timed out" in sent[0]["error"] and TOKEN not in sent[0]["error"]
+    assert took < 4  # 2 x 0.5 s timeouts plus one jittered backoff of at most 0.75 s
