@@ -78,12 +78,22 @@ class ActionModule(ActionBase):
             )
         subject, text = notify.compose(event, details)
         if self._task.check_mode:
-            targets = [notify.mask_url(u) for u in params["channels"].get("webhooks") or []]
-            contacts = notify.validate_contacts(params["contacts"])
-            targets += notify.recipients(event, contacts, params["approvers"], required)
+            hooks = params["channels"].get("webhooks") or []
+            targets = [("webhook", notify.mask_url(u)) for u in hooks]
+            if params["channels"].get("smtp"):
+                contacts = notify.validate_contacts(params["contacts"])
+                for address in notify.recipients(event, contacts, params["approvers"], required):
+                    targets.append(("email", address))
             result["notifications"] = [
-                {"event": event, "target": t, "outcome": "skipped", "error": "check mode"}
-                for t in targets
+                {
+                    "event": event,
+                    "channel": channel,
+                    "target": target,
+                    "outcome": "skipped",
+                    "attempts": 0,
+                    "error": "check mode",
+                }
+                for channel, target in targets
             ]
             result["msg"] = "check mode: %s not sent to %d target(s)" % (event, len(targets))
             return result
