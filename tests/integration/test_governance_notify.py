@@ -24,6 +24,7 @@ from knowngood.lab.notify_sinks import SmtpReceiver, WebhookReceiver, closed_por
 pytestmark = pytest.mark.lab
 
 TOKEN = "T0KEN/B0T/xoxb-notify-CANARY-31"
+PASSWORD = "smtp-CANARY-pass-6131"
 
 
 def _record(done: subprocess.CompletedProcess) -> dict:
@@ -42,7 +43,12 @@ def test_notices_go_out_and_a_dead_receiver_never_stops_the_rollback(lab):
     lab.seed("v1")
     flags = Path(lab.status["hosts"][0]["root"]) / "shared" / "flags.json"
     with WebhookReceiver(status=500) as broken:
-        dead_smtp = {"host": "127.0.0.1", "port": closed_port(), "sender": "kg@lab.invalid"}
+        dead_smtp = {
+            "host": "127.0.0.1",
+            "port": closed_port(),
+            "sender": "kg@lab.invalid",
+            "username": "kg",
+        }
         down = {
             "webhooks": [broken.url(TOKEN)],
             "smtp": dead_smtp,
@@ -52,7 +58,13 @@ def test_notices_go_out_and_a_dead_receiver_never_stops_the_rollback(lab):
         }
         done = _flag_run(
             "-e",
-            json.dumps({"flag": "new_checkout", "knowngood_notify": down}),
+            json.dumps(
+                {
+                    "flag": "new_checkout",
+                    "knowngood_notify": down,
+                    "knowngood_notify_smtp_password": PASSWORD,
+                }
+            ),
             "-e",
             json.dumps({"knowngood_approval_required": True}),
             "--break-glass",
@@ -99,9 +111,11 @@ def test_notices_go_out_and_a_dead_receiver_never_stops_the_rollback(lab):
     assert "'oscar at lab' is not an address" in why
     assert (flags.read_bytes() if flags.exists() else None) == before
 
+    assert PASSWORD not in done.stdout + done.stderr and TOKEN not in done.stdout + done.stderr
     for path in [p for p in (lab.root / "audit").rglob("*") if p.is_file()]:
-        assert TOKEN.encode() not in path.read_bytes(), path
-        assert b"/services/" not in path.read_bytes(), path
+        data = path.read_bytes()
+        assert TOKEN.encode() not in data and PASSWORD.encode() not in data, path
+        assert b"/services/" not in data, path
 
 
 def _lab_contacts(lab) -> dict:
