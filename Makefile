@@ -15,7 +15,7 @@ SYSTEM_DEPS := nginx:nginx-light prometheus:prometheus promtool:prometheus sshd:
 	/usr/lib/python3/dist-packages/boto3:python3-boto3 /usr/lib/python3/dist-packages/lz4:python3-lz4 \
 	/usr/lib/python3/dist-packages/zstandard:python3-zstandard \
 	/usr/lib/python3/dist-packages/cryptography:python3-cryptography \
-	/usr/lib/python3/dist-packages/psycopg:python3-psycopg
+	/usr/lib/python3/dist-packages/psycopg:python3-psycopg chromium:chromium
 
 .PHONY: help system-deps venv demo test unit integration lint sanity bench drill lab-up lab-down collection clean
 

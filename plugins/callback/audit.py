@@ -15,6 +15,19 @@ description:
   - Only whitelisted result keys are kept and results of C(no_log) tasks are already censored by
     Ansible; extra variables whose names look secret are masked.
 options:
+  audit_key:
+    description:
+      - SSH private key that signs each index line (namespace knowngood-audit); made on first
+        use. Keep it, and the checkpoints written beside it, outside I(audit_dir).
+      - Unset, with C(KNOWNGOOD_LAB_DIR) set, the lab's key,
+        C($KNOWNGOOD_LAB_DIR/governance/audit_key).
+    default: ~/.config/knowngood/audit_key
+    type: path
+    env:
+      - name: KNOWNGOOD_AUDIT_KEY
+    ini:
+      - section: callback_knowngood_audit
+        key: audit_key
   audit_dir:
     description: Directory for audit records.
     default: ~/.local/state/knowngood/audit
@@ -38,6 +51,8 @@ import uuid
 
 from ansible import context
 from ansible.plugins.callback import CallbackBase
+from ansible.template import Templar
+from ansible_collections.knowngood.runbooks.plugins.module_utils import audit_chain, notify
 
 KEPT_KEYS = (
     "msg",
@@ -64,8 +79,30 @@ KEPT_KEYS = (
     "current",
     "last_known_good",
     "removed_releases",
+    "verdict",
+    "severity",
+    "action",
+    "approvals_required",
+    "triggers",
+    "fired",
+    "inconclusive",
+    "baseline",
+    "query_errors",
+    "evaluated_at",
+    "baseline_at",
+    "window_s",
+    "approved",
+    "mode",
+    "request_id",
+    "request",
+    "signers",
+    "refused",
+    "missing_roles",
+    "break_glass_reason",
+    "post_hoc_approval",
+    "post_hoc_request_file",
 )
-SECRET_RE = re.compile(r"pass|secret|token|key|dsn|credential", re.I)
+SECRET_RE = re.compile(r"pass|secret|token|key|dsn|credential|webhook|knowngood_notify", re.I)
 
 
 def utcnow():
@@ -102,21 +139,33 @@ class CallbackModule(CallbackBase):
             "run_id": self.run_id,
             "kind": "ansible-playbook",
             "user": os.environ.get("KNOWNGOOD_USER") or getpass.getuser(),
+            "os_user": getpass.getuser(),
+            "key_fingerprint": os.environ.get("KNOWNGOOD_KEY_FINGERPRINT", ""),
+            "inventory": list(context.CLIARGS.get("inventory") or []),
+            "limit": context.CLIARGS.get("subset") or "",
             "started_at": utcnow(),
             "events": [],
             "plays": [],
+            "notifications": [],
         }
         self.started = time.time()
         self.task_started = {}
+        self.play = None
+        # The start notice's task and host: the end notice reuses its arguments.
+        self.announced = None
 
     def v2_playbook_on_start(self, playbook):
         self.record["playbook"] = os.path.abspath(playbook._file_name)
 
     def v2_playbook_on_play_start(self, play):
+        self.play = play
         self.record["plays"].append(play.get_name())
         manager = play.get_variable_manager()
         extra = getattr(manager, "extra_vars", None) or {}
         self.record["extra_vars"] = mask(dict(extra))
+        for field, var in (("ticket", "ticket"), ("reason", "rollback_reason")):
+            value = extra.get(var) or os.environ.get("KNOWNGOOD_" + field.upper(), "")
+            self.record[field] = mask(value, var) if not isinstance(value, str) else value
         self.record["check_mode"] = bool(context.CLIARGS.get("check", False))
 
     def v2_playbook_on_task_start(self, task, is_conditional):
@@ -134,10 +183,34 @@ class CallbackModule(CallbackBase):
             "task": task.get_name(),
             "action": task.action,
             "status": status,
+            "changed": bool(raw.get("changed")),
             "duration_s": round(time.time() - self.task_started.get(task._uuid, time.time()), 3),
             "result": mask(kept),
         }
         self.record["events"].append(event)
+        if task.action.endswith("notify") and isinstance(raw.get("notifications"), list):
+            self.record["notifications"].extend(mask(raw["notifications"]))
+            if raw.get("notifications") and raw["notifications"][0].get("event") in (
+                "start",
+                "break_glass",
+            ):
+                self.announced = (task, result._host)
+        if task.action.endswith("approval_gate") and "mode" in raw:
+            self.record["approvals"] = dict(
+                (k, mask(raw.get(k)))
+                for k in (
+                    "mode",
+                    "approved",
+                    "request_id",
+                    "severity",
+                    "signers",
+                    "refused",
+                    "missing_roles",
+                    "break_glass_reason",
+                    "post_hoc_approval",
+                    "post_hoc_request_file",
+                )
+            )
 
     def v2_runner_on_ok(self, result):
         self._add(result, "changed" if result._result.get("changed") else "ok")
@@ -163,7 +236,68 @@ class CallbackModule(CallbackBase):
                 "status": "failed" if failed else "successful",
             }
         )
+        self._announce_end()
         self._write()
+
+    def _announce_end(self):
+        """Success or failure to those told of the start; never stops the record being written."""
+        if not self.announced or self.record.get("check_mode"):
+            return
+        task, host = self.announced
+        event = "failure" if self.record["status"] == "failed" else "success"
+        try:
+            manager = self.play.get_variable_manager()
+            host = manager._inventory.get_host(host.get_name()) or host
+            variables = manager.get_vars(play=self.play, host=host, task=task)
+            args = Templar(loader=self.play._loader, variables=variables).template(task.args)
+            broken = ("failed", "unreachable")
+            failed_tasks = sorted(
+                set(e["task"] for e in self.record["events"] if e["status"] in broken)
+            )
+            details = dict(
+                (k, v)
+                for k, v in (args.get("details") or {}).items()
+                if k in ("request_id", "severity", "break_glass_reason", "post_hoc")
+            )
+            details.update(
+                playbook=os.path.basename(self.record.get("playbook") or "?").rsplit(".", 1)[0],
+                run_id=self.run_id,
+                user=self.record.get("user"),
+                ticket=self.record.get("ticket"),
+                reason=self.record.get("reason"),
+                status=self.record["status"],
+                duration="%.1f s" % self.record["duration_s"],
+                failed=failed_tasks,
+            )
+            subject, text = notify.compose(event, details)
+            sent = notify.deliver(
+                event,
+                text,
+                args.get("contacts") or {},
+                args.get("channels") or {},
+                smtp_password=args.get("smtp_password") or "",
+                approvers=args.get("approvers") or {},
+                subject=subject,
+            )
+        except Exception as exc:  # a notice must never cost the record
+            sent = [
+                {
+                    "event": event,
+                    "channel": "all",
+                    "target": "-",
+                    "outcome": "failed",
+                    "attempts": 0,
+                    "error": "could not send: %s" % type(exc).__name__,
+                    "at": utcnow(),
+                }
+            ]
+        self.record["notifications"].extend(mask(sent))
+        for line in sent:
+            if line["outcome"] != "delivered":
+                self._display.warning(
+                    "knowngood: %s notice to %s %s failed after %s attempt(s): %s"
+                    % (event, line["channel"], line["target"], line["attempts"], line["error"])
+                )
 
     def _write(self):
         audit_dir = os.path.expanduser(self.get_option("audit_dir"))
@@ -175,24 +309,26 @@ class CallbackModule(CallbackBase):
         with os.fdopen(fd, "w") as handle:
             handle.write(body)
         os.rename(tmp, path)
-        index = os.path.join(audit_dir, "index.jsonl")
-        prev = "0" * 64
-        if os.path.exists(index):
-            with open(index, "rb") as handle:
-                lines = handle.read().splitlines()
-            if lines:
-                prev = hashlib.sha256(lines[-1]).hexdigest()
-        line = json.dumps(
+        key = self.get_option("audit_key")
+        if not os.environ.get("KNOWNGOOD_AUDIT_KEY") and os.environ.get("KNOWNGOOD_LAB_DIR"):
+            # A lab's runs sign with the lab's key, kept beside (not inside) its audit dir.
+            key = os.path.join(os.environ["KNOWNGOOD_LAB_DIR"], "governance", "audit_key")
+        line = audit_chain.append(
+            audit_dir,
             {
+                "kind": "record",
                 "run_id": self.run_id,
+                "record": "%s.json" % self.run_id,
                 "playbook": self.record.get("playbook"),
                 "status": self.record["status"],
                 "finished_at": self.record["finished_at"],
                 "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
-                "prev": prev,
             },
-            sort_keys=True,
+            os.path.expanduser(key) if key else None,
         )
-        with open(index, "a") as handle:
-            handle.write(line + "\n")
+        if line.get("remote_checkpoint_error"):
+            self._display.warning(
+                "knowngood: the S3 copy of the audit checkpoint failed (%s); the local chain "
+                "and checkpoint are written" % line["remote_checkpoint_error"]
+            )
         self._display.display("knowngood: audit record %s" % path)

@@ -3,7 +3,9 @@
 knowngood lab up [--hosts N] [--ssh]      build the lab (idempotent)
 knowngood lab status [--json]             where everything is
 knowngood lab down                        stop it and remove it
-knowngood run rollback-code -e rollback_reason=... [--check]
+knowngood run rollback-code --ticket T --reason R [--request FILE] [--check]
+knowngood request rollback-code --severity high --ticket T --reason R   -> request file
+knowngood approve REQUEST --key ~/.ssh/id_ed25519                        (sign it)
 knowngood audit list | show RUN_ID
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -68,6 +71,12 @@ def _parse_extravars(pairs: list[str]) -> dict:
         if pair.startswith("@"):
             extravars.update(json.loads(Path(pair[1:]).read_text()))
             continue
+        if pair.startswith("{"):  # -e '{"k": "two words"}', as ansible-playbook takes it
+            try:
+                extravars.update(json.loads(pair))
+            except ValueError as exc:
+                raise runner.KnowngoodError(f"-e JSON is not valid: {exc}") from None
+            continue
         key, sep, value = pair.partition("=")
         if not sep or not key.isidentifier():
             raise runner.KnowngoodError(f"-e expects key=value, got {pair!r}")
@@ -75,22 +84,62 @@ def _parse_extravars(pairs: list[str]) -> dict:
     return extravars
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    # Without -i the runbook runs on the lab, and its records go to the lab's audit dir.
+def _run_target(args: argparse.Namespace) -> tuple[str, Path]:
+    """(inventory, audit dir): without -i the runbook runs on the lab and records there."""
     inventory, audit_dir = args.inventory, runner.DEFAULT_AUDIT_DIR
     if not inventory:
         cfg = LabConfig.load(Path(args.root))
         inventory, audit_dir = str(cfg.inventory_path), cfg.root / "audit"
-    if args.audit_dir:
+    if getattr(args, "audit_dir", ""):
         audit_dir = Path(args.audit_dir)
+    return inventory, audit_dir
+
+
+def _audit_key(args: argparse.Namespace) -> Path:
+    """The lab's audit key for lab runs (removed with the lab), the operator's otherwise."""
+    if "KNOWNGOOD_AUDIT_KEY" in os.environ or getattr(args, "inventory", ""):
+        return runner.DEFAULT_AUDIT_KEY
+    if getattr(args, "audit_dir", "") and Path(args.audit_dir) != Path(args.root) / "audit":
+        return runner.DEFAULT_AUDIT_KEY
+    return Path(args.root) / "governance" / "audit_key"
+
+
+def _governed_extravars(args: argparse.Namespace) -> dict:
+    extravars = _parse_extravars(args.extra_vars)
+    if args.ticket:
+        extravars.setdefault("ticket", args.ticket)
+    if args.reason:
+        extravars.setdefault("rollback_reason", args.reason)
+    return extravars
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    inventory, audit_dir = _run_target(args)
+    if args.request:
+        from knowngood import governance
+
+        # The approved request says why; the run carries the same ticket and reason.
+        doc = governance.read_request(Path(args.request))
+        args.ticket, args.reason = args.ticket or doc["ticket"], args.reason or doc["reason"]
+    extravars = _governed_extravars(args)
+    if args.request:
+        extravars["knowngood_request"] = str(Path(args.request).resolve())
+    if args.break_glass:
+        extravars["knowngood_break_glass"] = args.break_glass
     request = runner.RunRequest(
         runbook=args.runbook,
         inventory=inventory,
-        extravars=_parse_extravars(args.extra_vars),
+        extravars=extravars,
         check=args.check,
         limit=args.limit or "",
         audit_dir=audit_dir,
         quiet=args.quiet,
+        ticket=args.ticket,
+        reason=args.reason,
+        audit_key=_audit_key(args),
+        verbosity=args.verbose,
+        diff=args.diff,
+        vault_password_file=args.vault_password_file,
     )
     result = runner.run(request)
     print()
@@ -100,8 +149,62 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def cmd_request(args: argparse.Namespace) -> int:
+    from knowngood import governance
+
+    inventory, audit_dir = _run_target(args)
+    extravars = _governed_extravars(args)
+    path = governance.create_request(
+        runbook=args.runbook,
+        inventory=inventory,
+        limit=args.limit or "",
+        extravars=extravars,
+        severity=args.severity,
+        requester=args.requester,
+        ticket=args.ticket,
+        reason=args.reason,
+        ttl_s=args.expires,
+        out=Path(args.output) if args.output else audit_dir / "requests",
+    )
+    print(path)
+    if not args.no_notify:
+        for line in governance.notify_request(
+            path, inventory, audit_dir, _audit_key(args), extravars
+        ):
+            print(line, file=sys.stderr)
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from knowngood import governance
+
+    print(governance.approve(Path(args.request), Path(args.key).expanduser(), args.signer))
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     audit_dir = Path(args.audit_dir) if args.audit_dir else Path(args.root) / "audit"
+    if args.command == "verify":
+        from knowngood.modutils import module_utils
+
+        chain = module_utils("audit_chain")
+        problems, count = chain.verify(str(audit_dir), str(_audit_key(args)))
+        try:
+            remote = chain.remote_from_env()
+        except ValueError as exc:
+            raise runner.KnowngoodError(str(exc)) from None
+        if remote:  # the second place (KNOWNGOOD_AUDIT_S3_URL)
+            problems += chain.verify_remote(str(audit_dir), remote)
+        for problem in problems:
+            print(f"TAMPERED  {problem}")
+        if problems:
+            print(f"audit trail {audit_dir}: {len(problems)} problem(s) in {count} entries")
+            return 3
+        what = "chain, signatures and checkpoint"
+        if remote:
+            what += f" (and its S3 copy in {remote['url']})"
+        print(f"audit trail {audit_dir}: {count} entries, {what} intact")
+        return 0
     if args.command == "list":
         index = audit_dir / "index.jsonl"
         if not index.exists():
@@ -109,6 +212,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             return 0
         for line in index.read_text().splitlines():
             entry = json.loads(line)
+            if entry.get("kind", "record") != "record":
+                continue
             print(
                 f"{entry['finished_at']}  {entry['status']:<10}  {entry['run_id']}  "
                 f"{Path(entry.get('playbook') or '?').name}"
@@ -119,6 +224,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise runner.KnowngoodError(f"no audit record {args.run_id} in {audit_dir}")
     record = json.loads(path.read_text())
     print(json.dumps(record, indent=2) if args.json else "\n".join(runner.summarize(record)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from knowngood import report
+
+    audit_dir = Path(args.audit_dir) if args.audit_dir else Path(args.root) / "audit"
+    record = report.load_record(audit_dir, args.run_id)
+    prometheus = args.prometheus
+    if not prometheus and (Path(args.root) / "lab.json").exists():
+        prometheus = f"http://127.0.0.1:{LabConfig.load(Path(args.root)).prometheus_port}"
+    notes = json.loads(Path(args.notes).read_text()) if args.notes else {}
+    out = (
+        Path(args.output) if args.output else audit_dir / "reports" / f"{args.run_id}.{args.format}"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(report.write(record, notes, prometheus, args.format, out))
     return 0
 
 
@@ -150,16 +272,53 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--check", action="store_true", help="show the plan, change nothing")
     run.add_argument("--audit-dir", default="")
     run.add_argument("--quiet", action="store_true")
+    run.add_argument("--ticket", default="", help="incident or change ticket")
+    run.add_argument("--reason", default="", help="why this run (rollback_reason)")
+    run.add_argument("--request", default="", help="approved request file (knowngood request)")
+    run.add_argument("--break-glass", default="", metavar="REASON", help="run without approvals")
+    run.add_argument("-v", "--verbose", action="count", default=0)
+    run.add_argument("--diff", action="store_true", help="show differences (always with --check)")
+    run.add_argument("--vault-password-file", default="")
     run.set_defaults(func=cmd_run)
+
+    req = sub.add_parser("request", help="write a rollback request for approvers to sign")
+    req.add_argument("runbook", help="playbook name, e.g. rollback-code")
+    req.add_argument("-e", "--extra-vars", action="append", default=[])
+    req.add_argument("-i", "--inventory", default="")
+    req.add_argument("--limit", default="")
+    req.add_argument("--severity", required=True, choices=["low", "medium", "high"])
+    req.add_argument("--ticket", required=True)
+    req.add_argument("--reason", required=True)
+    req.add_argument("--requester", default="", help="default: the OS user")
+    req.add_argument("--expires", type=int, default=3600, help="seconds (default 3600)")
+    req.add_argument("-o", "--output", default="", help="directory (default <audit>/requests)")
+    req.add_argument("--no-notify", action="store_true", help="do not tell contacts and approvers")
+    req.set_defaults(func=cmd_request, audit_dir="")
+
+    appr = sub.add_parser("approve", help="sign a rollback request with your SSH key")
+    appr.add_argument("request", help="request file")
+    appr.add_argument("--key", default="~/.ssh/id_ed25519", help="SSH private key")
+    appr.add_argument("--signer", default="", help="your principal (default: the OS user)")
+    appr.set_defaults(func=cmd_approve)
 
     audit = sub.add_parser("audit", help="read audit records")
     audit.add_argument("--audit-dir", default="")
     audit_sub = audit.add_subparsers(dest="command", required=True)
     audit_sub.add_parser("list")
+    audit_sub.add_parser("verify", help="check the chain, signatures, records and checkpoint")
     show = audit_sub.add_parser("show")
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true")
     audit.set_defaults(func=cmd_audit)
+
+    rep = sub.add_parser("report", help="incident report (strategy section 7) for a run")
+    rep.add_argument("run_id")
+    rep.add_argument("--format", choices=["md", "html"], default="md")
+    rep.add_argument("--notes", default="", help="JSON: description, root_cause, recommendations")
+    rep.add_argument("--prometheus", default="", help="default: the lab's")
+    rep.add_argument("--audit-dir", default="")
+    rep.add_argument("-o", "--output", default="")
+    rep.set_defaults(func=cmd_report)
 
     from knowngood import wal  # `knowngood wal push|fetch|status` (backup_wal's commands)
 

@@ -10,6 +10,7 @@ import getpass
 import json
 import os
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -23,6 +24,12 @@ EXIT_CODES = {"successful": 0, "failed": 2, "timeout": 3, "canceled": 4}
 DEFAULT_AUDIT_DIR = Path(
     os.environ.get("KNOWNGOOD_AUDIT_DIR", "~/.local/state/knowngood/audit")
 ).expanduser()
+# Signs the audit index and keeps its checkpoints; outside every audit dir on purpose.
+DEFAULT_AUDIT_KEY = Path(
+    os.environ.get("KNOWNGOOD_AUDIT_KEY", "~/.config/knowngood/audit_key")
+).expanduser()
+# Runner artifacts kept (and digested) with the record; env/ (extra vars, secrets) never is.
+KEPT_ARTIFACTS = ("stdout", "status", "rc", "command")
 
 
 class KnowngoodError(Exception):
@@ -39,6 +46,12 @@ class RunRequest:
     audit_dir: Path = DEFAULT_AUDIT_DIR
     user: str = ""
     quiet: bool = False
+    ticket: str = ""
+    reason: str = ""
+    audit_key: Path = DEFAULT_AUDIT_KEY
+    verbosity: int = 0
+    diff: bool = False
+    vault_password_file: str = ""
 
 
 @dataclass
@@ -56,6 +69,8 @@ class RunResult:
 
 
 def playbook_path(runbook: str) -> Path:
+    if runbook.endswith(".yml") and Path(runbook).is_file():
+        return Path(runbook).resolve()  # a playbook of one's own, by path
     if not RUNBOOK_RE.match(runbook):
         raise KnowngoodError(f"invalid runbook name {runbook!r}")
     path = REPO / "playbooks" / f"{runbook}.yml"
@@ -69,24 +84,91 @@ def new_run_id() -> str:
     return f"kg-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
 
 
+def operator_fingerprint() -> str:
+    """SHA256 fingerprint of the operator's SSH key (agent first, then ~/.ssh/id_*), or ''."""
+    import subprocess
+
+    done = subprocess.run(["ssh-add", "-l"], capture_output=True, text=True, check=False)
+    if done.returncode == 0 and done.stdout.strip():
+        return done.stdout.split()[1]
+    for name in ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"):
+        pub = Path.home() / ".ssh" / name
+        if pub.exists():
+            done = subprocess.run(
+                ["ssh-keygen", "-l", "-E", "sha256", "-f", str(pub)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode == 0:
+                return done.stdout.split()[1]
+    return ""
+
+
+def keep_artifacts(artifact_dir: Path, audit_dir: Path, run_id: str) -> dict[str, str]:
+    """Copy the runner's output (never env/) beside the record; {relative path: sha256}."""
+    import shutil
+
+    from knowngood.modutils import module_utils
+
+    chain = module_utils("audit_chain")
+    kept = audit_dir / "artifacts" / run_id
+    digests = {}
+    sources = [artifact_dir / n for n in KEPT_ARTIFACTS] + sorted(
+        (artifact_dir / "job_events").glob("*.json")
+    )
+    for src in sources:
+        if not src.is_file():
+            continue
+        dest = kept / src.relative_to(artifact_dir)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+        digests[str(dest.relative_to(audit_dir))] = chain.sha256_file(str(dest))
+    return digests
+
+
 def run(request: RunRequest) -> RunResult:
     import ansible_runner
 
     playbook = playbook_path(request.runbook)
+    from knowngood.modutils import module_utils
+
+    try:
+        module_utils("audit_chain").remote_from_env()  # a bad S3 setting stops us before the run
+    except ValueError as exc:
+        raise KnowngoodError(str(exc)) from None
     run_id = new_run_id()
     audit_dir = request.audit_dir
+    lab_key = audit_dir.parent / "governance" / "audit_key"
+    if (
+        request.audit_key == DEFAULT_AUDIT_KEY
+        and "KNOWNGOOD_AUDIT_KEY" not in os.environ
+        and (audit_dir.parent / "lab.json").exists()
+    ):
+        request.audit_key = lab_key  # a lab's trail is signed with the lab's key
     audit_dir.mkdir(parents=True, exist_ok=True)
     # ansible-runner writes the extra variables (secrets included) and raw output into its
     # private data dir; the audit record is our callback's, so that dir lives only for the run.
     cmdline = []
     if request.check:
         cmdline += ["--check", "--diff"]
+    elif request.diff:
+        cmdline += ["--diff"]
     if request.limit:
         cmdline += ["--limit", request.limit]
+    if request.vault_password_file:
+        cmdline += ["--vault-password-file", str(Path(request.vault_password_file).resolve())]
     env = {
         "KNOWNGOOD_RUN_ID": run_id,
         "KNOWNGOOD_AUDIT_DIR": str(audit_dir),
+        # ansible-runner wraps this stdout callback; it hides no_log tasks' error messages,
+        # which the wrapped default callback of ansible-core 2.19 would print.
+        "ANSIBLE_STDOUT_CALLBACK": "knowngood.runbooks.safe_default",
         "KNOWNGOOD_USER": request.user or getpass.getuser(),
+        "KNOWNGOOD_KEY_FINGERPRINT": operator_fingerprint(),
+        "KNOWNGOOD_AUDIT_KEY": str(request.audit_key),
+        "KNOWNGOOD_TICKET": request.ticket,
+        "KNOWNGOOD_REASON": request.reason,
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
         "ANSIBLE_COLLECTIONS_PATH": str(REPO / "collections"),
         "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
@@ -102,11 +184,25 @@ def run(request: RunRequest) -> RunResult:
             playbook=str(playbook),
             inventory=request.inventory,
             extravars=request.extravars,
-            cmdline=" ".join(cmdline) or None,
+            cmdline=shlex.join(cmdline) or None,
             envvars=env,
             quiet=request.quiet,
+            ident=run_id,
+            verbosity=request.verbosity or None,
         )
+        digests = keep_artifacts(Path(private) / "artifacts" / run_id, audit_dir, run_id)
     duration = time.monotonic() - started
+    line = module_utils("audit_chain").append(
+        str(audit_dir),
+        {"kind": "artifacts", "run_id": run_id, "status": result.status, "artifacts": digests},
+        str(request.audit_key),
+    )
+    if line.get("remote_checkpoint_error"):
+        print(
+            f"knowngood: WARNING the S3 copy of the audit checkpoint failed "
+            f"({line['remote_checkpoint_error']})",
+            file=sys.stderr,
+        )
     record_path = audit_dir / f"{run_id}.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     return RunResult(run_id, result.status, result.rc, duration, record_path, record)

@@ -21,7 +21,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from knowngood.lab import infra
+from knowngood.lab import governance, infra
 from knowngood.lab.config import LabConfig
 from knowngood.lab.infra import LabError
 
@@ -421,6 +421,7 @@ def inventory(cfg: LabConfig) -> dict:
                 "code_flag_max_p95_ms": LAB_P95_MS,
                 "knowngood_flag_service_url": f"http://127.0.0.1:{cfg.flag_service_port}",
                 "knowngood_flag_service_token_file": str(flag_token_file(cfg)),
+                **governance.inventory_vars(cfg),  # decision matrix, approvers, contacts
             },
             "children": {
                 "app": {"hosts": hosts},

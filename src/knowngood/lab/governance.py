@@ -1,0 +1,101 @@
+"""The lab's governance data: decision matrix, approvers with SSH keys, contacts.
+
+Production keeps the same variables in group_vars (inventories/example/group_vars/all.yml).
+The lab makes one SSH key per approver so the demo and the tests can sign requests; the
+allowed_signers file is the trust root, approvers.yml maps each signer to roles.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from knowngood.lab.config import LabConfig
+from knowngood.modutils import module_utils
+
+# name -> roles (section 2.2): a team lead, a CTO, an infrastructure lead, an on-call engineer.
+LAB_APPROVERS = {
+    "tess": ["team_lead"],
+    "carla": ["cto"],
+    "ivan": ["infra_lead"],
+    "oscar": [],
+}
+
+
+def approver_key(cfg: LabConfig, name: str) -> Path:
+    return cfg.root / "governance" / "keys" / name
+
+
+def ensure_keys(cfg: LabConfig) -> dict[str, Path]:
+    """One ed25519 key per lab approver (made once), and the allowed_signers trust root."""
+    keys_dir = cfg.root / "governance" / "keys"
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name in LAB_APPROVERS:
+        key = keys_dir / name
+        if not key.exists():
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)],
+                check=True,
+                capture_output=True,
+            )
+        pub = (keys_dir / f"{name}.pub").read_text().split()
+        lines.append(f'{name} namespaces="knowngood-approval" {pub[0]} {pub[1]}')
+    allowed = cfg.root / "governance" / "allowed_signers"
+    allowed.write_text("\n".join(lines) + "\n")
+    return {"allowed_signers": allowed, "keys_dir": keys_dir}
+
+
+def inventory_vars(cfg: LabConfig) -> dict:
+    """Variables the lab inventory's `all` group gets for decisions, approvals and notices."""
+    paths = ensure_keys(cfg)
+    decision = module_utils("decision")
+    return {
+        "knowngood_decision_matrix": decision.DEFAULT_MATRIX,
+        # Two shared cores make a healthy release's p95 jump by tens of milliseconds; a latency
+        # rise counts only past 60 ms here (v2's regression adds 120 ms).
+        "knowngood_decision_thresholds": {"min_latency_delta_ms": 60.0},
+        # The lab's existing runbook tests run without approvals; the demo and the governance
+        # tests turn the gate on with -e knowngood_approval_required=true. Production
+        # inventories set it to true (inventories/example/group_vars/all.yml).
+        "knowngood_approval_required": False,
+        "knowngood_allowed_signers_file": str(paths["allowed_signers"]),
+        "knowngood_approvers": {
+            name: {"roles": roles, "email": f"{name}@lab.invalid"}
+            for name, roles in LAB_APPROVERS.items()
+        },
+        "knowngood_contacts": {
+            "primary_oncall": {
+                "name": "oscar",
+                "email": "oscar@lab.invalid",
+                "phone": "+1-555-0100",
+            },
+            "secondary_oncall": {
+                "name": "tess",
+                "email": "tess@lab.invalid",
+                "phone": "+1-555-0101",
+            },
+            "infra_lead": {"name": "ivan", "email": "ivan@lab.invalid", "phone": "+1-555-0102"},
+        },
+    }
+
+
+def audit_s3_env(cfg: LabConfig) -> dict[str, str]:
+    """Environment that keeps a second copy of the audit checkpoint in the lab's cold bucket.
+
+    Opt-in (tests and the demo pass it): the cold bucket has Object Lock, so each checkpoint
+    object is retained for a day. Holds the lab's S3 credentials: pass it to a process's
+    environment, never print it.
+    """
+    from knowngood.lab import infra
+
+    access, secret = infra.s3_credentials(cfg)
+    region = infra.s3_region_name(infra.COLD_REGION)
+    return {
+        "KNOWNGOOD_AUDIT_S3_URL": f"s3://{infra.COLD_BUCKET}/audit-checkpoints",
+        "KNOWNGOOD_AUDIT_S3_ENDPOINT": infra.s3_status(cfg)[region]["endpoint"],
+        "KNOWNGOOD_AUDIT_S3_REGION": region,
+        "KNOWNGOOD_AUDIT_S3_LOCK_DAYS": "1",
+        "AWS_ACCESS_KEY_ID": access,
+        "AWS_SECRET_ACCESS_KEY": secret,
+    }
