@@ -14,7 +14,7 @@ from ansible import context
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import load_extra_vars
-from ansible_collections.knowngood.runbooks.plugins.module_utils import approval
+from ansible_collections.knowngood.runbooks.plugins.module_utils import approval, awx_approval
 from ansible_collections.knowngood.runbooks.plugins.modules.approval_gate import ARGUMENT_SPEC
 
 
@@ -62,6 +62,49 @@ class ActionModule(ActionBase):
                 )
         return doc, path
 
+    def _awx(self, result, params, extra):
+        """Inside AWX: the workflow's approval nodes, judged through AWX's API."""
+        conf = params["awx"]
+        severity = conf.get("severity") or ""
+        result["severity"] = severity
+        try:
+            if "knowngood_awx" in extra:
+                raise awx_approval.AwxApprovalError(
+                    "knowngood_awx cannot be given with -e: the AWX host comes from the inventory"
+                )
+            for key in ("job_id", "host", "token", "role_teams"):
+                if not conf.get(key):
+                    raise awx_approval.AwxApprovalError("AWX mode needs awx.%s" % key)
+            roles = (params["matrix"].get(severity) or {}).get("approvals")
+            if roles is None:
+                raise awx_approval.AwxApprovalError(
+                    "severity %r is not in the decision matrix" % severity
+                )
+            get = awx_approval.api_client(
+                conf["host"], conf["token"], validate_certs=conf["validate_certs"]
+            )
+            verdict = awx_approval.judge(
+                get, conf["job_id"], conf["workflow_job_id"], list(roles), conf["role_teams"]
+            )
+        except Exception as exc:  # HTTP and JSON errors refuse like a missing approval
+            result["refused"].append(str(exc))
+            result.update(failed=not self._task.check_mode, msg="approval refused (AWX): %s" % exc)
+            return result
+        result.update(
+            approved=True,
+            mode="awx_approved",
+            signers=[
+                {"principal": a["principal"], "roles": [a["role"]]} for a in verdict["approvers"]
+            ],
+            msg="approved in AWX by %s; launched by %s"
+            % (
+                ", ".join("%s as %s" % (a["principal"], a["role"]) for a in verdict["approvers"])
+                or "nobody (no roles required)",
+                verdict["launcher"],
+            ),
+        )
+        return result
+
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         valid, params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
@@ -87,6 +130,8 @@ class ActionModule(ActionBase):
         if lowered:
             result.update(failed=True, msg="approval requirements cannot be lowered with -e")
             return result
+        if params["awx"] and params["awx"].get("workflow_job_id"):
+            return self._awx(result, params, extra)
         reason = params["break_glass_reason"] or ""
         doc, verdict = None, None
         try:

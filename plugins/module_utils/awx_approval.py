@@ -52,8 +52,19 @@ def team_members(get, team):
     return set(u["username"] for u in _all(get, "/api/v2/teams/%d/users/" % teams[0]["id"]))
 
 
-def judge(get, workflow_job_id, roles, role_teams):
-    """The approvers, one per role in order; AwxApprovalError when any rule is broken."""
+def judge(get, job_id, workflow_job_id, roles, role_teams):
+    """The approvers, one per role in order; AwxApprovalError when any rule is broken.
+
+    The approvals count only for the job asking: it must be running now, spawned by that very
+    workflow job (an old approved workflow cannot be replayed from a jump host)."""
+    job = get("/api/v2/jobs/%d/" % int(job_id))
+    source = ((job.get("summary_fields") or {}).get("source_workflow_job") or {}).get("id")
+    if job.get("status") != "running" or source != int(workflow_job_id):
+        raise AwxApprovalError(
+            "AWX job %s is %s and was spawned by workflow job %s, not a running job of workflow "
+            "job %s: its approvals cannot be used"
+            % (job_id, job.get("status"), source, workflow_job_id)
+        )
     workflow = get("/api/v2/workflow_jobs/%d/" % int(workflow_job_id))
     launcher = ((workflow.get("summary_fields") or {}).get("created_by") or {}).get("username")
     if not launcher:

@@ -51,6 +51,40 @@ options:
   audit_dir:
     description: Where a break-glass run leaves the request to sign post hoc.
     type: path
+  awx:
+    description:
+      - Inside AWX, the workflow's approval nodes take the place of signed requests. Set from
+        the variables AWX injects (C(awx_job_id), C(awx_workflow_job_id)), the severity the
+        workflow passes (C(knowngood_severity)) and the inventory's C(knowngood_awx) settings.
+      - The gate asks AWX's API that this job is running and was spawned by that workflow job,
+        that the workflow ran one approved node per role the matrix requires for the severity,
+        in order, each approved by a member of the team mapped to that role, by distinct people,
+        none of whom launched the workflow.
+      - C(host) must come from the inventory; a C(knowngood_awx) given with -e is refused.
+    type: dict
+    suboptions:
+      job_id:
+        description: This job's id (AWX's C(awx_job_id)).
+        type: int
+      workflow_job_id:
+        description: The workflow job that spawned it (AWX's C(awx_workflow_job_id)).
+        type: int
+      severity:
+        description: The workflow's severity (C(knowngood_severity)).
+        type: str
+      host:
+        description: AWX URL, from the inventory (C(knowngood_awx.host)).
+        type: str
+      token:
+        description: OAuth2 token (AWX's controller credential injects C(CONTROLLER_OAUTH_TOKEN)).
+        type: str
+      role_teams:
+        description: Approval role to the AWX team whose members hold it.
+        type: dict
+      validate_certs:
+        description: Verify AWX's TLS certificate.
+        type: bool
+        default: true
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - knowngood.runbooks.attributes
@@ -80,7 +114,7 @@ approved:
   returned: always
   type: bool
 mode:
-  description: C(approved), C(not_required), C(break_glass) or C(refused).
+  description: C(approved), C(awx_approved), C(not_required), C(break_glass) or C(refused).
   returned: always
   type: str
 request_id:
@@ -131,6 +165,18 @@ ARGUMENT_SPEC = dict(
     matrix=dict(type="dict", default={}),
     break_glass_reason=dict(type="str", default=""),
     audit_dir=dict(type="path"),
+    awx=dict(
+        type="dict",
+        options=dict(
+            job_id=dict(type="int"),
+            workflow_job_id=dict(type="int"),
+            severity=dict(type="str"),
+            host=dict(type="str"),
+            token=dict(type="str", no_log=True),
+            role_teams=dict(type="dict"),
+            validate_certs=dict(type="bool", default=True),
+        ),
+    ),
 )
 
 

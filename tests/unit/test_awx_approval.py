@@ -28,6 +28,16 @@ def world(approvals, launcher="oscar"):
             "id": 41,
             "summary_fields": {"created_by": {"username": launcher}},
         },
+        "/api/v2/jobs/77/": {
+            "id": 77,
+            "status": "running",
+            "summary_fields": {"source_workflow_job": {"id": 41}},
+        },
+        "/api/v2/jobs/76/": {
+            "id": 76,
+            "status": "successful",
+            "summary_fields": {"source_workflow_job": {"id": 41}},
+        },
     }
     nodes = [{"identifier": "run", "summary_fields": {"job": {"id": 900, "type": "job"}}}]
     for index, (status, actor) in enumerate(approvals):
@@ -85,7 +95,7 @@ def api():
 
 def judge(api, approvals, launcher="oscar", roles=("cto", "infra_lead")):
     api["routes"] = world(approvals, launcher)
-    return awx.judge(api["get"], 41, list(roles), ROLE_TEAMS)
+    return awx.judge(api["get"], 77, 41, list(roles), ROLE_TEAMS)
 
 
 def test_cto_then_infra_lead_by_two_people_passes(api):
@@ -131,4 +141,71 @@ def test_a_wrong_token_is_an_error_not_an_approval(api):
     api["routes"] = world([("successful", "carla"), ("successful", "ivan")])
     bad = awx.api_client(api["url"], "wrong")
     with pytest.raises(Exception, match="401"):
-        awx.judge(bad, 41, ["cto", "infra_lead"], ROLE_TEAMS)
+        awx.judge(bad, 77, 41, ["cto", "infra_lead"], ROLE_TEAMS)
+
+
+def test_approvals_of_a_finished_job_or_another_workflow_cannot_be_replayed(api):
+    api["routes"] = world([("successful", "carla"), ("successful", "ivan")])
+    with pytest.raises(awx.AwxApprovalError, match="cannot be used"):
+        awx.judge(api["get"], 76, 41, ["cto", "infra_lead"], ROLE_TEAMS)  # finished job
+    api["routes"]["/api/v2/workflow_jobs/40/"] = api["routes"]["/api/v2/workflow_jobs/41/"]
+    with pytest.raises(awx.AwxApprovalError, match="cannot be used"):
+        awx.judge(api["get"], 77, 40, ["cto", "infra_lead"], ROLE_TEAMS)  # not its workflow
+
+
+def _gate(api, tmp_path, extra, inventory_awx=True):
+    """Run the approval_gate role as a job inside AWX would: AWX's variables as extra vars."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    playbook = tmp_path / "gate.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.import_role:\n        name: knowngood.runbooks.approval_gate\n"
+    )
+    group_vars = {
+        "ansible_python_interpreter": sys.executable,
+        "knowngood_approval_required": True,
+        "knowngood_decision_matrix": {
+            "high": {"action": "mandatory_immediate", "approvals": ["cto", "infra_lead"]}
+        },
+    }
+    if inventory_awx:
+        group_vars["knowngood_awx"] = {"host": api["url"], "role_teams": ROLE_TEAMS}
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(
+        json.dumps(
+            {"all": {"hosts": {"localhost": {"ansible_connection": "local"}}, "vars": group_vars}}
+        )
+    )
+    env = dict(os.environ, CONTROLLER_OAUTH_TOKEN=TOKEN, ANSIBLE_CONFIG=str(repo / "ansible.cfg"))
+    env["KNOWNGOOD_AUDIT_DIR"] = str(tmp_path / "audit")
+    awx_vars = {"awx_job_id": 77, "awx_workflow_job_id": 41, "knowngood_severity": "high"}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(playbook),
+         "-e", json.dumps({**awx_vars, **extra})],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_the_gate_role_inside_awx_accepts_the_workflows_approvals(api, tmp_path):
+    api["routes"] = world([("successful", "carla"), ("successful", "ivan")])
+    run = _gate(api, tmp_path, {})
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert "approved in AWX by carla as cto, ivan as infra_lead; launched by oscar" in run.stdout
+    assert TOKEN not in run.stdout + run.stderr
+
+
+def test_the_gate_role_inside_awx_refuses_self_approval_and_an_awx_host_from_extra_vars(
+    api, tmp_path
+):
+    api["routes"] = world([("successful", "carla"), ("successful", "ivan")], launcher="ivan")
+    run = _gate(api, tmp_path, {})
+    assert run.returncode != 0 and "self-approval is refused" in run.stdout, run.stdout[-2000:]
+    api["routes"] = world([("successful", "carla"), ("successful", "ivan")])
+    forged = {"knowngood_awx": {"host": api["url"], "role_teams": ROLE_TEAMS}}
+    run = _gate(api, tmp_path, forged, inventory_awx=False)
+    assert run.returncode != 0 and "cannot be given with -e" in run.stdout, run.stdout[-2000:]
