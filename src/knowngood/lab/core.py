@@ -443,6 +443,7 @@ def inventory(cfg: LabConfig) -> dict:
                             "knowngood_lb_pools_dir": str(np["pools"]),
                             "knowngood_lb_test_command": cmds["test"],
                             "knowngood_lb_reload_command": cmds["reload"],
+                            "knowngood_lb_start_command": cmds["start"],
                         }
                     }
                 },
@@ -451,6 +452,7 @@ def inventory(cfg: LabConfig) -> dict:
                         "db1": {
                             **local,
                             "knowngood_db_data_dir": pg["primary_data_dir"],
+                            "knowngood_db_log_file": str(cfg.log_dir / "postgres-primary.log"),
                             **backup_vars(cfg),
                         }
                     }
