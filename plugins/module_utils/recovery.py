@@ -123,7 +123,8 @@ def classify(snapshot):
             evidence.append("corruption together with failed hosts: which came first is not clear")
             return "corruption", False, evidence, facts
         return "corruption", True, evidence, facts
-    if down_apps or not writable:
+    if down_apps or not writable or down_dbs:
+        # A lost standby is a partial failure too: redundancy is gone until it is re-seeded.
         return "partial", True, evidence, facts
     return "none", True, evidence, facts
 
