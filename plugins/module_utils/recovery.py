@@ -42,32 +42,80 @@ def pg_env(node):
 
 
 def psql(node, sql, dbname="postgres", timeout=20):
-    argv = [os.path.join(node["bin_dir"], "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-            "-h", node["host"], "-p", str(node["port"]), "-U", node.get("user", "postgres"),
-            "-d", dbname, "-c", sql]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=pg_env(node), timeout=timeout, check=False)
+    argv = [
+        os.path.join(node["bin_dir"], "psql"),
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        node["host"],
+        "-p",
+        str(node["port"]),
+        "-U",
+        node.get("user", "postgres"),
+        "-d",
+        dbname,
+        "-c",
+        sql,
+    ]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, env=pg_env(node), timeout=timeout, check=False
+    )
     return proc.returncode, proc.stdout.strip(), proc.stderr.strip()
 
 
 def probe_db(node, app_dbname, amcheck):
-    state = {"name": node["name"], "port": node["port"], "accepts": False, "in_recovery": None,
-             "error": None, "corrupt": None, "findings": []}
-    code, out, err = psql(node, "SELECT pg_is_in_recovery(), current_setting('data_checksums'), "
-                                "(SELECT coalesce(sum(checksum_failures), 0) FROM pg_stat_database)")
+    state = {
+        "name": node["name"],
+        "port": node["port"],
+        "accepts": False,
+        "in_recovery": None,
+        "error": None,
+        "corrupt": None,
+        "findings": [],
+    }
+    code, out, err = psql(
+        node,
+        "SELECT pg_is_in_recovery(), current_setting('data_checksums'), "
+        "(SELECT coalesce(sum(checksum_failures), 0) FROM pg_stat_database)",
+    )
     if code != 0:
         state["error"] = (err.splitlines() or ["no answer"])[-1][:200]
         return state
     in_recovery, checksums, failures = (out.split("|") + ["", "", "0"])[:3]
-    state.update({"accepts": True, "in_recovery": in_recovery == "t", "data_checksums": checksums == "on",
-                  "checksum_failures_total": int(failures or 0)})
+    state.update(
+        {
+            "accepts": True,
+            "in_recovery": in_recovery == "t",
+            "data_checksums": checksums == "on",
+            "checksum_failures_total": int(failures or 0),
+        }
+    )
     if amcheck and not state["in_recovery"]:
-        argv = [os.path.join(node["bin_dir"], "pg_amcheck"), "-h", node["host"], "-p", str(node["port"]),
-                "-U", node.get("user", "postgres"), "-d", app_dbname, "--no-dependent-toast"]
-        proc = subprocess.run(argv, capture_output=True, text=True, env=pg_env(node), timeout=600, check=False)
+        argv = [
+            os.path.join(node["bin_dir"], "pg_amcheck"),
+            "-h",
+            node["host"],
+            "-p",
+            str(node["port"]),
+            "-U",
+            node.get("user", "postgres"),
+            "-d",
+            app_dbname,
+            "--no-dependent-toast",
+        ]
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, env=pg_env(node), timeout=600, check=False
+        )
         lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
         state["corrupt"] = proc.returncode != 0
         state["findings"] = lines[:10]
-        state["corrupt_relations"] = sorted(set(re.findall(r'(?:table|index) "[^".]+\.([^".]+\.[^".]+)"', "\n".join(lines))))
+        state["corrupt_relations"] = sorted(
+            set(re.findall(r'(?:table|index) "[^".]+\.([^".]+\.[^".]+)"', "\n".join(lines)))
+        )
     return state
 
 
@@ -77,14 +125,28 @@ def probe(params):
     for app in params["apps"]:
         url = app["urls"].get(params["live_pool"]) or list(app["urls"].values())[0]
         code, body = http_status(url.rstrip("/") + "/version", params["timeout"])
-        apps[app["host"]] = {"url": url, "status": code, "up": code is not None and code < 500,
-                             "detail": body[:160] if code is None or code >= 500 else ""}
-    lb_code, lb_body = http_status(params["lb_url"].rstrip("/") + params["lb_health_path"], params["timeout"])
-    dbs = {node["name"]: probe_db(node, params["app_dbname"], params["amcheck"]) for node in params["databases"]}
+        apps[app["host"]] = {
+            "url": url,
+            "status": code,
+            "up": code is not None and code < 500,
+            "detail": body[:160] if code is None or code >= 500 else "",
+        }
+    lb_code, lb_body = http_status(
+        params["lb_url"].rstrip("/") + params["lb_health_path"], params["timeout"]
+    )
+    dbs = {
+        node["name"]: probe_db(node, params["app_dbname"], params["amcheck"])
+        for node in params["databases"]
+    }
     return {
         "at": time.time(),
         "apps": apps,
-        "lb": {"url": params["lb_url"], "status": lb_code, "up": lb_code == 200, "live_pool": params["live_pool"]},
+        "lb": {
+            "url": params["lb_url"],
+            "status": lb_code,
+            "up": lb_code == 200,
+            "live_pool": params["live_pool"],
+        },
         "databases": dbs,
     }
 
@@ -102,7 +164,10 @@ def classify(snapshot):
     if not lb["up"]:
         evidence.append("load balancer %s answers %s" % (lb["url"], lb["status"] or "nothing"))
     for host in down_apps:
-        evidence.append("app host %s: %s answers %s" % (host, apps[host]["url"], apps[host]["status"] or "nothing"))
+        evidence.append(
+            "app host %s: %s answers %s"
+            % (host, apps[host]["url"], apps[host]["status"] or "nothing")
+        )
     for name in down_dbs:
         evidence.append("database %s refuses connections (%s)" % (name, dbs[name]["error"]))
     for name in writable:
@@ -110,9 +175,18 @@ def classify(snapshot):
     for name in standbys:
         evidence.append("database %s is a standby (in recovery)" % name)
     for name in corrupt:
-        evidence.append("database %s: pg_amcheck finds %s" % (name, "; ".join(dbs[name]["findings"][:3])[:300]))
-    facts = {"down_apps": down_apps, "up_apps": up_apps, "writable": writable, "standbys": standbys,
-             "down_databases": down_dbs, "corrupt": corrupt, "lb_up": lb["up"]}
+        evidence.append(
+            "database %s: pg_amcheck finds %s" % (name, "; ".join(dbs[name]["findings"][:3])[:300])
+        )
+    facts = {
+        "down_apps": down_apps,
+        "up_apps": up_apps,
+        "writable": writable,
+        "standbys": standbys,
+        "down_databases": down_dbs,
+        "corrupt": corrupt,
+        "lb_up": lb["up"],
+    }
     if len(writable) > 1:
         evidence.append("more than one database accepts writes: split brain, a person must decide")
         return "none", False, evidence, facts

@@ -55,10 +55,10 @@ def result(check, family, status, numbers=None, detail=""):
 def parse_time(value):
     """ISO-8601 (or epoch seconds) to an aware UTC datetime; naive values are UTC."""
     if isinstance(value, (int, float)):
-        return datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(value, datetime.UTC)
     text = str(value).strip()
     if re.match(r"^\d+(\.\d+)?$", text):
-        return datetime.datetime.fromtimestamp(float(text), datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(float(text), datetime.UTC)
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
     try:
@@ -66,19 +66,24 @@ def parse_time(value):
     except ValueError as exc:
         raise VerifyError("not an ISO-8601 time: %r" % value) from exc
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
-    return parsed.astimezone(datetime.timezone.utc)
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed.astimezone(datetime.UTC)
 
 
 def windows(since, until, baseline_end, baseline_minutes):
     """The judged window and the baseline window, as aware datetimes; refuses nonsense."""
     if until <= since:
-        raise VerifyError("since %s is not before until %s" % (since.isoformat(), until.isoformat()))
+        raise VerifyError(
+            "since %s is not before until %s" % (since.isoformat(), until.isoformat())
+        )
     if baseline_end > since:
         raise VerifyError("the baseline must end at or before since")
     if baseline_minutes <= 0:
         raise VerifyError("baseline_minutes must be positive")
-    return (since, until), (baseline_end - datetime.timedelta(minutes=baseline_minutes), baseline_end)
+    return (since, until), (
+        baseline_end - datetime.timedelta(minutes=baseline_minutes),
+        baseline_end,
+    )
 
 
 # ------------------------------------------------------------------ metrics
@@ -88,10 +93,14 @@ def prom_query(url, query, at, timeout=5.0):
     """Instant query at `at`; the first sample's value as float, None when there is none."""
     params = urllib.parse.urlencode({"query": query, "time": "%.3f" % at.timestamp()})
     try:
-        with urllib.request.urlopen("%s/api/v1/query?%s" % (url.rstrip("/"), params), timeout=timeout) as resp:
+        with urllib.request.urlopen(
+            "%s/api/v1/query?%s" % (url.rstrip("/"), params), timeout=timeout
+        ) as resp:
             body = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        raise VerifyError("prometheus refused %s: HTTP %s %s" % (query, exc.code, exc.read()[:200])) from exc
+        raise VerifyError(
+            "prometheus refused %s: HTTP %s %s" % (query, exc.code, exc.read()[:200])
+        ) from exc
     except (OSError, ValueError) as exc:
         raise VerifyError("prometheus at %s unreachable: %s" % (url, exc)) from exc
     if body.get("status") != "success":
@@ -106,7 +115,9 @@ def prom_query(url, query, at, timeout=5.0):
 def scrape_interval(url, timeout=5.0):
     """The global scrape_interval in seconds from Prometheus's loaded configuration."""
     try:
-        with urllib.request.urlopen("%s/api/v1/status/config" % url.rstrip("/"), timeout=timeout) as resp:
+        with urllib.request.urlopen(
+            "%s/api/v1/status/config" % url.rstrip("/"), timeout=timeout
+        ) as resp:
             text = json.loads(resp.read())["data"]["yaml"]
     except (OSError, ValueError, KeyError) as exc:
         raise VerifyError("prometheus at %s unreachable: %s" % (url, exc)) from exc
@@ -122,7 +133,8 @@ def metric_queries(selector, seconds):
     return {
         "requests": "sum(increase(app_requests_total%s%s))" % (sel, rng),
         "errors": "sum(increase(app_errors_total%s%s))" % (sel, rng),
-        "p95_seconds": "histogram_quantile(0.95, sum by (le) (rate(app_request_duration_seconds_bucket%s%s)))"
+        "p95_seconds": "histogram_quantile(0.95, sum by (le) "
+        "(rate(app_request_duration_seconds_bucket%s%s)))"
         % (sel, rng),
     }
 
@@ -135,8 +147,14 @@ def sample_window(url, selector, start, end, scrape_seconds):
     """
     seconds = (end - start).total_seconds()
     if seconds < 2 * scrape_seconds:
-        return {"seconds": round(seconds, 1), "requests": None, "errors": None,
-                "error_ratio": None, "p95_ms": None, "throughput_rps": None}
+        return {
+            "seconds": round(seconds, 1),
+            "requests": None,
+            "errors": None,
+            "error_ratio": None,
+            "p95_ms": None,
+            "throughput_rps": None,
+        }
     queries = metric_queries(selector, seconds)
     requests = prom_query(url, queries["requests"], end)
     errors = prom_query(url, queries["errors"], end)
@@ -158,55 +176,122 @@ def metrics(params, judged, baseline):
     """Three checks (error rate, latency, throughput) against limits and the baseline."""
     url = params["prometheus_url"]
     now = sample_window(url, params["selector"], judged[0], judged[1], params["scrape_seconds"])
-    base = sample_window(url, params["selector"], baseline[0], baseline[1], params["scrape_seconds"])
+    base = sample_window(
+        url, params["selector"], baseline[0], baseline[1], params["scrape_seconds"]
+    )
     out = []
 
     # Error rate: the absolute budget, or the baseline's own rate times the tolerance when the
     # service already erred that much before the incident (it is not the rollback's doing).
     if now["error_ratio"] is None:
-        out.append(result("metrics_error_rate", "metrics", "inconclusive",
-                          {"after": now, "baseline": base}, "no requests recorded in the judged window"))
+        out.append(
+            result(
+                "metrics_error_rate",
+                "metrics",
+                "inconclusive",
+                {"after": now, "baseline": base},
+                "no requests recorded in the judged window",
+            )
+        )
     else:
         limit = params["max_error_ratio"]
         if base["error_ratio"] is not None:
             limit = max(limit, base["error_ratio"] * params["tolerance"])
         status = "pass" if now["error_ratio"] <= limit else "fail"
-        out.append(result("metrics_error_rate", "metrics", status,
-                          {"error_ratio": now["error_ratio"], "baseline_error_ratio": base["error_ratio"],
-                           "limit": round(limit, 4), "requests": now["requests"], "errors": now["errors"]},
-                          "error ratio %.4f, limit %.4f" % (now["error_ratio"], limit)))
+        out.append(
+            result(
+                "metrics_error_rate",
+                "metrics",
+                status,
+                {
+                    "error_ratio": now["error_ratio"],
+                    "baseline_error_ratio": base["error_ratio"],
+                    "limit": round(limit, 4),
+                    "requests": now["requests"],
+                    "errors": now["errors"],
+                },
+                "error ratio %.4f, limit %.4f" % (now["error_ratio"], limit),
+            )
+        )
 
     if now["p95_ms"] is None:
-        out.append(result("metrics_latency", "metrics", "inconclusive",
-                          {"after": now, "baseline": base}, "no latency samples in the judged window"))
+        out.append(
+            result(
+                "metrics_latency",
+                "metrics",
+                "inconclusive",
+                {"after": now, "baseline": base},
+                "no latency samples in the judged window",
+            )
+        )
     else:
         limit = params["max_p95_ms"]
         if base["p95_ms"] is not None:
             limit = max(limit, base["p95_ms"] * params["tolerance"])
         status = "pass" if now["p95_ms"] <= limit else "fail"
-        out.append(result("metrics_latency", "metrics", status,
-                          {"p95_ms": now["p95_ms"], "baseline_p95_ms": base["p95_ms"], "limit_ms": round(limit, 1)},
-                          "p95 %.1f ms, limit %.1f ms" % (now["p95_ms"], limit)))
+        out.append(
+            result(
+                "metrics_latency",
+                "metrics",
+                status,
+                {
+                    "p95_ms": now["p95_ms"],
+                    "baseline_p95_ms": base["p95_ms"],
+                    "limit_ms": round(limit, 1),
+                },
+                "p95 %.1f ms, limit %.1f ms" % (now["p95_ms"], limit),
+            )
+        )
 
     # Throughput only means something next to a baseline, and over a window long enough to
     # hold user traffic rather than the smoke checks' own requests.
     if now["seconds"] < params["min_window_seconds"]:
-        out.append(result("metrics_throughput", "metrics", "inconclusive",
-                          {"throughput_rps": now["throughput_rps"], "baseline_throughput_rps": base["throughput_rps"],
-                           "window_seconds": now["seconds"], "min_window_seconds": params["min_window_seconds"]},
-                          "judged window of %.0f s is too short to judge throughput" % now["seconds"]))
+        out.append(
+            result(
+                "metrics_throughput",
+                "metrics",
+                "inconclusive",
+                {
+                    "throughput_rps": now["throughput_rps"],
+                    "baseline_throughput_rps": base["throughput_rps"],
+                    "window_seconds": now["seconds"],
+                    "min_window_seconds": params["min_window_seconds"],
+                },
+                "judged window of %.0f s is too short to judge throughput" % now["seconds"],
+            )
+        )
     elif now["throughput_rps"] is None or not base["throughput_rps"]:
-        out.append(result("metrics_throughput", "metrics", "inconclusive",
-                          {"throughput_rps": now["throughput_rps"], "baseline_throughput_rps": base["throughput_rps"]},
-                          "no baseline traffic to compare with" if now["throughput_rps"] is not None
-                          else "no requests recorded in the judged window"))
+        out.append(
+            result(
+                "metrics_throughput",
+                "metrics",
+                "inconclusive",
+                {
+                    "throughput_rps": now["throughput_rps"],
+                    "baseline_throughput_rps": base["throughput_rps"],
+                },
+                "no baseline traffic to compare with"
+                if now["throughput_rps"] is not None
+                else "no requests recorded in the judged window",
+            )
+        )
     else:
         share = now["throughput_rps"] / base["throughput_rps"]
         status = "pass" if share >= params["min_throughput_share"] else "fail"
-        out.append(result("metrics_throughput", "metrics", status,
-                          {"throughput_rps": now["throughput_rps"], "baseline_throughput_rps": base["throughput_rps"],
-                           "share": round(share, 3), "min_share": params["min_throughput_share"]},
-                          "%.2f req/s, %.0f%% of the baseline" % (now["throughput_rps"], 100 * share)))
+        out.append(
+            result(
+                "metrics_throughput",
+                "metrics",
+                status,
+                {
+                    "throughput_rps": now["throughput_rps"],
+                    "baseline_throughput_rps": base["throughput_rps"],
+                    "share": round(share, 3),
+                    "min_share": params["min_throughput_share"],
+                },
+                "%.2f req/s, %.0f%% of the baseline" % (now["throughput_rps"], 100 * share),
+            )
+        )
     return out
 
 
@@ -214,7 +299,12 @@ def metrics(params, judged, baseline):
 
 _STAMPS = (
     # PostgreSQL log_line_prefix %m, ISO with a T or a space, optional zone
-    (re.compile(r"(\d{4}-\d\d-\d\d)[ T](\d\d:\d\d:\d\d(?:\.\d+)?)\s?(UTC|GMT|Z|[+-]\d\d:?\d\d)?"), "iso"),
+    (
+        re.compile(
+            r"(\d{4}-\d\d-\d\d)[ T](\d\d:\d\d:\d\d(?:\.\d+)?)\s?(UTC|GMT|Z|[+-]\d\d:?\d\d)?"
+        ),
+        "iso",
+    ),
     # nginx error log: 2026/11/28 21:05:28 (server local time)
     (re.compile(r"^(\d{4})/(\d\d)/(\d\d) (\d\d:\d\d:\d\d)"), "nginx_error"),
     # nginx access log: [28/Nov/2026:21:05:28 +0000]
@@ -240,9 +330,9 @@ def line_time(line):
                 local = datetime.datetime.strptime(
                     "%s-%s-%s %s" % match.groups(), "%Y-%m-%d %H:%M:%S"
                 )
-                return local.astimezone(datetime.timezone.utc)
+                return local.astimezone(datetime.UTC)
             return datetime.datetime.strptime(match.group(1), "%d/%b/%Y:%H:%M:%S %z").astimezone(
-                datetime.timezone.utc
+                datetime.UTC
             )
         except (ValueError, VerifyError):
             return None
@@ -284,10 +374,19 @@ def logs(params, judged, baseline):
         regexes = [re.compile(p) for p in params["log_patterns"] or DEFAULT_LOG_PATTERNS]
     except re.error as exc:
         raise VerifyError("bad log pattern: %s" % exc) from exc
-    files = sorted({f for pattern in params["log_files"] for f in glob.glob(pattern) if os.path.isfile(f)})
+    files = sorted(
+        {f for pattern in params["log_files"] for f in glob.glob(pattern) if os.path.isfile(f)}
+    )
     if not files:
-        return [result("logs_error_rate", "logs", "inconclusive", {"files": 0},
-                       "no log file matched %s" % params["log_files"])]
+        return [
+            result(
+                "logs_error_rate",
+                "logs",
+                "inconclusive",
+                {"files": 0},
+                "no log file matched %s" % params["log_files"],
+            )
+        ]
     per_file, samples = {}, []
     for path in files:
         try:
@@ -304,28 +403,62 @@ def logs(params, judged, baseline):
     limit = max(params["max_log_errors_per_minute"], base_rate * params["tolerance"])
     status = "pass" if rate <= limit else "fail"
     noisy = {name: c["judged"] for name, c in per_file.items() if c.get("judged")}
-    return [result(
-        "logs_error_rate", "logs", status,
-        {"errors": judged_total, "per_minute": round(rate, 2), "baseline_errors": baseline_total,
-         "baseline_per_minute": round(base_rate, 2), "limit_per_minute": round(limit, 2),
-         "files": len(files), "by_file": noisy,
-         "untimed": sum(c.get("untimed", 0) for c in per_file.values())},
-        "%d error lines (%.2f/min, limit %.2f/min)%s" % (
-            judged_total, rate, limit, "; e.g. " + " | ".join(samples) if samples and status == "fail" else ""),
-    )]
+    return [
+        result(
+            "logs_error_rate",
+            "logs",
+            status,
+            {
+                "errors": judged_total,
+                "per_minute": round(rate, 2),
+                "baseline_errors": baseline_total,
+                "baseline_per_minute": round(base_rate, 2),
+                "limit_per_minute": round(limit, 2),
+                "files": len(files),
+                "by_file": noisy,
+                "untimed": sum(c.get("untimed", 0) for c in per_file.values()),
+            },
+            "%d error lines (%.2f/min, limit %.2f/min)%s"
+            % (
+                judged_total,
+                rate,
+                limit,
+                "; e.g. " + " | ".join(samples) if samples and status == "fail" else "",
+            ),
+        )
+    ]
 
 
 # ------------------------------------------------------------------ data
 
 
 def run(argv, env=None, timeout=600):
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
 def psql(db, sql, timeout=60):
-    argv = [os.path.join(db["bin_dir"], "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-            "-h", db["host"], "-p", str(db["port"]), "-U", db["user"], "-d", db["dbname"], "-c", sql]
+    argv = [
+        os.path.join(db["bin_dir"], "psql"),
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        db["host"],
+        "-p",
+        str(db["port"]),
+        "-U",
+        db["user"],
+        "-d",
+        db["dbname"],
+        "-c",
+        sql,
+    ]
     return run(argv, env=pg_env(db), timeout=timeout)
 
 
@@ -342,35 +475,69 @@ def data(params, judged):
     out = []
     code, stdout, stderr = psql(db, "SELECT current_setting('data_checksums'), pg_is_in_recovery()")
     if code != 0:
-        return [result("data_reachable", "data", "fail", {}, "database unreachable: %s" % stderr.strip()[:300])]
+        return [
+            result(
+                "data_reachable",
+                "data",
+                "fail",
+                {},
+                "database unreachable: %s" % stderr.strip()[:300],
+            )
+        ]
     checksums_on = stdout.strip().split("|")[0] == "on"
 
     if params["amcheck"]:
-        argv = [os.path.join(db["bin_dir"], "pg_amcheck"), "-h", db["host"], "-p", str(db["port"]),
-                "-U", db["user"], "-d", db["dbname"], "--no-dependent-toast"]
+        argv = [
+            os.path.join(db["bin_dir"], "pg_amcheck"),
+            "-h",
+            db["host"],
+            "-p",
+            str(db["port"]),
+            "-U",
+            db["user"],
+            "-d",
+            db["dbname"],
+            "--no-dependent-toast",
+        ]
         started = time.time()
         code, stdout, stderr = run(argv, env=pg_env(db), timeout=params["amcheck_timeout"])
         findings = [line for line in (stdout + stderr).splitlines() if line.strip()]
-        out.append(result(
-            "data_amcheck", "data", "pass" if code == 0 else "fail",
-            {"exit_code": code, "findings": len(findings), "seconds": round(time.time() - started, 2)},
-            "pg_amcheck clean" if code == 0 else "pg_amcheck: " + " | ".join(findings[:5])[:600],
-        ))
+        out.append(
+            result(
+                "data_amcheck",
+                "data",
+                "pass" if code == 0 else "fail",
+                {
+                    "exit_code": code,
+                    "findings": len(findings),
+                    "seconds": round(time.time() - started, 2),
+                },
+                "pg_amcheck clean"
+                if code == 0
+                else "pg_amcheck: " + " | ".join(findings[:5])[:600],
+            )
+        )
 
     if checksums_on:
         code, stdout, stderr = psql(
             db,
-            "SELECT coalesce(sum(checksum_failures), 0), coalesce(max(checksum_last_failure)::text, '') "
+            "SELECT coalesce(sum(checksum_failures), 0), "
+            "coalesce(max(checksum_last_failure)::text, '') "
             "FROM pg_stat_database",
         )
         failures, last = (stdout.strip().split("|") + [""])[:2] if code == 0 else ("", "")
         recent = bool(last) and parse_time(last.replace(" ", "T", 1)) >= judged[0]
-        out.append(result(
-            "data_checksums", "data", "fail" if code != 0 or recent else "pass",
-            {"checksum_failures_total": int(failures or 0), "last_failure": last or None},
-            "checksum failure at %s" % last if recent
-            else "no checksum failure since %s" % judged[0].isoformat(),
-        ))
+        out.append(
+            result(
+                "data_checksums",
+                "data",
+                "fail" if code != 0 or recent else "pass",
+                {"checksum_failures_total": int(failures or 0), "last_failure": last or None},
+                "checksum failure at %s" % last
+                if recent
+                else "no checksum failure since %s" % judged[0].isoformat(),
+            )
+        )
     else:
         out.append(result("data_checksums", "data", "skipped", {}, "data_checksums is off"))
 
@@ -382,17 +549,32 @@ def data(params, judged):
         count = int(stdout.strip()) if code == 0 else None
         minimum = int(spec.get("min", 1))
         ok = count is not None and count >= minimum
-        out.append(result("data_rows_%s" % table, "data", "pass" if ok else "fail",
-                          {"rows": count, "min": minimum},
-                          "%s rows in %s (min %d)" % (count, table, minimum) if code == 0 else stderr.strip()[:300]))
+        out.append(
+            result(
+                "data_rows_%s" % table,
+                "data",
+                "pass" if ok else "fail",
+                {"rows": count, "min": minimum},
+                "%s rows in %s (min %d)" % (count, table, minimum)
+                if code == 0
+                else stderr.strip()[:300],
+            )
+        )
 
     for index, spec in enumerate(params["sentinels"]):
         name = spec.get("name") or "sentinel_%d" % (index + 1)
         code, stdout, stderr = psql(db, spec["sql"])
         value = stdout.strip()
         ok = code == 0 and value == "t"
-        out.append(result("data_%s" % name, "data", "pass" if ok else "fail", {"value": value or None},
-                          "returned %s" % (value or "nothing") if code == 0 else stderr.strip()[:300]))
+        out.append(
+            result(
+                "data_%s" % name,
+                "data",
+                "pass" if ok else "fail",
+                {"value": value or None},
+                "returned %s" % (value or "nothing") if code == 0 else stderr.strip()[:300],
+            )
+        )
     return out
 
 
@@ -428,36 +610,53 @@ def ux(params):
         answers = []
         lock = threading.Lock()
 
-        def worker(count):
+        def worker(count, url=url, lock=lock, answers=answers):
             for _index in range(count):
                 answer = fetch(url, params["timeout"])
                 with lock:
                     answers.append(answer)
 
         per_worker = max(1, params["requests"] // params["concurrency"])
-        threads = [threading.Thread(target=worker, args=(per_worker,)) for _index in range(params["concurrency"])]
+        threads = [
+            threading.Thread(target=worker, args=(per_worker,))
+            for _index in range(params["concurrency"])
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         wrong_status = sum(1 for code, _body, _ms in answers if code != want_status)
-        wrong_body = sum(1 for code, body, _ms in answers if code == want_status and want_text not in body)
+        wrong_body = sum(
+            1 for code, body, _ms in answers if code == want_status and want_text not in body
+        )
         p95 = percentile([ms for _code, _body, ms in answers], 0.95)
         breaches = []
         if wrong_status:
             codes = sorted({str(code) for code, _body, _ms in answers if code != want_status})
-            breaches.append("%d/%d answered %s, not %d" % (wrong_status, len(answers), ",".join(codes), want_status))
+            breaches.append(
+                "%d/%d answered %s, not %d"
+                % (wrong_status, len(answers), ",".join(codes), want_status)
+            )
         if wrong_body:
             breaches.append("%d/%d lacked %r" % (wrong_body, len(answers), want_text))
         if p95 is not None and p95 > budget:
             breaches.append("p95 %.1f ms > budget %.1f ms" % (p95, budget))
-        out.append(result(
-            "ux_%s" % (page.get("name") or page.get("path", "/").strip("/") or "root"), "ux",
-            "fail" if breaches else "pass",
-            {"url": url, "requests": len(answers), "wrong_status": wrong_status, "wrong_content": wrong_body,
-             "p95_ms": p95, "budget_ms": budget},
-            "; ".join(breaches) or "%d requests, p95 %.1f ms" % (len(answers), p95 or 0),
-        ))
+        out.append(
+            result(
+                "ux_%s" % (page.get("name") or page.get("path", "/").strip("/") or "root"),
+                "ux",
+                "fail" if breaches else "pass",
+                {
+                    "url": url,
+                    "requests": len(answers),
+                    "wrong_status": wrong_status,
+                    "wrong_content": wrong_body,
+                    "p95_ms": p95,
+                    "budget_ms": budget,
+                },
+                "; ".join(breaches) or "%d requests, p95 %.1f ms" % (len(answers), p95 or 0),
+            )
+        )
     return out
 
 

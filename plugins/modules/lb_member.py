@@ -8,10 +8,10 @@ module: lb_member
 short_description: Drain members of the live load balancer pool, or put them back
 version_added: "0.1.0"
 description:
-  - Marks the C(server) lines of I(members) in the live pool file (see M(knowngood.runbooks.lb_pool))
-    C(down) (I(state=drained)) or removes that mark (I(state=active)). The file is written
-    atomically, then I(test_command) runs and only then I(reload_command); if either fails the
-    previous file is put back.
+  - Marks the C(server) lines of I(members) in the live pool file
+    (see M(knowngood.runbooks.lb_pool)) C(down) (I(state=drained)) or removes that mark
+    (I(state=active)). The file is written atomically, then I(test_command) runs and only
+    then I(reload_command); if either fails the previous file is put back.
   - Refuses to drain the last active member of the pool unless I(allow_empty) is set - a pool
     with every member down answers every request with an error.
   - The marks live in the live pool file only; making another pool live with
@@ -186,8 +186,12 @@ def main():
             **result,
         )
     if changed:
-        result["diff"] = {"before": old, "after": new, "before_header": params["live_file"],
-                          "after_header": params["live_file"]}
+        result["diff"] = {
+            "before": old,
+            "after": new,
+            "before_header": params["live_file"],
+            "after_header": params["live_file"],
+        }
     if changed and not module.check_mode:
         write_atomic(module, params["live_file"], new)
         for key in ("test_command", "reload_command"):
@@ -199,7 +203,8 @@ def main():
                     module.run_command(params["reload_command"])
                 result["changed"] = False
                 module.fail_json(
-                    msg="%s failed, %s put back: %s" % (key, params["live_file"], (err or out).strip()),
+                    msg="%s failed, %s put back: %s"
+                    % (key, params["live_file"], (err or out).strip()),
                     duration_ms=int((time.time() - started) * 1000),
                     **result,
                 )

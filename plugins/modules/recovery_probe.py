@@ -34,7 +34,8 @@ options:
     type: str
     default: /lb-health
   databases:
-    description: Database nodes as C({name, host, port, user, bin_dir}) (and optionally C(password)).
+    description:
+      - Database nodes as C({name, host, port, user, bin_dir}) and optionally C(password).
     type: list
     elements: dict
     required: true
@@ -47,7 +48,9 @@ options:
     type: bool
     default: true
   failure_class:
-    description: C(auto) classifies from the probes; another value overrides the classification (the evidence is still returned).
+    description:
+      - C(auto) classifies from the probes; another value overrides the classification (the
+        evidence is still returned).
     type: str
     choices: [auto, partial, outage, corruption]
     default: auto
@@ -83,13 +86,16 @@ EXAMPLES = r"""
     live_pool: blue
     lb_url: http://lb.internal
     databases:
-      - {name: db1, host: 10.0.0.21, port: 5432, user: postgres, bin_dir: /usr/lib/postgresql/15/bin}
-      - {name: db2, host: 10.0.0.22, port: 5432, user: postgres, bin_dir: /usr/lib/postgresql/15/bin}
+      - {name: db1, host: 10.0.0.21, port: 5432, bin_dir: /usr/lib/postgresql/15/bin}
+      - {name: db2, host: 10.0.0.22, port: 5432, bin_dir: /usr/lib/postgresql/15/bin}
 """
 
 RETURN = r"""
 classification:
-  description: observed class, decided class, confident, requested, evidence, reasons, facts (down_apps, up_apps, writable, standbys, down_databases, corrupt, lb_up), overridden.
+  description:
+    - C(observed) and decided C(class), C(confident), C(requested), C(evidence), C(reasons),
+      C(overridden) and C(facts) (down_apps, up_apps, writable, standbys, down_databases,
+      corrupt, lb_up).
   returned: always
   type: dict
 snapshots:
@@ -119,7 +125,9 @@ def main():
             databases=dict(type="list", elements="dict", required=True),
             app_dbname=dict(type="str", default="app"),
             amcheck=dict(type="bool", default=True),
-            failure_class=dict(type="str", choices=["auto", "partial", "outage", "corruption"], default="auto"),
+            failure_class=dict(
+                type="str", choices=["auto", "partial", "outage", "corruption"], default="auto"
+            ),
             rounds=dict(type="int", default=2),
             interval=dict(type="float", default=1),
             timeout=dict(type="float", default=2),

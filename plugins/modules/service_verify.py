@@ -5,7 +5,7 @@
 DOCUMENTATION = r"""
 ---
 module: service_verify
-short_description: Verify a service after a rollback or a recovery - metrics, logs, data and user experience
+short_description: Verify a service after a rollback or a recovery (metrics, logs, data, UX)
 version_added: "0.1.0"
 description:
   - Runs the checks of strategy section 6 that are named in I(checks) and returns one result
@@ -66,7 +66,9 @@ options:
     type: float
     default: 0.01
   max_p95_ms:
-    description: p95 latency in milliseconds that always passes (metrics), and the default budget of a page (ux).
+    description:
+      - p95 latency in milliseconds that always passes (metrics), and the default budget of a
+        page (ux).
     type: float
     default: 500
   min_throughput_share:
@@ -174,7 +176,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 verdict:
-  description: C(fail) if any check failed, C(inconclusive) if none failed but one lacked evidence, else C(pass).
+  description:
+    - C(fail) if any check failed, C(inconclusive) if none failed but one lacked evidence,
+      else C(pass).
   returned: always
   type: str
 checks:
@@ -212,8 +216,12 @@ def require(module, params, names, family):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            checks=dict(type="list", elements="str", choices=["metrics", "logs", "data", "ux"],
-                        default=["metrics", "logs", "data", "ux"]),
+            checks=dict(
+                type="list",
+                elements="str",
+                choices=["metrics", "logs", "data", "ux"],
+                default=["metrics", "logs", "data", "ux"],
+            ),
             since=dict(type="str", required=True),
             until=dict(type="str"),
             baseline_end=dict(type="str"),
@@ -263,7 +271,7 @@ def main():
     if params["requests"] < 1 or params["concurrency"] < 1:
         module.fail_json(msg="requests and concurrency must be at least 1")
     try:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         since = sv.parse_time(params["since"])
         until = sv.parse_time(params["until"]) if params["until"] else now
         baseline_end = sv.parse_time(params["baseline_end"]) if params["baseline_end"] else since
@@ -281,8 +289,10 @@ def main():
                 params["scrape_seconds"] = sv.scrape_interval(params["prometheus_url"])
             if params["settle"] and not params["until"]:
                 time.sleep(params["scrape_seconds"] + 0.5)
-                until = datetime.datetime.now(datetime.timezone.utc)
-                judged, baseline = sv.windows(since, until, baseline_end, params["baseline_minutes"])
+                until = datetime.datetime.now(datetime.UTC)
+                judged, baseline = sv.windows(
+                    since, until, baseline_end, params["baseline_minutes"]
+                )
             results += sv.metrics(params, judged, baseline)
     except sv.VerifyError as exc:
         module.fail_json(msg=str(exc))

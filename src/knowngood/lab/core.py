@@ -392,8 +392,13 @@ def inventory(cfg: LabConfig) -> dict:
             # Recovery repoints the app here and starts a lost host's instances with this.
             "knowngood_app_dsn_file": str(cfg.host_root(i) / "shared" / "database.json"),
             "knowngood_app_start_command": [
-                sys.executable, "-m", "knowngood.lab.service", "--root", str(cfg.root),
-                "start", name,
+                sys.executable,
+                "-m",
+                "knowngood.lab.service",
+                "--root",
+                str(cfg.root),
+                "start",
+                name,
             ],
         }
         if cfg.ssh:
@@ -422,7 +427,7 @@ def inventory(cfg: LabConfig) -> dict:
                 "knowngood_prometheus_url": f"http://127.0.0.1:{cfg.prometheus_port}",
                 "knowngood_artifact_dir": str(cfg.root / "artifacts"),
                 "knowngood_audit_dir": str(cfg.root / "audit"),
-                "knowngood_log_files": [str(cfg.log_dir / "*.log")],
+                "knowngood_log_files": [str(cfg.log_dir / "*.log"), str(cfg.pg_dir / "*.log")],
                 "knowngood_db_dsn": pg["primary_dsn"],
                 "knowngood_db_cluster": pg["name"],
                 # The lab shares two cores with whatever else runs (tests, benchmarks): a latency
@@ -452,7 +457,8 @@ def inventory(cfg: LabConfig) -> dict:
                         "db1": {
                             **local,
                             "knowngood_db_data_dir": pg["primary_data_dir"],
-                            "knowngood_db_log_file": str(cfg.log_dir / "postgres-primary.log"),
+                            # Where pg_ctl logs when a runbook starts it (the postgres user writes it).
+                            "knowngood_db_log_file": str(cfg.pg_dir / "primary.log"),
                             **backup_vars(cfg),
                         }
                     }

@@ -49,7 +49,9 @@ def _control(cfg: LabConfig, data_dir: Path) -> dict[str, str]:
         env=infra._pg_env(cfg),
         cwd=cfg.pg_dir,
     ).stdout
-    return {k.strip(): v.strip() for k, _sep, v in (line.partition(":") for line in out.splitlines())}
+    return {
+        k.strip(): v.strip() for k, _sep, v in (line.partition(":") for line in out.splitlines())
+    }
 
 
 def _lsn(text: str) -> int:
@@ -81,9 +83,27 @@ def reclone_standby(cfg: LabConfig, primary_port: int, node_dir: Path, log: Path
     if node_dir.exists():
         node_dir.rename(aside)
     infra._run(
-        [infra.PG_BIN / "pg_basebackup", "-h", infra.LOOPBACK, "-p", str(primary_port),
-         "-U", infra.PG_SUPERUSER, "-D", node_dir, "-R", "-S", slot, "-X", "stream", "-c", "fast",
-         "--no-password", "-l", "knowngood lab switchover"],
+        [
+            infra.PG_BIN / "pg_basebackup",
+            "-h",
+            infra.LOOPBACK,
+            "-p",
+            str(primary_port),
+            "-U",
+            infra.PG_SUPERUSER,
+            "-D",
+            node_dir,
+            "-R",
+            "-S",
+            slot,
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-password",
+            "-l",
+            "knowngood lab switchover",
+        ],
         what="pg_basebackup",
         timeout=600,
         account=account,
@@ -109,7 +129,7 @@ def restore_topology(cfg: LabConfig, progress: Callable[[str], None] = print) ->
     started = time.monotonic()
     if roles["standby"] == "primary":
         if roles["primary"] != "standby" or not infra._pg_streaming(primary):
-            log = cfg.log_dir / "postgres-primary.log"
+            log = cfg.pg_dir / "primary.log"
             reclone_standby(cfg, standby.port, primary.data_dir, log)
             _wait(lambda: infra._pg_streaming(primary), "old primary streaming")
         _pg_ctl(cfg, "stop", "-D", standby.data_dir, "-m", "fast", "-w", "-t", "60", what="stop")
@@ -120,18 +140,33 @@ def restore_topology(cfg: LabConfig, progress: Callable[[str], None] = print) ->
             # before promotion, or its last commits would be lost.
             final = _lsn(control["Latest checkpoint location"])
             _wait(
-                lambda: _lsn(infra._pg_query(primary.port, "SELECT pg_last_wal_replay_lsn()")[0][0])
-                >= final,
+                lambda: (
+                    _lsn(infra._pg_query(primary.port, "SELECT pg_last_wal_replay_lsn()")[0][0])
+                    >= final
+                ),
                 "shutdown checkpoint replayed",
             )
         _pg_ctl(cfg, "promote", "-D", primary.data_dir, "-w", "-t", "60", what="promote")
         moved = True
     if _role(primary.port) != "primary":
-        raise LabError(f"lab postgres: no primary to restore from ({roles}); run knowngood lab down/up")
+        raise LabError(
+            f"lab postgres: no primary to restore from ({roles}); run knowngood lab down/up"
+        )
     if not infra._pg_streaming(standby):
         subprocess.run(
-            ["runuser", "-u", infra.PG_OS_USER, "--", str(infra.PG_BIN / "pg_ctl"), "stop", "-D",
-             str(standby.data_dir), "-m", "fast", "-w"],
+            [
+                "runuser",
+                "-u",
+                infra.PG_OS_USER,
+                "--",
+                str(infra.PG_BIN / "pg_ctl"),
+                "stop",
+                "-D",
+                str(standby.data_dir),
+                "-m",
+                "fast",
+                "-w",
+            ],
             capture_output=True,
             check=False,
         )
@@ -140,7 +175,10 @@ def restore_topology(cfg: LabConfig, progress: Callable[[str], None] = print) ->
         moved = True
     _drop_dsn_overrides(cfg)
     if moved:
-        progress(f"postgres: primary on {primary.port}, standby streaming ({time.monotonic() - started:.1f}s)")
+        progress(
+            f"postgres: primary on {primary.port}, standby streaming "
+            f"({time.monotonic() - started:.1f}s)"
+        )
     return moved
 
 

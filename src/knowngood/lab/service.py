@@ -1,4 +1,7 @@
-"""The lab's service manager for one app host: `python -m knowngood.lab.service --root R start app2`.
+"""The lab's service manager for one app host.
+
+    python -m knowngood.lab.service --root R start app2
+
 
 What systemd is to a production host: starts the host's app instances that are not running
 (both pools), and waits until they answer. Recovery runbooks call it through the host's
