@@ -201,7 +201,8 @@ def test_primary_killed_is_fenced_and_standby_promoted_with_measured_data_loss(r
     assert 0 <= lost < acknowledged
     print(
         f"\nMEASURED primary killed (async replication): RTO {rto:.1f}s to verify green "
-        f"(runbook {report['rto_seconds']}s); RPO {lost} of {acknowledged} acknowledged commits lost; "
+        f"(runbook {report['rto_seconds']}s); RPO {lost} of {acknowledged} acknowledged "
+        f"commits lost; "
         f"standby had received {report['promoted']['received_lsn']}; users saw errors for "
         f"{window:.1f}s; traffic {traffic.report()}"
     )
@@ -299,6 +300,6 @@ def test_corrupted_table_is_caught_by_verify_and_repaired_by_the_table_restore(r
     rto = time.monotonic() - damaged_at
     assert query(primary, "SELECT count(*), max(id) FROM ledger") == [(2001, 5000)]
     print(
-        f"\nMEASURED corruption: RTO {rto:.1f}s from damage to verify green; RPO 0 (every row back, "
-        f"including one written after the backup)"
+        f"\nMEASURED corruption: RTO {rto:.1f}s from damage to verify green; RPO 0 (every row "
+        f"back, including one written after the backup)"
     )

@@ -457,7 +457,7 @@ def inventory(cfg: LabConfig) -> dict:
                         "db1": {
                             **local,
                             "knowngood_db_data_dir": pg["primary_data_dir"],
-                            # Where pg_ctl logs when a runbook starts it (the postgres user writes it).
+                            # pg_ctl logs here when a runbook starts it (postgres writes it).
                             "knowngood_db_log_file": str(cfg.pg_dir / "primary.log"),
                             **backup_vars(cfg),
                         }
