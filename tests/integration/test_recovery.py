@@ -7,6 +7,9 @@ missing afterwards are the measured data-loss window. A table's data file damage
 verify.yml fails it (pg_amcheck, checksums), recover-system refuses to fail over blindly and
 names the repair, rollback-database.yml's table strategy repairs it and verify passes again.
 Each prints its measured RTO (failure -> verify green) and RPO.
+
+The corruption test runs before the failover: a PITR needs every timeline's history file in
+the backup archive, and a standby cloned before setup-backups archives elsewhere once promoted.
 """
 
 from __future__ import annotations
@@ -149,65 +152,6 @@ def test_app_host_killed_is_drained_rebuilt_and_returned_in_batches(recoverable)
     assert latest(lab, "recover-system")["classification"]["class"] == "none"
 
 
-def test_primary_killed_is_fenced_and_standby_promoted_with_measured_data_loss(recoverable):
-    lab = recoverable
-    lab.seed("v1")
-    ports = (pg(lab)["port"], pg(lab)["port"] + 1)
-    primary, standby = (superuser(p) for p in ports)
-    cluster = lab.status["postgres"]["name"]
-    data_dir = Path(pg(lab)["data_dir"])
-    query(primary, "CREATE TABLE rpo_probe (n int PRIMARY KEY)")
-    with Writer(primary) as writer:
-        time.sleep(1.5)
-        killed_at = time.monotonic()
-        kill_tree(int((data_dir / "postmaster.pid").read_text().split()[0]))
-        time.sleep(0.3)
-    acknowledged = writer.acknowledged
-    assert writer.error and acknowledged > 100, (writer.error, acknowledged)
-
-    # Without the cluster's name nothing is fenced and nothing promoted.
-    refused = lab.playbook("recover-system", rollback_reason="db1 died")
-    assert refused.rc != 0 and f"confirm={cluster}" in refused.output, refused.output
-    assert query(standby, "SELECT pg_is_in_recovery()") == [(True,)]
-    assert not (data_dir / "knowngood.fenced").exists()
-
-    with LoadClient(lab.status["lb_url"] + "/db", threads=2) as traffic:
-        run = lab.playbook("recover-system", rollback_reason="db1 died", confirm=cluster)
-        rto = time.monotonic() - killed_at
-        time.sleep(0.5)
-    assert run.rc == 0, run.output
-    report = latest(lab, "recover-system")
-    assert report["classification"]["class"] == "partial"
-    assert report["fenced"] == [{"node": "db1", "answer": "refuses connections"}]
-    assert report["promoted"]["node"] == "db2" and report["primary"] == "db2"
-    assert report["reseeded_standbys"] == ["db1"]
-    # The new primary takes writes, the old one streams from it read-only, the app uses it.
-    assert query(standby, "SELECT pg_is_in_recovery()") == [(False,)]
-    assert query(primary, "SELECT status FROM pg_stat_wal_receiver") == [("streaming",)]
-    query(standby, "INSERT INTO rpo_probe (n) VALUES (-1)")
-    assert query(
-        primary.replace("dbname=app", "dbname=postgres"), "SELECT pg_is_in_recovery()"
-    ) == [(True,)]
-    assert http_json(lab.status["lb_url"] + "/db").get("orders") == 0
-    # Serving again at the end; users saw errors only between the kill and the repoint.
-    assert all(code == 200 for _at, code, _rel in traffic.responses[-10:]), traffic.report()
-    failed_at = [at for at, _code, _rel in traffic.failed]
-    window = (max(failed_at) - min(failed_at)) if failed_at else 0.0
-
-    present = query(
-        standby, "SELECT count(*) FROM rpo_probe WHERE n BETWEEN 1 AND %s", (acknowledged,)
-    )[0][0]
-    lost = acknowledged - present
-    assert 0 <= lost < acknowledged
-    print(
-        f"\nMEASURED primary killed (async replication): RTO {rto:.1f}s to verify green "
-        f"(runbook {report['rto_seconds']}s); RPO {lost} of {acknowledged} acknowledged "
-        f"commits lost; "
-        f"standby had received {report['promoted']['received_lsn']}; users saw errors for "
-        f"{window:.1f}s; traffic {traffic.report()}"
-    )
-
-
 def test_corrupted_table_is_caught_by_verify_and_repaired_by_the_table_restore(recoverable):
     from knowngood.lab import infra
 
@@ -302,4 +246,63 @@ def test_corrupted_table_is_caught_by_verify_and_repaired_by_the_table_restore(r
     print(
         f"\nMEASURED corruption: RTO {rto:.1f}s from damage to verify green; RPO 0 (every row "
         f"back, including one written after the backup)"
+    )
+
+
+def test_primary_killed_is_fenced_and_standby_promoted_with_measured_data_loss(recoverable):
+    lab = recoverable
+    lab.seed("v1")
+    ports = (pg(lab)["port"], pg(lab)["port"] + 1)
+    primary, standby = (superuser(p) for p in ports)
+    cluster = lab.status["postgres"]["name"]
+    data_dir = Path(pg(lab)["data_dir"])
+    query(primary, "CREATE TABLE rpo_probe (n int PRIMARY KEY)")
+    with Writer(primary) as writer:
+        time.sleep(1.5)
+        killed_at = time.monotonic()
+        kill_tree(int((data_dir / "postmaster.pid").read_text().split()[0]))
+        time.sleep(0.3)
+    acknowledged = writer.acknowledged
+    assert writer.error and acknowledged > 100, (writer.error, acknowledged)
+
+    # Without the cluster's name nothing is fenced and nothing promoted.
+    refused = lab.playbook("recover-system", rollback_reason="db1 died")
+    assert refused.rc != 0 and f"confirm={cluster}" in refused.output, refused.output
+    assert query(standby, "SELECT pg_is_in_recovery()") == [(True,)]
+    assert not (data_dir / "knowngood.fenced").exists()
+
+    with LoadClient(lab.status["lb_url"] + "/db", threads=2) as traffic:
+        run = lab.playbook("recover-system", rollback_reason="db1 died", confirm=cluster)
+        rto = time.monotonic() - killed_at
+        time.sleep(0.5)
+    assert run.rc == 0, run.output
+    report = latest(lab, "recover-system")
+    assert report["classification"]["class"] == "partial"
+    assert report["fenced"] == [{"node": "db1", "answer": "refuses connections"}]
+    assert report["promoted"]["node"] == "db2" and report["primary"] == "db2"
+    assert report["reseeded_standbys"] == ["db1"]
+    # The new primary takes writes, the old one streams from it read-only, the app uses it.
+    assert query(standby, "SELECT pg_is_in_recovery()") == [(False,)]
+    assert query(primary, "SELECT status FROM pg_stat_wal_receiver") == [("streaming",)]
+    query(standby, "INSERT INTO rpo_probe (n) VALUES (-1)")
+    assert query(
+        primary.replace("dbname=app", "dbname=postgres"), "SELECT pg_is_in_recovery()"
+    ) == [(True,)]
+    assert http_json(lab.status["lb_url"] + "/db").get("orders") == 0
+    # Serving again at the end; users saw errors only between the kill and the repoint.
+    assert all(code == 200 for _at, code, _rel in traffic.responses[-10:]), traffic.report()
+    failed_at = [at for at, _code, _rel in traffic.failed]
+    window = (max(failed_at) - min(failed_at)) if failed_at else 0.0
+
+    present = query(
+        standby, "SELECT count(*) FROM rpo_probe WHERE n BETWEEN 1 AND %s", (acknowledged,)
+    )[0][0]
+    lost = acknowledged - present
+    assert 0 <= lost < acknowledged
+    print(
+        f"\nMEASURED primary killed (async replication): RTO {rto:.1f}s to verify green "
+        f"(runbook {report['rto_seconds']}s); RPO {lost} of {acknowledged} acknowledged "
+        f"commits lost; "
+        f"standby had received {report['promoted']['received_lsn']}; users saw errors for "
+        f"{window:.1f}s; traffic {traffic.report()}"
     )
