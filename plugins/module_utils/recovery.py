@@ -18,15 +18,16 @@ import re
 import subprocess
 import time
 import urllib.error
-import urllib.request
+
+from ansible.module_utils.urls import open_url
 
 CLASSES = ("none", "partial", "outage", "corruption")
 
 
 def http_status(url, timeout):
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read(4096).decode("utf-8", "replace")
+        with open_url(url, timeout=timeout, use_proxy=False) as resp:
+            return resp.getcode(), resp.read(4096).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return exc.code, ""
     except OSError as exc:

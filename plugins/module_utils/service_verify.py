@@ -25,7 +25,8 @@ import threading
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
+
+from ansible.module_utils.urls import open_url
 
 STATUSES = ("pass", "fail", "inconclusive", "skipped")
 DEFAULT_LOG_PATTERNS = [
@@ -93,8 +94,8 @@ def prom_query(url, query, at, timeout=5.0):
     """Instant query at `at`; the first sample's value as float, None when there is none."""
     params = urllib.parse.urlencode({"query": query, "time": "%.3f" % at.timestamp()})
     try:
-        with urllib.request.urlopen(
-            "%s/api/v1/query?%s" % (url.rstrip("/"), params), timeout=timeout
+        with open_url(
+            "%s/api/v1/query?%s" % (url.rstrip("/"), params), timeout=timeout, use_proxy=False
         ) as resp:
             body = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
@@ -115,8 +116,8 @@ def prom_query(url, query, at, timeout=5.0):
 def scrape_interval(url, timeout=5.0):
     """The global scrape_interval in seconds from Prometheus's loaded configuration."""
     try:
-        with urllib.request.urlopen(
-            "%s/api/v1/status/config" % url.rstrip("/"), timeout=timeout
+        with open_url(
+            "%s/api/v1/status/config" % url.rstrip("/"), timeout=timeout, use_proxy=False
         ) as resp:
             text = json.loads(resp.read())["data"]["yaml"]
     except (OSError, ValueError, KeyError) as exc:
@@ -134,8 +135,7 @@ def metric_queries(selector, seconds):
         "requests": "sum(increase(app_requests_total%s%s))" % (sel, rng),
         "errors": "sum(increase(app_errors_total%s%s))" % (sel, rng),
         "p95_seconds": "histogram_quantile(0.95, sum by (le) "
-        "(rate(app_request_duration_seconds_bucket%s%s)))"
-        % (sel, rng),
+        "(rate(app_request_duration_seconds_bucket%s%s)))" % (sel, rng),
     }
 
 
@@ -584,8 +584,8 @@ def data(params, judged):
 def fetch(url, timeout):
     started = time.time()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            code, body = resp.status, resp.read(65536)
+        with open_url(url, timeout=timeout, use_proxy=False) as resp:
+            code, body = resp.getcode(), resp.read(65536)
     except urllib.error.HTTPError as exc:
         code, body = exc.code, exc.read(65536)
     except OSError:
@@ -600,6 +600,26 @@ def percentile(values, share):
     return round(ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))], 1)
 
 
+def fetch_many(url, total, concurrency, timeout):
+    """`total` GETs of url spread over `concurrency` threads; (status, body, ms) each."""
+    answers = []
+    lock = threading.Lock()
+    per_worker = max(1, total // concurrency)
+
+    def worker():
+        for _index in range(per_worker):
+            answer = fetch(url, timeout)
+            with lock:
+                answers.append(answer)
+
+    threads = [threading.Thread(target=worker) for _index in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
 def ux(params):
     out = []
     for page in params["pages"]:
@@ -607,24 +627,7 @@ def ux(params):
         want_status = int(page.get("status", 200))
         want_text = page.get("expect", "")
         budget = float(page.get("max_p95_ms", params["max_p95_ms"]))
-        answers = []
-        lock = threading.Lock()
-
-        def worker(count, url=url, lock=lock, answers=answers):
-            for _index in range(count):
-                answer = fetch(url, params["timeout"])
-                with lock:
-                    answers.append(answer)
-
-        per_worker = max(1, params["requests"] // params["concurrency"])
-        threads = [
-            threading.Thread(target=worker, args=(per_worker,))
-            for _index in range(params["concurrency"])
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        answers = fetch_many(url, params["requests"], params["concurrency"], params["timeout"])
         wrong_status = sum(1 for code, _body, _ms in answers if code != want_status)
         wrong_body = sum(
             1 for code, body, _ms in answers if code == want_status and want_text not in body

@@ -175,6 +175,8 @@ def test_corrupted_table_is_caught_by_verify_and_repaired_by_the_table_restore(r
     )[0]
     target += ":00" if len(target.rsplit("+", 1)[-1]) == 2 else ""
     time.sleep(1.1)
+    # A time recovery stops at the first commit after its target: the archive must hold one.
+    query(primary, "CREATE TABLE after_target AS SELECT 1 AS x")
     query(primary, "CHECKPOINT")
     (segment,) = query(primary, "SELECT pg_walfile_name(pg_switch_wal())")[0]
     deadline = time.monotonic() + 30
