@@ -215,7 +215,8 @@ def test_corrupted_table_is_caught_by_verify_and_repaired_by_the_table_restore(r
         cwd=config.pg_dir,
     )
 
-    verify = lab.playbook("verify", verify_checks=["data", "ux"])
+    # Latency is not what this test is about: a loaded test machine must not decide it.
+    verify = lab.playbook("verify", verify_checks=["data", "ux"], verify_max_p95_ms=5000)
     assert verify.rc != 0, verify.output
     found = latest(lab, "verify")
     status = {c["check"]: c["status"] for c in found["checks"]}
@@ -241,7 +242,7 @@ def test_corrupted_table_is_caught_by_verify_and_repaired_by_the_table_restore(r
     # dropping it reads none of its pages.
     (restored,) = latest(lab, "rollback-database")["tables"]
     query(primary, f"DROP TABLE {restored['renamed_to']}")
-    healed = lab.playbook("verify", verify_checks=["data", "ux"])
+    healed = lab.playbook("verify", verify_checks=["data", "ux"], verify_max_p95_ms=5000)
     assert healed.rc == 0, healed.output
     rto = time.monotonic() - damaged_at
     assert query(primary, "SELECT count(*), max(id) FROM ledger") == [(2001, 5000)]
