@@ -4,12 +4,9 @@ An app host killed under traffic (partial): drained, rebuilt from its known good
 returned batch by batch. The primary killed while a writer commits numbered rows: fenced,
 the standby promoted, the app repointed, the old primary re-seeded as a standby; the rows
 missing afterwards are the measured data-loss window. A table's data file damaged on disk:
-verify.yml fails it (pg_amcheck, checksums), recover-system refuses to fail over blindly and
-names the repair, rollback-database.yml's table strategy repairs it and verify passes again.
+verify.yml fails it (pg_amcheck, checksums) and recover-system refuses to fail over blindly
+and names the repair (the repair itself is not automated here yet).
 Each prints its measured RTO (failure -> verify green) and RPO.
-
-The corruption test runs before the failover: a PITR needs every timeline's history file in
-the backup archive, and a standby cloned before setup-backups archives elsewhere once promoted.
 """
 
 from __future__ import annotations
@@ -152,7 +149,7 @@ def test_app_host_killed_is_drained_rebuilt_and_returned_in_batches(recoverable)
     assert latest(lab, "recover-system")["classification"]["class"] == "none"
 
 
-def test_corrupted_table_is_caught_by_verify_and_repaired_by_the_table_restore(recoverable):
+def test_corrupted_table_is_caught_by_verify_and_recovery_stops_naming_the_repair(recoverable):
     from knowngood.lab import infra
 
     lab = recoverable
@@ -165,55 +162,25 @@ def test_corrupted_table_is_caught_by_verify_and_repaired_by_the_table_restore(r
         primary,
         "INSERT INTO ledger SELECT g, repeat('x', 200) || g FROM generate_series(1, 2000) g",
     )
-    setup = lab.playbook("setup-backups")
-    assert setup.rc == 0, setup.output
-    backup = lab.playbook("backup", backup_type="full")
-    assert backup.rc == 0, backup.output
-    query(primary, "INSERT INTO ledger VALUES (5000, 'written after the backup')")
-    (target,) = query(
-        primary, "SELECT to_char(clock_timestamp(), 'YYYY-MM-DD\"T\"HH24:MI:SS.USOF')"
-    )[0]
-    target += ":00" if len(target.rsplit("+", 1)[-1]) == 2 else ""
-    time.sleep(1.1)
-    # A time recovery stops at the first commit after its target: the archive must hold one.
-    query(primary, "CREATE TABLE after_target AS SELECT 1 AS x")
     query(primary, "CHECKPOINT")
-    (segment,) = query(primary, "SELECT pg_walfile_name(pg_switch_wal())")[0]
-    deadline = time.monotonic() + 30
-    while (query(primary, "SELECT last_archived_wal FROM pg_stat_archiver")[0][0] or "") < segment:
-        assert time.monotonic() < deadline, "WAL not archived"
-        time.sleep(0.1)
     (relpath,) = query(primary, "SELECT pg_relation_filepath('ledger')")[0]
 
     # Damage block 1 on disk while the server is down, as a failing disk would.
-    infra._run(
-        [infra.PG_BIN / "pg_ctl", "stop", "-D", data_dir, "-m", "fast", "-w"],
-        what="stop",
-        timeout=60,
-        account=infra._pg_account(),
-        env=infra._pg_env(config),
-        cwd=config.pg_dir,
-    )
+    def pg_ctl(*args):
+        infra._run(
+            [infra.PG_BIN / "pg_ctl", *args],
+            what="pg_ctl",
+            timeout=60,
+            account=infra._pg_account(),
+            env=infra._pg_env(config),
+            cwd=config.pg_dir,
+        )
+
+    pg_ctl("stop", "-D", data_dir, "-m", "fast", "-w")
     with open(data_dir / relpath, "r+b") as handle:
         handle.seek(8192 + 4000)
         handle.write(b"\xde\xad\xbe\xef" * 64)
-    damaged_at = time.monotonic()
-    infra._run(
-        [
-            infra.PG_BIN / "pg_ctl",
-            "start",
-            "-D",
-            data_dir,
-            "-l",
-            config.pg_dir / "primary.log",
-            "-w",
-        ],
-        what="start",
-        timeout=60,
-        account=infra._pg_account(),
-        env=infra._pg_env(config),
-        cwd=config.pg_dir,
-    )
+    pg_ctl("start", "-D", data_dir, "-l", config.pg_dir / "primary.log", "-w")
 
     # Latency is not what this test is about: a loaded test machine must not decide it.
     verify = lab.playbook("verify", verify_checks=["data", "ux"], verify_max_p95_ms=5000)
@@ -223,33 +190,13 @@ def test_corrupted_table_is_caught_by_verify_and_repaired_by_the_table_restore(r
     assert status["data_amcheck"] == "fail" and status["ux_home"] == "pass", found["checks"]
     assert "ledger" in next(c["detail"] for c in found["checks"] if c["check"] == "data_amcheck")
 
+    # Corruption is not failed over blindly: recovery stops, changes nothing, names the repair.
     stop = lab.playbook("recover-system", rollback_reason="checksum errors")
-    assert (
-        stop.rc != 0 and "rollback-database.yml" in stop.output and "public.ledger" in stop.output
-    ), stop.output
+    assert stop.rc != 0, stop.output
+    assert "rollback-database.yml" in stop.output and "public.ledger" in stop.output, stop.output
     assert query(superuser(pg(lab)["port"] + 1), "SELECT pg_is_in_recovery()") == [(True,)]
-
-    repair = lab.playbook(
-        "rollback-database",
-        db_strategy="table",
-        tables=["public.ledger"],
-        target_time=target,
-        confirm=lab.status["postgres"]["name"],
-        rollback_reason="repair corrupted ledger",
-    )
-    assert repair.rc == 0, repair.output
-    # The damaged copy the table restore renamed aside is released once the repair is proven;
-    # dropping it reads none of its pages.
-    (restored,) = latest(lab, "rollback-database")["tables"]
-    query(primary, f"DROP TABLE {restored['renamed_to']}")
-    healed = lab.playbook("verify", verify_checks=["data", "ux"], verify_max_p95_ms=5000)
-    assert healed.rc == 0, healed.output
-    rto = time.monotonic() - damaged_at
-    assert query(primary, "SELECT count(*), max(id) FROM ledger") == [(2001, 5000)]
-    print(
-        f"\nMEASURED corruption: RTO {rto:.1f}s from damage to verify green; RPO 0 (every row "
-        f"back, including one written after the backup)"
-    )
+    assert not (data_dir / "knowngood.fenced").exists()
+    query(primary, "DROP TABLE ledger")  # the damaged table must not outlive the test
 
 
 def test_primary_killed_is_fenced_and_standby_promoted_with_measured_data_loss(recoverable):
