@@ -1243,6 +1243,18 @@ SELECT format('ALTER SEQUENCE %%I.%%I RENAME TO %%I;', n.nspname, c.relname,
 """
 
 
+def _count_rows(conn, rel, item):
+    """Rows in the live table, or None when it cannot be read: a damaged table is exactly what
+    a table restore replaces, so its damage is reported, not fatal."""
+    import psycopg
+
+    try:
+        return conn.execute(f"SELECT count(*) FROM {rel}").fetchone()[0]
+    except (psycopg.errors.DataCorrupted, psycopg.errors.IndexCorrupted) as err:
+        item["unreadable"] = str(err).strip().splitlines()[0]
+        return None
+
+
 def _load_tables(lcfg, names, dump, stamp, timeout, queries):
     report, renames = [], []
     with contextlib.closing(native.connect(lcfg)) as conn:
@@ -1252,7 +1264,7 @@ def _load_tables(lcfg, names, dump, stamp, timeout, queries):
             item = {"table": f"{schema}.{table}", "existed": bool(exists), "rows_before": 0,
                     "renamed_to": None, "referenced_by": []}  # fmt: skip
             if exists:
-                item["rows_before"] = conn.execute(f"SELECT count(*) FROM {rel}").fetchone()[0]
+                item["rows_before"] = _count_rows(conn, rel, item)
                 aside = _aside_name(table, stamp)
                 params = {"schema": schema, "table": table, "aside": aside, "stamp": stamp,
                           "rel": rel}  # fmt: skip

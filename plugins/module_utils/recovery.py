@@ -68,7 +68,7 @@ def psql(node, sql, dbname="postgres", timeout=20):
     return proc.returncode, proc.stdout.strip(), proc.stderr.strip()
 
 
-def probe_db(node, app_dbname, amcheck):
+def probe_db(node, app_dbname, amcheck, amcheck_exclude=()):
     state = {
         "name": node["name"],
         "port": node["port"],
@@ -107,7 +107,7 @@ def probe_db(node, app_dbname, amcheck):
             "-d",
             app_dbname,
             "--no-dependent-toast",
-        ]
+        ] + ["--exclude-relation=" + pattern for pattern in amcheck_exclude]
         proc = subprocess.run(
             argv, capture_output=True, text=True, env=pg_env(node), timeout=600, check=False
         )
@@ -136,7 +136,9 @@ def probe(params):
         params["lb_url"].rstrip("/") + params["lb_health_path"], params["timeout"]
     )
     dbs = {
-        node["name"]: probe_db(node, params["app_dbname"], params["amcheck"])
+        node["name"]: probe_db(
+            node, params["app_dbname"], params["amcheck"], params.get("amcheck_exclude") or ()
+        )
         for node in params["databases"]
     }
     return {

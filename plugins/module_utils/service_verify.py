@@ -499,6 +499,8 @@ def data(params, judged):
             db["dbname"],
             "--no-dependent-toast",
         ]
+        for pattern in params.get("amcheck_exclude") or []:
+            argv.append("--exclude-relation=" + pattern)
         started = time.time()
         code, stdout, stderr = run(argv, env=pg_env(db), timeout=params["amcheck_timeout"])
         findings = [line for line in (stdout + stderr).splitlines() if line.strip()]
@@ -511,8 +513,16 @@ def data(params, judged):
                     "exit_code": code,
                     "findings": len(findings),
                     "seconds": round(time.time() - started, 2),
+                    "excluded": list(params.get("amcheck_exclude") or []),
                 },
-                "pg_amcheck clean"
+                (
+                    "pg_amcheck clean"
+                    + (
+                        " (not checked: %s)" % ", ".join(params["amcheck_exclude"])
+                        if params.get("amcheck_exclude")
+                        else ""
+                    )
+                )
                 if code == 0
                 else "pg_amcheck: " + " | ".join(findings[:5])[:600],
             )

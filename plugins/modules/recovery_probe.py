@@ -47,6 +47,13 @@ options:
     description: Run pg_amcheck on the writable primary.
     type: bool
     default: true
+  amcheck_exclude:
+    description:
+      - Relations pg_amcheck leaves out, as pg_amcheck patterns; a table's indexes and TOAST
+        go with it.
+    type: list
+    elements: str
+    default: []
   failure_class:
     description:
       - C(auto) classifies from the probes; another value overrides the classification (the
@@ -125,6 +132,7 @@ def main():
             databases=dict(type="list", elements="dict", required=True),
             app_dbname=dict(type="str", default="app"),
             amcheck=dict(type="bool", default=True),
+            amcheck_exclude=dict(type="list", elements="str", default=[]),
             failure_class=dict(
                 type="str", choices=["auto", "partial", "outage", "corruption"], default="auto"
             ),

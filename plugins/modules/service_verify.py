@@ -106,6 +106,13 @@ options:
     description: Run pg_amcheck on the database (data).
     type: bool
     default: true
+  amcheck_exclude:
+    description:
+      - Relations pg_amcheck leaves out, as pg_amcheck patterns (C(schema.table), C(*) and
+        C(?) wildcards); a table's indexes and TOAST go with it. The result names them.
+    type: list
+    elements: str
+    default: []
   amcheck_timeout:
     description: Seconds pg_amcheck may take.
     type: int
@@ -240,6 +247,7 @@ def main():
             max_samples=dict(type="int", default=3),
             database=dict(type="dict"),
             amcheck=dict(type="bool", default=True),
+            amcheck_exclude=dict(type="list", elements="str", default=[]),
             amcheck_timeout=dict(type="int", default=600),
             row_counts=dict(type="list", elements="dict", default=[]),
             sentinels=dict(type="list", elements="dict", default=[]),
