@@ -970,9 +970,12 @@ def recover(cfg, req, result=None):
                 )
             if not info["running"] and not ours:
                 _assert_offline_identity(lcfg, data_dir, plan_)
+            # A node whose data directory is gone (a lost disk) is rebuilt: nothing to keep
+            # aside, and a half-restored copy a killed run leaves is replaced on the re-run.
+            lost = not os.path.exists(data_dir) and not os.path.exists(aside)
             marker = {"run": run, "data_dir": data_dir, "aside_dir": aside,
                       "backup": plan_["backup"], "started": iso(utcnow()),
-                      "replace_restored": ours}  # fmt: skip
+                      "replace_restored": ours or lost}  # fmt: skip
             _write_json(marker_path(data_dir), marker)
         with steps("stop"):
             if _pid_dir(data_dir) is not None:
