@@ -970,9 +970,12 @@ def recover(cfg, req, result=None):
                 )
             if not info["running"] and not ours:
                 _assert_offline_identity(lcfg, data_dir, plan_)
+            # A node whose data directory is gone (a lost disk) is rebuilt: nothing to keep
+            # aside, and a half-restored copy a killed run leaves is replaced on the re-run.
+            lost = not os.path.exists(data_dir) and not os.path.exists(aside)
             marker = {"run": run, "data_dir": data_dir, "aside_dir": aside,
                       "backup": plan_["backup"], "started": iso(utcnow()),
-                      "replace_restored": ours}  # fmt: skip
+                      "replace_restored": ours or lost}  # fmt: skip
             _write_json(marker_path(data_dir), marker)
         with steps("stop"):
             if _pid_dir(data_dir) is not None:
@@ -1253,6 +1256,18 @@ SELECT format('ALTER SEQUENCE %%I.%%I RENAME TO %%I;', n.nspname, c.relname,
 """
 
 
+def _count_rows(conn, rel, item):
+    """Rows in the live table, or None when it cannot be read: a damaged table is exactly what
+    a table restore replaces, so its damage is reported, not fatal."""
+    import psycopg
+
+    try:
+        return conn.execute(f"SELECT count(*) FROM {rel}").fetchone()[0]
+    except (psycopg.errors.DataCorrupted, psycopg.errors.IndexCorrupted) as err:
+        item["unreadable"] = str(err).strip().splitlines()[0]
+        return None
+
+
 def _load_tables(lcfg, names, dump, stamp, timeout, queries):
     report, renames = [], []
     with contextlib.closing(native.connect(lcfg)) as conn:
@@ -1262,7 +1277,7 @@ def _load_tables(lcfg, names, dump, stamp, timeout, queries):
             item = {"table": f"{schema}.{table}", "existed": bool(exists), "rows_before": 0,
                     "renamed_to": None, "referenced_by": []}  # fmt: skip
             if exists:
-                item["rows_before"] = conn.execute(f"SELECT count(*) FROM {rel}").fetchone()[0]
+                item["rows_before"] = _count_rows(conn, rel, item)
                 aside = _aside_name(table, stamp)
                 params = {"schema": schema, "table": table, "aside": aside, "stamp": stamp,
                           "rel": rel}  # fmt: skip

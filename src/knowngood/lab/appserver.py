@@ -119,6 +119,37 @@ class Flags:
             return dict(self.values)
 
 
+class DsnFile:
+    """The database the app talks to, from the host's database.json when it exists.
+
+    A failover repoints the app by rewriting this file (a config-management change, as a
+    production app re-reads its DSN from a templated file or a service registry); it is
+    re-read when its mtime changes, so the next request goes to the new primary.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.mtime = -1
+        self.dsn = ""
+        self.lock = threading.Lock()
+
+    def get(self) -> str:
+        if self.path is None:
+            return ""
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return ""
+        with self.lock:
+            if mtime != self.mtime:
+                try:
+                    self.dsn = str(json.loads(self.path.read_text())["dsn"])
+                    self.mtime = mtime
+                except (ValueError, OSError, KeyError, TypeError):
+                    pass  # a half-written file keeps the last good value
+            return self.dsn
+
+
 class Release:
     """One loaded release: its id and its handler module."""
 
@@ -143,6 +174,7 @@ class App:
         self.pool = args.pool
         self.host = args.host
         self.dsn = args.dsn
+        self.dsn_file = DsnFile(Path(args.dsn_file) if args.dsn_file else None)
         self.flags = Flags(Path(args.flags) if args.flags else None)
         self.metrics = Metrics()
         self.release: Release | None = None
@@ -167,7 +199,8 @@ class App:
     def db_query(self, sql: str, params: tuple = ()) -> list[tuple]:
         import psycopg  # imported lazily: /version must not depend on the driver
 
-        with psycopg.connect(self.dsn, connect_timeout=2, autocommit=True) as conn:
+        dsn = self.dsn_file.get() or self.dsn
+        with psycopg.connect(dsn, connect_timeout=2, autocommit=True) as conn:
             cur = conn.execute(sql, params)
             return cur.fetchall() if cur.description else []
 
@@ -243,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="app")
     parser.add_argument("--dsn", default="")
     parser.add_argument("--flags", default="")
+    parser.add_argument("--dsn-file", default="", help="database.json that overrides --dsn")
     parser.add_argument("--pidfile", default="")
     serve(parser.parse_args(argv))
 

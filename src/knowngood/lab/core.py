@@ -164,9 +164,11 @@ def app_url(cfg: LabConfig, index: int, pool: str) -> str:
     return f"http://127.0.0.1:{cfg.app_ports(index)[pool]}"
 
 
-def apps_up(cfg: LabConfig, progress: Progress, dsn: str) -> None:
+def apps_up(cfg: LabConfig, progress: Progress, dsn: str, only: set[int] | None = None) -> None:
     started = []
     for index in range(cfg.hosts):
+        if only is not None and index not in only:
+            continue
         host_layout(cfg, index)
         for pool in POOLS:
             pidfile = app_pidfile(cfg, index, pool)
@@ -190,6 +192,8 @@ def apps_up(cfg: LabConfig, progress: Progress, dsn: str) -> None:
                     dsn,
                     "--flags",
                     str(root / "shared" / "flags.json"),
+                    "--dsn-file",
+                    str(root / "shared" / "database.json"),
                 ],
                 cfg.log_dir / f"{cfg.host_name(index)}-{pool}.log",
                 pidfile,
@@ -385,6 +389,17 @@ def inventory(cfg: LabConfig) -> dict:
             "knowngood_app_urls": {pool: app_url(cfg, i, pool) for pool in POOLS},
             "knowngood_app_pidfile": str(cfg.run_dir / f"{name}-{{pool}}.pid"),
             "knowngood_flags_file": str(cfg.host_root(i) / "shared" / "flags.json"),
+            # Recovery repoints the app here and starts a lost host's instances with this.
+            "knowngood_app_dsn_file": str(cfg.host_root(i) / "shared" / "database.json"),
+            "knowngood_app_start_command": [
+                sys.executable,
+                "-m",
+                "knowngood.lab.service",
+                "--root",
+                str(cfg.root),
+                "start",
+                name,
+            ],
         }
         if cfg.ssh:
             ssh = infra.ssh_client_options(cfg)
@@ -412,6 +427,7 @@ def inventory(cfg: LabConfig) -> dict:
                 "knowngood_prometheus_url": f"http://127.0.0.1:{cfg.prometheus_port}",
                 "knowngood_artifact_dir": str(cfg.root / "artifacts"),
                 "knowngood_audit_dir": str(cfg.root / "audit"),
+                "knowngood_log_files": [str(cfg.log_dir / "*.log"), str(cfg.pg_dir / "*.log")],
                 "knowngood_db_dsn": pg["primary_dsn"],
                 "knowngood_db_cluster": pg["name"],
                 # The lab shares two cores with whatever else runs (tests, benchmarks): a latency
@@ -433,6 +449,7 @@ def inventory(cfg: LabConfig) -> dict:
                             "knowngood_lb_pools_dir": str(np["pools"]),
                             "knowngood_lb_test_command": cmds["test"],
                             "knowngood_lb_reload_command": cmds["reload"],
+                            "knowngood_lb_start_command": cmds["start"],
                         }
                     }
                 },
@@ -441,6 +458,8 @@ def inventory(cfg: LabConfig) -> dict:
                         "db1": {
                             **local,
                             "knowngood_db_data_dir": pg["primary_data_dir"],
+                            # pg_ctl logs here when a runbook starts it (postgres writes it).
+                            "knowngood_db_log_file": str(cfg.pg_dir / "primary.log"),
                             **backup_vars(cfg),
                         }
                     }
