@@ -121,6 +121,20 @@ def tick(drill_dir, name, dsn, count, interval):
     return state
 
 
+def writable(candidates):
+    """The first DSN whose server accepts writes: after a failover the primary has moved."""
+    errors = []
+    for dsn in candidates:
+        try:
+            with _connect(dsn) as conn:
+                if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    return dsn
+                errors.append("in recovery")
+        except Exception as exc:  # a fenced or lost node answers nothing
+            errors.append(type(exc).__name__)
+    raise DrillError("no candidate database accepts writes (%s)" % ", ".join(errors))
+
+
 def survivors(dsn, run_id):
     with _connect(dsn) as conn:
         exists = conn.execute("SELECT to_regclass(%s)", (TICKS_TABLE,)).fetchone()[0]

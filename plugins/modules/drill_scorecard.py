@@ -53,6 +53,12 @@ options:
       - libpq connection string of the database holding the sentinel rows (C(ticked), and
         C(scored) to count survivors). Never logged.
     type: str
+  dsn_candidates:
+    description:
+      - Instead of I(dsn) for C(scored), the databases where the sentinel rows may live now; the
+        one accepting writes is counted (a failover moves the primary). Never logged.
+    type: list
+    elements: str
   count:
     description: Sentinel rows to commit (C(ticked)).
     type: int
@@ -149,6 +155,7 @@ def main():
             label=dict(type="str"),
             data=dict(type="dict", default={}),
             dsn=dict(type="str", no_log=True),
+            dsn_candidates=dict(type="list", elements="str", no_log=True),
             count=dict(type="int", default=20),
             interval=dict(type="float", default=0.05),
             fail_on_miss=dict(type="bool", default=True),
@@ -162,7 +169,10 @@ def main():
     try:
         if params["state"] == "scored":
             state = drill.load(drill_dir, name)
-            surviving = drill.survivors(params["dsn"], state["run_id"]) if params["dsn"] else None
+            dsn = params["dsn"]
+            if params["dsn_candidates"]:
+                dsn = drill.writable(params["dsn_candidates"])
+            surviving = drill.survivors(dsn, state["run_id"]) if dsn else None
             card = drill.score(state, surviving)
             path = "" if module.check_mode else drill.record(drill_dir, card)
             result = dict(

@@ -246,9 +246,9 @@ def cross_check(template: Template, repo: Path = REPO) -> list[str]:
             continue
         defaults = repo / "roles" / inp.role / "defaults" / "main.yml"
         role_text = defaults.read_text() if defaults.is_file() else ""
-        if not (
-            _feeds(text, inp.option, inp.variable) or _feeds(role_text, inp.option, inp.variable)
-        ):
+        direct = inp.variable == inp.option  # the public input is the role option itself
+        fed = _feeds(text, inp.option, inp.variable) or _feeds(role_text, inp.option, inp.variable)
+        if not (direct or fed):
             errors.append(
                 f"{template.name}: neither {template.playbook} nor {inp.role}'s defaults set "
                 f"{inp.option} from {inp.variable}: the survey would ask for a variable "

@@ -47,6 +47,20 @@ def cmd_lab(args: argparse.Namespace) -> int:
         core.up(cfg, progress=lambda m: print(m, flush=True))
     elif args.command == "down":
         core.down(cfg)
+    elif args.command in ("break", "heal"):
+        from knowngood.lab import faults
+
+        try:
+            if args.command == "heal":
+                faults.heal(cfg, progress=lambda m: print(m, flush=True))
+            elif args.fault == "app-host":
+                print(f"killed {args.target}: {faults.break_app_host(cfg, args.target or '')}")
+            elif args.fault == "db-primary":
+                print(f"killed the primary in {faults.break_db_primary(cfg)}")
+            else:
+                print(f"region A lost: {faults.break_region_a(cfg)}")
+        except faults.FaultError as exc:
+            raise runner.KnowngoodError(str(exc)) from exc
     else:
         if args.json:
             print(core.status_json(cfg))
@@ -260,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ssh", action="store_true", help="one sshd per host on 127.0.1.x")
     up.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
     lab_sub.add_parser("down", help="stop every lab process and remove the lab")
+    broken = lab_sub.add_parser("break", help="inject a failure (drills, demos)")
+    broken.add_argument("fault", choices=["app-host", "db-primary", "region-a"])
+    broken.add_argument("target", nargs="?", help="app-host: the host to kill (e.g. app2)")
+    lab_sub.add_parser("heal", help="put the lab's shape back after injected failures")
     status = lab_sub.add_parser("status", help="where everything is")
     status.add_argument("--json", action="store_true")
     lab.set_defaults(func=cmd_lab)

@@ -1,0 +1,115 @@
+"""Failures injected on purpose into the lab, for drills and demos, and the way back.
+
+`knowngood lab break app-host NAME | db-primary | region-a` and `knowngood lab heal`. What a
+break does is what the real failure looks like from outside: processes killed with SIGKILL, a
+data directory gone, an S3 endpoint and the local backup disks unreachable. Healing puts the
+lab's shape back (db1 primary and db2 streaming, every app instance, region A, the disks);
+what recovered in between stays recovered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from knowngood.lab import core, infra, pgswitch
+from knowngood.lab.config import LabConfig
+
+LOST = ".lost-by-drill"
+REGION_A_DISKS = ("local-a", "local-b")
+
+
+class FaultError(Exception):
+    """A failure cannot be injected as asked; the message says why."""
+
+
+def _kill_tree(pid: int) -> None:
+    for victim in [pid, *infra.descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+
+
+def _postmaster(data_dir: Path) -> int | None:
+    try:
+        return int((data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _data_dirs(cfg: LabConfig) -> list[Path]:
+    status = infra.postgres_status(cfg)
+    return [Path(status["primary_data_dir"]), Path(status["standby_data_dir"])]
+
+
+def break_app_host(cfg: LabConfig, name: str) -> list[int]:
+    names = [cfg.host_name(i) for i in range(cfg.hosts)]
+    if name not in names:
+        raise FaultError(f"no app host {name!r}; hosts: {', '.join(names)}")
+    killed = []
+    for pool in core.POOLS:
+        pid = core.read_pid(cfg.run_dir / f"{name}-{pool}.pid")
+        if pid:
+            _kill_tree(pid)
+            killed.append(pid)
+    return killed
+
+
+def _primary_dir(cfg: LabConfig) -> Path:
+    """The node accepting writes now (after a failover that may be db2's directory)."""
+    for data_dir in _data_dirs(cfg):
+        pid = _postmaster(data_dir)
+        if pid and not (data_dir / "standby.signal").exists():
+            return data_dir
+    raise FaultError("no running primary to break")
+
+
+def break_db_primary(cfg: LabConfig) -> Path:
+    data_dir = _primary_dir(cfg)
+    _kill_tree(_postmaster(data_dir) or 0)
+    return data_dir
+
+
+def break_region_a(cfg: LabConfig) -> dict[str, object]:
+    """Region A lost: both database nodes and the primary's disk, region A's S3 endpoint, and
+    the local backup disks (a file where each directory was: neither readable nor creatable)."""
+    primary = _primary_dir(cfg)
+    for data_dir in _data_dirs(cfg):
+        pid = _postmaster(data_dir)
+        if pid:
+            _kill_tree(pid)
+    primary.rename(primary.with_name(primary.name + LOST))
+    infra.s3_region_down(cfg, 0)
+    backups = cfg.root / "backups"
+    for name in REGION_A_DISKS:
+        disk = backups / name
+        if disk.is_dir():
+            disk.rename(backups / f"{name}{LOST}")
+            disk.write_text("")
+    return {"primary_lost": str(primary), "s3": "region-a down", "disks": list(REGION_A_DISKS)}
+
+
+def heal(cfg: LabConfig, progress: Callable[[str], None] = print) -> None:
+    backups = cfg.root / "backups"
+    for name in REGION_A_DISKS:
+        aside = backups / f"{name}{LOST}"
+        if aside.is_dir():
+            if (backups / name).is_file():
+                (backups / name).unlink()
+            if not (backups / name).exists():
+                aside.rename(backups / name)
+                progress(f"heal: backup disk {name} back")
+    infra.s3_region_up(cfg, progress, 0)
+    for data_dir in _data_dirs(cfg):
+        aside = data_dir.with_name(data_dir.name + LOST)
+        if aside.exists() and data_dir.exists():
+            import shutil
+
+            shutil.rmtree(aside)  # the node was rebuilt: its lost disk is history
+        elif aside.exists():
+            aside.rename(data_dir)
+    pgswitch.restore_topology(cfg, progress=progress)
+    core.apps_up(cfg, progress, infra.postgres_status(cfg)["primary_dsn"])
+    progress("heal: db1 primary, db2 streaming, every app instance running, region A up")
