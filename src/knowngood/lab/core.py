@@ -376,6 +376,8 @@ def flagservice_up(cfg: LabConfig, progress: Progress) -> None:
 
 
 def inventory(cfg: LabConfig) -> dict:
+    from knowngood.lab import configset
+
     pg = infra.postgres_status(cfg)
     hosts = {}
     for i in range(cfg.hosts):
@@ -432,6 +434,7 @@ def inventory(cfg: LabConfig) -> dict:
                             "knowngood_lb_pools_dir": str(np["pools"]),
                             "knowngood_lb_test_command": cmds["test"],
                             "knowngood_lb_reload_command": cmds["reload"],
+                            **configset.lb_vars(cfg),
                         }
                     }
                 },
@@ -441,6 +444,7 @@ def inventory(cfg: LabConfig) -> dict:
                             **local,
                             "knowngood_db_data_dir": pg["primary_data_dir"],
                             **backup_vars(cfg),
+                            **configset.db_vars(cfg, pg),
                         }
                     }
                 },
