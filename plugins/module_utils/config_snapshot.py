@@ -12,10 +12,6 @@ Only tracked files are touched: paths listed by the services of the managed set,
 files found under listed directories. Untracked files are reported, never deleted.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
-
 import contextlib
 import difflib
 import fcntl
@@ -90,7 +86,8 @@ def normalize_services(services):
             "dsn": raw.get("dsn") or "",
         }
     all_paths = sorted(p for svc in out.values() for p in svc["paths"])
-    for first, second in zip(all_paths, all_paths[1:]):
+    for index in range(1, len(all_paths)):
+        first, second = all_paths[index - 1], all_paths[index]
         if second == first or second.startswith(first.rstrip("/") + "/"):
             raise ConfigError("managed paths overlap: %s and %s" % (first, second))
     return out

@@ -9,14 +9,14 @@ short_description: Versioned, content-addressed snapshots of a host's configurat
 version_added: "0.1.0"
 description:
   - Keeps a content-addressed store per host (I(store)) of the managed configuration declared
-    by I(services): file contents by sha256, and a manifest per snapshot with paths, hashes,
+    by I(services) - file contents by sha256, and a manifest per snapshot with paths, hashes,
     modes, owners, who, when, run id, label, host and service set. The snapshot id is the hash
     of the manifest.
   - C(state=present) snapshots the live configuration (an unchanged configuration returns the
     newest snapshot with the same content, C(changed=false)).
   - C(state=known_good) records I(snapshot_id) (default, the live configuration) as verified.
   - C(state=restored) makes the live files equal to I(snapshot_id) (default, the last known
-    good): takes a safety snapshot of what is live, writes only the changed tracked files
+    good) - it takes a safety snapshot of what is live, writes only the changed tracked files
     atomically, runs each affected service's validate command against the files in place
     (under the store's lock; neither nginx nor PostgreSQL read their files before a reload),
     puts the previous files back if validation fails, and with I(activate) reloads or restarts

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import LoadClient
-
 from ansible_collections.knowngood.runbooks.plugins.module_utils import config_snapshot as cs
+from conftest import LoadClient
 
 pytestmark = pytest.mark.lab
 
@@ -212,8 +211,16 @@ def test_postgresql_reload_parameter_reloads_and_postmaster_parameter_restarts(l
         with open(conf, "a") as out:
             out.write("work_mem = '7MB'  # someone's tuning\n")
         subprocess.run(
-            ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "reload",
-             "-D", str(conf.parent)],
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                "/usr/lib/postgresql/15/bin/pg_ctl",
+                "reload",
+                "-D",
+                str(conf.parent),
+            ],
             check=True,
             capture_output=True,
         )
