@@ -39,9 +39,14 @@ RESTART_ON = ("never", "always", "postgresql")
 MASK = "********"
 # key = value, key: value, key value; the value of a key naming a secret is masked in every diff.
 SECRET_LINE_RE = re.compile(
-    r"^(\s*[\w.\-]*(?:password|passwd|secret|token|api_key|apikey|private_key|credential"
+    r"^(\s*(?:[\w.\-]+\s+)?[\w.\-]*(?:password|passwd|secret|token|api_key|apikey|private_key|credential"
     r"|authorization)[\w.\-]*[\"']?\s*(?:[=:]\s*|\s+))(\S.*)$",
     re.I,
+)
+# Secrets inside a value: a conninfo's password=..., a URL's user:password@.
+INLINE_SECRET_RES = (
+    re.compile(r"((?:password|passwd|secret|token)\s*=\s*)[^\s'\";]+", re.I),
+    re.compile(r"(://[^/:@\s]+:)[^@\s]+(@)"),
 )
 PG_PARAM_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(?:=\s*|\s+)(.*?)\s*$")
 
@@ -407,9 +412,13 @@ def check_target(manifest, services, host):
 
 
 def mask(text):
-    return "".join(
-        SECRET_LINE_RE.sub(lambda m: m.group(1) + MASK, line) for line in text.splitlines(True)
-    )
+    out = []
+    for line in text.splitlines(True):
+        line = SECRET_LINE_RE.sub(lambda m: m.group(1) + MASK, line)
+        line = INLINE_SECRET_RES[0].sub(lambda m: m.group(1) + MASK, line)
+        line = INLINE_SECRET_RES[1].sub(lambda m: m.group(1) + MASK + m.group(2), line)
+        out.append(line)
+    return "".join(out)
 
 
 def plan(store, manifest, services, limit=None):
