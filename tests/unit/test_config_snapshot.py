@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from ansible_collections.knowngood.runbooks.plugins.module_utils import config_snapshot as cs
 
 
