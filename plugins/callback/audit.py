@@ -64,6 +64,8 @@ KEPT_KEYS = (
     "current",
     "last_known_good",
     "removed_releases",
+    "snapshot_id",
+    "safety_snapshot_id",
 )
 SECRET_RE = re.compile(r"pass|secret|token|key|dsn|credential", re.I)
 

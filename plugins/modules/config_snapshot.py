@@ -69,7 +69,7 @@ options:
     type: str
     default: ""
   kind:
-    description: Why the snapshot was taken (C(manual), C(safety), C(pre-change)).
+    description: Why the snapshot was taken (C(manual), C(safety), C(pre-change), C(post-change)).
     type: str
     default: manual
   run_id:
@@ -148,6 +148,11 @@ log:
   returned: always
   type: list
   elements: str
+msg:
+  description: One line saying what was (or in check mode would be) done, for run summaries.
+  returned: success
+  type: str
+  sample: "restored 3f9c0e1d2a4b5c6d: nginx.conf written and validated; next: reload nginx"
 duration_ms:
   description: Wall time in milliseconds.
   returned: always
@@ -266,6 +271,32 @@ def restored(module, store, services, result):
             )
 
 
+def outcome(module, result):
+    """One line for the run summary and the audit record, which keep msg but not log."""
+    params = module.params
+    sid = result["snapshot_id"] or "(none yet)"
+    if params["state"] == "present":
+        if not result["changed"]:
+            return "unchanged since snapshot %s" % sid
+        what = "%s: %s" % (params["kind"], params["label"]) if params["label"] else params["kind"]
+        if module.check_mode:
+            return "would take a new snapshot (%s)" % what
+        return "took snapshot %s (%s)" % (sid, what)
+    if params["state"] == "known_good":
+        if not result["changed"]:
+            return "%s is already the last known good" % sid
+        return ("would mark %s known-good" if module.check_mode else "marked %s known-good") % sid
+    if not result["changed"]:
+        return "already at snapshot %s, nothing to restore" % sid
+    files = ", ".join(os.path.basename(c["path"]) for c in result["changes"])
+    acts = ", ".join("%s %s" % (a["action"], a["service"]) for a in result["services"])
+    if module.check_mode:
+        return "would restore %s: %s; then %s" % (sid, files, acts)
+    if params["activate"]:
+        return "restored %s: %s; %s done" % (sid, files, acts)
+    return "restored %s: %s written and validated; next: %s" % (sid, files, acts)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -309,7 +340,9 @@ def main():
     except (cs.ConfigError, OSError, ValueError) as exc:
         result.pop("diff", None)
         module.fail_json(msg=str(exc), duration_ms=int((time.time() - started) * 1000), **result)
-    module.exit_json(duration_ms=int((time.time() - started) * 1000), **result)
+    module.exit_json(
+        msg=outcome(module, result), duration_ms=int((time.time() - started) * 1000), **result
+    )
 
 
 if __name__ == "__main__":

@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -248,3 +252,146 @@ def test_postgresql_reload_parameter_reloads_and_postmaster_parameter_restarts(l
         if conf.read_bytes() != original:
             conf.write_bytes(original)
         wait_standby_streaming(dsn)
+
+
+# ------------------------------------------------------------------ app hosts
+
+
+def app_conf(lab, host):
+    return Path(hostvars(lab, host)["knowngood_config_services"][0]["paths"][0])
+
+
+def app_headers(url):
+    """Response headers of an instance; the idle pool's 503 (no release) carries them too."""
+    try:
+        with urllib.request.urlopen(url + "/version", timeout=5) as resp:
+            return resp.headers
+    except urllib.error.HTTPError as exc:
+        return exc.headers
+
+
+def app_hosts(lab):
+    return [h["name"] for h in lab.status["hosts"]]
+
+
+def instance_urls(lab):
+    return [url for h in lab.status["hosts"] for url in h["app_urls"].values()]
+
+
+def signal_apps(lab, host):
+    pidfiles = [str(lab.root / "run" / f"{host}-{pool}.pid") for pool in ("blue", "green")]
+    argv = [sys.executable, "-m", "knowngood.lab.appserver", "--reload", *pidfiles]
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def wait_header(urls, name, value, timeout=10):
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = {url: app_headers(url).get(name) for url in urls}
+        if all(v == value for v in seen.values()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} is not {value!r} everywhere: {seen}")
+        time.sleep(0.05)
+
+
+def app_pids(lab):
+    return sorted(int(p.read_text()) for p in (lab.root / "run").glob("app*-*.pid"))
+
+
+def nginx_processes(lab):
+    """The nginx master and its workers: a reload replaces every worker."""
+    master = int((lab.root / "run" / "nginx.pid").read_text())
+    workers = sorted(
+        int(stat.name)
+        for stat in Path("/proc").iterdir()
+        if stat.name.isdigit() and _ppid(stat) == master
+    )
+    return master, workers
+
+
+def _ppid(proc_dir):
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def pg_times(dsn):
+    """Start and configuration-load time: a restart moves both, a reload moves the second."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT pg_postmaster_start_time(), pg_conf_load_time()").fetchone()
+
+
+@pytest.fixture
+def app_lab(lab):
+    lab.seed("v1")  # the rollback's behaviour check probes the service through the LB
+    for host in ["lb1", "db1", *app_hosts(lab)]:
+        mark_live_known_good(lab, host)
+    yield lab
+    lab.reset()  # rewrites every host's default app.conf and signals the instances
+
+
+def test_app_config_rollback_reloads_only_the_app(app_lab):
+    lab = app_lab
+    hosts, urls = app_hosts(lab), instance_urls(lab)
+    wait_header(urls, "Cache-Control", "no-store")
+    good = {host: digest(app_conf(lab, host)) for host in hosts}
+    for host in hosts:  # a config push that caches pages naming the release for ten minutes
+        conf = app_conf(lab, host)
+        pushed = json.loads(conf.read_text())
+        pushed["response_headers"]["Cache-Control"] = "public, max-age=600"
+        conf.write_text(json.dumps(pushed))
+        signal_apps(lab, host)
+    wait_header(urls, "Cache-Control", "public, max-age=600")
+    dsn = hostvars(lab, "db1")["knowngood_config_db_dsn"]
+    before = (nginx_processes(lab), pg_times(dsn), app_pids(lab))
+
+    run = rollback(lab, rollback_reason="bad caching header pushed")  # every host, every service
+    assert run.rc == 0, run.output[-3000:]
+    assert {host: digest(app_conf(lab, host)) for host in hosts} == good
+    wait_header(urls, "Cache-Control", "no-store", timeout=5)
+    assert "(item=reload app)" in run.output
+    assert "item=reload nginx" not in run.output and "item=reload postgresql" not in run.output
+    assert "item=restart" not in run.output
+    assert run.recap["lb1"]["changed"] == 0 and run.recap["db1"]["changed"] == 0, run.recap
+    # nginx kept its workers (no reload), PostgreSQL its start and load time (no restart, no
+    # reload), and the app instances their pids (a SIGHUP, not a restart).
+    assert (nginx_processes(lab), pg_times(dsn), app_pids(lab)) == before
+    # What the on-call engineer reads after the run names the snapshot and the file per host.
+    from knowngood import runner
+
+    records = sorted((lab.root / "audit").glob("kg-*.json"), key=os.path.getmtime)
+    summary = "\n".join(runner.summarize(json.loads(records[-1].read_text())))
+    for host in hosts:
+        assert re.search(rf"changed +{host} .*restored [0-9a-f]{{16}}: app.conf", summary), summary
+
+
+def test_bad_app_config_value_is_refused_by_validation_and_live_config_stays(app_lab):
+    lab = app_lab
+    conf = app_conf(lab, "app1")
+    urls = list(lab.status["hosts"][0]["app_urls"].values())
+    live = conf.read_text()
+    live_digest = digest(conf)
+    serving = app_headers(urls[0])["X-App-Config"]
+    hv = hostvars(lab, "app1")
+    store = cs.Store(hv["knowngood_config_store"])
+    services = cs.normalize_services(hv["knowngood_config_services"])
+    conf.write_text(live.replace('"db_connect_timeout_s": 2', '"db_connect_timeout_s": "2s"'))
+    assert digest(conf) != live_digest
+    bad, _created = cs.take(store, services, "app1", "typo", "test", "test")
+    # The runtime itself keeps its last valid configuration when signalled with a bad file.
+    signal_apps(lab, "app1")
+    time.sleep(0.5)
+    assert {app_headers(url)["X-App-Config"] for url in urls} == {serving}
+    conf.write_text(live)
+
+    run = rollback(
+        lab, config_rollback_hosts="app1", config_snapshot_id=bad["snapshot_id"], services=["app"]
+    )
+    assert run.rc != 0
+    assert "candidate configuration fails validation, live configuration unchanged" in run.output
+    assert "db_connect_timeout_s must be a number" in run.output
+    assert digest(conf) == live_digest
+    assert {app_headers(url)["X-App-Config"] for url in urls} == {serving}
+    assert "reload app" not in run.output

@@ -6,9 +6,14 @@ purpose: it is the blue/green switch, state that lb_pool owns, not configuration
 PostgreSQL: the primary's configuration files, checked with `postgres -C` (which parses the
 whole configuration and rejects an unknown name, a bad value or a syntax error while the
 server runs); restart only when a changed parameter's pg_settings.context is 'postmaster'.
+App hosts: shared/app.conf, which the app runtime validates (`appserver --check-config`) and
+re-reads on SIGHUP (`appserver --reload` with both instances' pidfiles), so a revert reloads the
+app and nothing else.
 """
 
 from __future__ import annotations
+
+import sys
 
 from knowngood.lab import core, infra
 from knowngood.lab.config import LabConfig
@@ -18,6 +23,25 @@ def store_vars(cfg: LabConfig, host: str) -> dict:
     return {
         "knowngood_config_store": str(cfg.root / "config-store" / host),
         "knowngood_config_git_repo": str(cfg.root / "config-git" / host),
+    }
+
+
+def app_vars(cfg: LabConfig, index: int) -> dict:
+    conf = str(core.app_config_path(cfg, index))
+    runtime = [sys.executable, "-m", "knowngood.lab.appserver"]
+    pidfiles = [str(core.app_pidfile(cfg, index, pool)) for pool in core.POOLS]
+    return {
+        **store_vars(cfg, cfg.host_name(index)),
+        "knowngood_config_services": [
+            {
+                "name": "app",
+                "paths": [conf],
+                "validate": [*runtime, "--check-config", conf],
+                "reload": [*runtime, "--reload", *pidfiles],
+                "restart": [],
+                "restart_on": "never",
+            }
+        ],
     }
 
 

@@ -147,10 +147,22 @@ def build_artifacts(cfg: LabConfig) -> dict[str, Path]:
 # ------------------------------------------------------------------ app hosts
 
 
+# Each app host's own configuration (appserver --config), managed by configuration rollback.
+DEFAULT_APP_CONFIG = {"response_headers": {"Cache-Control": "no-store"}, "db_connect_timeout_s": 2}
+
+
+def app_config_path(cfg: LabConfig, index: int) -> Path:
+    return cfg.host_root(index) / "shared" / "app.conf"
+
+
 def host_layout(cfg: LabConfig, index: int) -> None:
     root = cfg.host_root(index)
     for sub in ("releases", "slots", "shared"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    conf = app_config_path(cfg, index)
+    if not conf.exists():
+        conf.write_text(json.dumps(DEFAULT_APP_CONFIG, indent=1) + "\n")
+        conf.chmod(0o644)
     current = root / "current"
     if not current.is_symlink() and not current.exists():
         current.symlink_to("slots/blue")
@@ -190,6 +202,8 @@ def apps_up(cfg: LabConfig, progress: Progress, dsn: str) -> None:
                     dsn,
                     "--flags",
                     str(root / "shared" / "flags.json"),
+                    "--config",
+                    str(app_config_path(cfg, index)),
                 ],
                 cfg.log_dir / f"{cfg.host_name(index)}-{pool}.log",
                 pidfile,
@@ -387,6 +401,7 @@ def inventory(cfg: LabConfig) -> dict:
             "knowngood_app_urls": {pool: app_url(cfg, i, pool) for pool in POOLS},
             "knowngood_app_pidfile": str(cfg.run_dir / f"{name}-{{pool}}.pid"),
             "knowngood_flags_file": str(cfg.host_root(i) / "shared" / "flags.json"),
+            **configset.app_vars(cfg, i),
         }
         if cfg.ssh:
             ssh = infra.ssh_client_options(cfg)
