@@ -395,3 +395,29 @@ def test_bad_app_config_value_is_refused_by_validation_and_live_config_stays(app
     assert digest(conf) == live_digest
     assert {app_headers(url)["X-App-Config"] for url in urls} == {serving}
     assert "reload app" not in run.output
+
+
+def test_a_host_refused_sends_every_host_back_to_what_was_live(app_lab):
+    """All or nothing: app2's known good no longer validates, so app1's revert is put back."""
+    lab = app_lab
+    confs = {host: app_conf(lab, host) for host in ("app1", "app2")}
+    drifted = {}
+    for host, conf in confs.items():
+        conf.write_text(conf.read_text().replace('"no-store"', '"no-cache"'))
+        drifted[host] = digest(conf)
+    hv = hostvars(lab, "app2")
+    store = cs.Store(hv["knowngood_config_store"])
+    services = cs.normalize_services(hv["knowngood_config_services"])
+    live = confs["app2"].read_text()
+    too_long = live.replace('"db_connect_timeout_s": 2', '"db_connect_timeout_s": 99')
+    confs["app2"].write_text(too_long)
+    stale, _created = cs.take(store, services, "app2", "known good under older rules", "t", "t")
+    store.mark_known_good(stale["snapshot_id"], "test", "test", "before the 30 s limit")
+    confs["app2"].write_text(live)
+
+    run = rollback(lab, config_rollback_hosts="app1,app2", services=["app"])
+    assert run.rc != 0
+    assert "app2:" in run.output and "db_connect_timeout_s must be a number" in run.output
+    assert "was put back" in run.output  # app1 wrote its file, then the rescue undid it
+    assert {host: digest(conf) for host, conf in confs.items()} == drifted
+    assert "item=reload app" not in run.output
