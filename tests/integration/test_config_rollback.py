@@ -214,20 +214,7 @@ def test_postgresql_reload_parameter_reloads_and_postmaster_parameter_restarts(l
     try:
         with open(conf, "a") as out:
             out.write("work_mem = '7MB'  # someone's tuning\n")
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                "/usr/lib/postgresql/15/bin/pg_ctl",
-                "reload",
-                "-D",
-                str(conf.parent),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        pg_reload(conf.parent)
         deadline = time.monotonic() + 10
         while pg_state(dsn)[1] != "7MB" and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -251,7 +238,14 @@ def test_postgresql_reload_parameter_reloads_and_postmaster_parameter_restarts(l
     finally:
         if conf.read_bytes() != original:
             conf.write_bytes(original)
+        pg_reload(conf.parent)  # a failed run must not leave the next test a server on 7MB
         wait_standby_streaming(dsn)
+
+
+def pg_reload(data_dir):
+    pg_ctl = "/usr/lib/postgresql/15/bin/pg_ctl"
+    argv = ["runuser", "-u", "postgres", "--", pg_ctl, "reload", "-D", str(data_dir)]
+    subprocess.run(argv, check=True, capture_output=True)
 
 
 # ------------------------------------------------------------------ app hosts
