@@ -535,10 +535,13 @@ def pg_contexts(dsn, names):
         import psycopg  # pylint: disable=import-outside-toplevel
     except ImportError:
         raise ConfigError("restart_on=postgresql needs the psycopg library on the host") from None
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-        rows = conn.execute(
-            "SELECT name, context FROM pg_settings WHERE name = ANY(%s)", (list(names),)
-        ).fetchall()
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+            rows = conn.execute(
+                "SELECT name, context FROM pg_settings WHERE name = ANY(%s)", (list(names),)
+            ).fetchall()
+    except psycopg.OperationalError:
+        return None  # the server does not answer (down, or stuck shutting down)
     return dict(rows)
 
 
@@ -548,21 +551,29 @@ def actions(services, changes):
     for name in sorted({c["service"] for c in changes}):
         svc = services[name]
         mine = [c for c in changes if c["service"] == name]
-        action, params = "reload", []
+        action, params, why = "reload", [], "files changed"
         if svc["restart_on"] == "always":
-            action = "restart"
+            action, why = "restart", "restart_on: always"
         elif svc["restart_on"] == "postgresql":
             names = changed_params(mine)
-            contexts = pg_contexts(svc["dsn"], names) if names else {}
-            # A name pg_settings does not know would fail validation; restart to be safe.
-            params = [n for n in names if contexts.get(n, "postmaster") == "postmaster"]
-            action = "restart" if params else "reload"
+            contexts = pg_contexts(svc["dsn"], names)
+            if contexts is None:
+                # A reload needs a running server; pg_ctl restart also starts a stopped one. This
+                # is what lets the rescue put a configuration back after a restart that failed.
+                action, params = "restart", names
+                why = "PostgreSQL does not answer: a restart starts it on these files"
+            else:
+                # A name pg_settings does not know would fail validation; restart to be safe.
+                params = [n for n in names if contexts.get(n, "postmaster") == "postmaster"]
+                action = "restart" if params else "reload"
+                why = "postmaster parameters changed" if params else "no postmaster parameter"
         out.append(
             {
                 "service": name,
                 "action": action,
                 "command": svc[action] or svc["reload"],
                 "restart_params": params,
+                "why": why,
                 "files": [c["path"] for c in mine],
             }
         )

@@ -139,7 +139,7 @@ untracked:
   elements: str
 services:
   description: Per affected service, C(action) (reload or restart), C(command),
-    C(restart_params) and C(files).
+    C(restart_params), C(why) and C(files).
   returned: always
   type: list
   elements: dict

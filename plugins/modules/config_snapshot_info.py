@@ -89,7 +89,7 @@ untracked:
   type: list
   elements: str
 services:
-  description: Services a revert would reload or restart, with C(restart_params).
+  description: Services a revert would reload or restart, with C(restart_params) and C(why).
   returned: always
   type: list
   elements: dict

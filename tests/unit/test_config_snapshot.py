@@ -143,3 +143,29 @@ def test_tampered_manifest_and_unknown_ids_are_refused(tmp_path):
         store.read_manifest("0" * 16)
     with pytest.raises(cs.ConfigError, match="not a snapshot id"):
         store.read_manifest("../x")
+
+
+def test_postgresql_that_does_not_answer_is_restarted_not_reloaded():
+    """The rescue must put a configuration back after a restart that left the server down."""
+    services = cs.normalize_services(
+        [
+            {
+                "name": "postgresql",
+                "paths": ["/etc/pg/postgresql.conf"],
+                "reload": ["pg_ctl", "reload"],
+                "restart": ["pg_ctl", "restart"],
+                "restart_on": "postgresql",
+                # port 1 on loopback: nothing listens, the connection is refused at once
+                "dsn": "postgresql://postgres@127.0.0.1:1/postgres",
+            }
+        ]
+    )
+    change = {
+        "path": "/etc/pg/postgresql.conf",
+        "service": "postgresql",
+        "before": b"work_mem = '7MB'\n",
+        "after": b"",
+    }
+    (item,) = cs.actions(services, [change])
+    assert item["action"] == "restart" and item["command"] == ["pg_ctl", "restart"]
+    assert item["restart_params"] == ["work_mem"] and "does not answer" in item["why"]
