@@ -10,7 +10,7 @@ export KNOWNGOOD_LAB_DIR ?= /var/lib/knowngood-lab
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Debian package for each command the lab runs.
 SYSTEM_DEPS := nginx:nginx-light prometheus:prometheus promtool:prometheus sshd:openssh-server \
-	ssh-keygen:openssh-client crontab:cron psql:postgresql-client-15 runuser:util-linux curl:curl \
+	ssh-keygen:openssh-client crontab:cron psql:postgresql-client-15 runuser:util-linux curl:curl git:git \
 	/usr/lib/postgresql/15/bin/postgres:postgresql-15 pgbackrest:pgbackrest lz4:lz4 zstd:zstd \
 	/usr/lib/python3/dist-packages/boto3:python3-boto3 /usr/lib/python3/dist-packages/lz4:python3-lz4 \
 	/usr/lib/python3/dist-packages/zstandard:python3-zstandard \

@@ -101,6 +101,8 @@ KEPT_KEYS = (
     "break_glass_reason",
     "post_hoc_approval",
     "post_hoc_request_file",
+    "snapshot_id",
+    "safety_snapshot_id",
 )
 SECRET_RE = re.compile(r"pass|secret|token|key|dsn|credential|webhook|knowngood_notify", re.I)
 

@@ -5,8 +5,11 @@ automatically) -> deploy v1.1 -> an incident: roll back to the last known-good r
 under live traffic -> a risky feature flag goes on and is rolled back by turning it off ->
 print the ledger -> backups: set up archiving to six locations, take a full backup, prove it by
 a real restore, print the catalog -> database rollbacks: a bad DELETE undone in one table while
-a later write elsewhere survives, then a PITR to the restore point a deploy made -> the audit
-trail.
+a later write elsewhere survives, then a PITR to the restore point a deploy made -> system
+failure: app2 and the primary killed under traffic, recovered, RTO and RPO printed ->
+governance: a decision, a request signed by the lab's CTO and Infrastructure Lead, the
+rollback through `knowngood run` behind its gate, notices, `knowngood audit verify`, the HTML
+incident report -> the audit trail.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from knowngood import runner
+from knowngood import demo_governance, demo_recovery, runner
 from knowngood.lab import core
 from knowngood.lab.config import DEFAULT_ROOT, LabConfig
 from knowngood.traffic import Traffic
@@ -219,6 +222,10 @@ def main() -> int:
 
     database_story(cfg, lb)
 
+    demo_recovery.recovery_story(cfg, lb, run=run, say=say)
+
+    report = demo_governance.run(cfg, say)
+
     say(f"the audit trail ({cfg.root / 'audit'})")
     for line in (cfg.root / "audit" / "index.jsonl").read_text().splitlines()[-6:]:
         entry = json.loads(line)
@@ -226,7 +233,9 @@ def main() -> int:
             f"    {entry['finished_at']}  {entry['status']:<10}  {entry['run_id']}  "
             f"{Path(entry['playbook']).name}"
         )
-    print("\nThe lab keeps running: `knowngood lab status`, `knowngood lab down` to remove it.")
+    print(f"\nIncident report (HTML, one file): {report}")
+    print("Drills with measured RTO/RPO: `make drill` (or `knowngood drill run primary_failover`).")
+    print("The lab keeps running: `knowngood lab status`, `knowngood lab down` to remove it.")
     return 0
 
 

@@ -12,11 +12,14 @@ from conftest import Lab, http_json, knowngood
 pytestmark = pytest.mark.lab
 
 SSH_ROOT = Path(os.environ.get("KNOWNGOOD_TEST_SSH_LAB", "/tmp/knowngood-test-ssh-lab"))
+SSH_BASE_PORT = os.environ.get("KNOWNGOOD_TEST_SSH_BASE_PORT", "28000")
 
 
 @pytest.fixture(scope="module")
 def ssh_lab():
-    up = knowngood("lab", "up", "--ssh", "--hosts", "3", "--base-port", "28000", root=SSH_ROOT)
+    up = knowngood(
+        "lab", "up", "--ssh", "--hosts", "3", "--base-port", SSH_BASE_PORT, root=SSH_ROOT
+    )
     assert up.returncode == 0, up.stdout + up.stderr
     status = json.loads(knowngood("lab", "status", "--json", root=SSH_ROOT).stdout)
     yield Lab(SSH_ROOT, status)

@@ -4,13 +4,22 @@ Like gunicorn for a real app, the runtime stays up while the release code change
 SIGHUP re-reads the slot link and imports the new release's handler.py, so a switch is a
 graceful reload with no refused connection. Endpoints: /version, /health, /metrics, /db and
 / (the application page, whose behaviour is the release's own code).
+
+The host's own configuration (shared/app.conf, JSON) is re-read on the same SIGHUP. Like
+`nginx -t` and `nginx -s reload`, the runtime validates a file with `--check-config FILE` and
+signals running instances with `--reload PIDFILE...`; an invalid file at SIGHUP is logged and
+the last valid configuration stays in force.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
+import os
+import re
+import signal
 import sys
 import threading
 import time
@@ -22,6 +31,82 @@ from types import ModuleType
 from knowngood.lab.serving import serve_until_term
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+# app.conf: every setting, its default. An unknown key is an error, not ignored: a typo in a
+# setting name must not pass validation and silently keep the default.
+CONFIG_DEFAULTS: dict = {
+    # Extra headers on every response (e.g. Cache-Control, Strict-Transport-Security).
+    "response_headers": {},
+    # Seconds a request waits for a database connection before it answers 500.
+    "db_connect_timeout_s": 2,
+}
+HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
+HEADER_VALUE_RE = re.compile(r"^[\x20-\x7e]{0,1024}$")
+# Headers the runtime sets itself; a configuration must not override the framing or identity.
+RESERVED_HEADERS = {
+    "connection",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "x-app-config",
+    "x-host",
+    "x-release",
+}
+
+
+class ConfigInvalid(ValueError):
+    """app.conf does not parse or holds a value the runtime refuses."""
+
+
+class Settings:
+    """One validated app.conf: the values and the digest of the text they came from."""
+
+    def __init__(self, values: dict, digest: str) -> None:
+        self.response_headers: dict[str, str] = values["response_headers"]
+        self.db_connect_timeout_s: float = values["db_connect_timeout_s"]
+        self.digest = digest
+
+
+def parse_config(data: bytes) -> Settings:
+    """Validate app.conf; raises ConfigInvalid naming the first problem."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigInvalid(f"not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigInvalid("the top level must be a JSON object")
+    unknown = sorted(set(raw) - set(CONFIG_DEFAULTS))
+    if unknown:
+        raise ConfigInvalid(
+            f"unknown setting {unknown[0]!r} (known: {', '.join(sorted(CONFIG_DEFAULTS))})"
+        )
+    values = {**CONFIG_DEFAULTS, **raw}
+    headers = values["response_headers"]
+    if not isinstance(headers, dict):
+        raise ConfigInvalid("response_headers must be an object of header name -> value")
+    for name, value in headers.items():
+        if not HEADER_NAME_RE.match(name) or name.lower() in RESERVED_HEADERS:
+            raise ConfigInvalid(f"response_headers: {name!r} is not a header this app may set")
+        if not isinstance(value, str) or not HEADER_VALUE_RE.match(value):
+            raise ConfigInvalid(
+                f"response_headers: the value of {name} must be printable ASCII on one line"
+            )
+    timeout = values["db_connect_timeout_s"]
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 30:
+        raise ConfigInvalid(
+            f"db_connect_timeout_s must be a number of seconds in (0, 30], not {timeout!r}"
+        )
+    return Settings(values, hashlib.sha256(data).hexdigest()[:12])
+
+
+def read_config(path: str) -> Settings:
+    if not path:
+        return Settings(dict(CONFIG_DEFAULTS), "defaults")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigInvalid(f"cannot read {path}: {exc.strerror}") from None
+    return parse_config(data)
 
 
 class Metrics:
@@ -179,6 +264,25 @@ class App:
         self.metrics = Metrics()
         self.release: Release | None = None
         self.reloads = 0
+        self.config_path = args.config
+        # A runtime that starts on an invalid configuration refuses to start, like nginx.
+        self.settings = read_config(self.config_path)
+        self.load()
+
+    def reload(self) -> None:
+        """SIGHUP: the release the slot points to, and app.conf if it is valid."""
+        try:
+            settings = read_config(self.config_path)
+        except ConfigInvalid as exc:
+            print(
+                f"{self.config_path}: {exc}; keeping configuration {self.settings.digest}",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            if settings.digest != self.settings.digest:
+                print(f"configuration {settings.digest} loaded", file=sys.stderr, flush=True)
+            self.settings = settings
         self.load()
 
     def load(self) -> None:
@@ -200,7 +304,9 @@ class App:
         import psycopg  # imported lazily: /version must not depend on the driver
 
         dsn = self.dsn_file.get() or self.dsn
-        with psycopg.connect(dsn, connect_timeout=2, autocommit=True) as conn:
+        # libpq takes whole seconds; anything below one second means one.
+        timeout = max(1, round(self.settings.db_connect_timeout_s))
+        with psycopg.connect(dsn, connect_timeout=timeout, autocommit=True) as conn:
             cur = conn.execute(sql, params)
             return cur.fetchall() if cur.description else []
 
@@ -222,8 +328,12 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             release = app.release
+            settings = app.settings  # one reference per response: a reload mid-way is safe
             self.send_header("X-Release", release.id if release else "none")
             self.send_header("X-Host", app.host)
+            self.send_header("X-App-Config", settings.digest)
+            for name, value in settings.response_headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
 
@@ -264,13 +374,41 @@ def serve(args: argparse.Namespace) -> None:
     server = ThreadingHTTPServer((args.bind, args.port), make_handler(app))
     server.daemon_threads = True
     server.request_queue_size = 256
-    serve_until_term(server, args.pidfile, on_hup=app.load)
+    serve_until_term(server, args.pidfile, on_hup=app.reload)
+
+
+def check_config(path: str) -> int:
+    """--check-config: 0 and 'ok' for a valid file, 1 and the problem otherwise."""
+    try:
+        settings = read_config(path)
+    except ConfigInvalid as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{path}: ok ({settings.digest})")
+    return 0
+
+
+def signal_reload(pidfiles: list[str]) -> int:
+    """--reload: SIGHUP every instance; 1 if any is not running (its reload did not happen)."""
+    missing = []
+    for pidfile in pidfiles:
+        try:
+            pid = int(Path(pidfile).read_text().strip())
+            os.kill(pid, signal.SIGHUP)
+        except (OSError, ValueError) as exc:
+            missing.append(f"{pidfile}: {exc}")
+            continue
+        print(f"reload: SIGHUP to {pid} ({pidfile})")
+    if missing:
+        print("reload: instances not signalled: " + "; ".join(missing), file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--link", required=True, help="slot symlink to serve")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--link", help="slot symlink to serve")
+    parser.add_argument("--port", type=int)
     parser.add_argument("--bind", default="127.0.0.1")
     parser.add_argument("--pool", default="blue")
     parser.add_argument("--host", default="app")
@@ -278,7 +416,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flags", default="")
     parser.add_argument("--dsn-file", default="", help="database.json that overrides --dsn")
     parser.add_argument("--pidfile", default="")
-    serve(parser.parse_args(argv))
+    parser.add_argument("--config", default="", help="app.conf (JSON), re-read on SIGHUP")
+    parser.add_argument("--check-config", metavar="FILE", help="validate FILE and exit")
+    parser.add_argument(
+        "--reload", nargs="+", metavar="PIDFILE", help="SIGHUP the instances and exit"
+    )
+    args = parser.parse_args(argv)
+    if args.check_config:
+        sys.exit(check_config(args.check_config))
+    if args.reload:
+        sys.exit(signal_reload(args.reload))
+    if not args.link or args.port is None:
+        parser.error("--link and --port are required to serve")
+    serve(args)
 
 
 if __name__ == "__main__":

@@ -147,10 +147,22 @@ def build_artifacts(cfg: LabConfig) -> dict[str, Path]:
 # ------------------------------------------------------------------ app hosts
 
 
+# Each app host's own configuration (appserver --config), managed by configuration rollback.
+DEFAULT_APP_CONFIG = {"response_headers": {"Cache-Control": "no-store"}, "db_connect_timeout_s": 2}
+
+
+def app_config_path(cfg: LabConfig, index: int) -> Path:
+    return cfg.host_root(index) / "shared" / "app.conf"
+
+
 def host_layout(cfg: LabConfig, index: int) -> None:
     root = cfg.host_root(index)
     for sub in ("releases", "slots", "shared"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    conf = app_config_path(cfg, index)
+    if not conf.exists():
+        conf.write_text(json.dumps(DEFAULT_APP_CONFIG, indent=1) + "\n")
+        conf.chmod(0o644)
     current = root / "current"
     if not current.is_symlink() and not current.exists():
         current.symlink_to("slots/blue")
@@ -194,6 +206,8 @@ def apps_up(cfg: LabConfig, progress: Progress, dsn: str, only: set[int] | None 
                     str(root / "shared" / "flags.json"),
                     "--dsn-file",
                     str(root / "shared" / "database.json"),
+                    "--config",
+                    str(app_config_path(cfg, index)),
                 ],
                 cfg.log_dir / f"{cfg.host_name(index)}-{pool}.log",
                 pidfile,
@@ -380,6 +394,8 @@ def flagservice_up(cfg: LabConfig, progress: Progress) -> None:
 
 
 def inventory(cfg: LabConfig) -> dict:
+    from knowngood.lab import configset
+
     pg = infra.postgres_status(cfg)
     hosts = {}
     for i in range(cfg.hosts):
@@ -400,6 +416,7 @@ def inventory(cfg: LabConfig) -> dict:
                 "start",
                 name,
             ],
+            **configset.app_vars(cfg, i),
         }
         if cfg.ssh:
             ssh = infra.ssh_client_options(cfg)
@@ -450,6 +467,7 @@ def inventory(cfg: LabConfig) -> dict:
                             "knowngood_lb_test_command": cmds["test"],
                             "knowngood_lb_reload_command": cmds["reload"],
                             "knowngood_lb_start_command": cmds["start"],
+                            **configset.lb_vars(cfg),
                         }
                     }
                 },
@@ -461,6 +479,7 @@ def inventory(cfg: LabConfig) -> dict:
                             # pg_ctl logs here when a runbook starts it (postgres writes it).
                             "knowngood_db_log_file": str(cfg.pg_dir / "primary.log"),
                             **backup_vars(cfg),
+                            **configset.db_vars(cfg, pg),
                         }
                     }
                 },
