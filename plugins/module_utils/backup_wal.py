@@ -63,7 +63,9 @@ TOOL_NAME = "kg-wal"
 PREFETCH_POLL = 0.05  # seconds between looks at what recovery consumed
 PREFETCH_IDLE_TIMEOUT = 30.0
 PREFETCH_WORKERS = 2
-WATCHDOG = {"push": 600, "fetch": 300}  # seconds before the tool gives up (PostgreSQL retries)
+# Seconds before the tool gives up and PostgreSQL retries. A push to every location takes
+# seconds; a stuck one must not hold the archiver (and every backup waiting on it) for long.
+WATCHDOG = {"push": 120, "fetch": 120}
 MODULES = (
     "backup_common",
     "backup_config",
