@@ -55,6 +55,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
                 faults.heal(cfg, progress=lambda m: print(m, flush=True))
             elif args.fault == "app-host":
                 print(f"killed {args.target}: {faults.break_app_host(cfg, args.target or '')}")
+            elif args.fault == "nginx-config":
+                print(f"pushed a bad upstream into {faults.break_nginx_config(cfg)}")
             elif args.fault == "db-primary":
                 print(f"killed the primary in {faults.break_db_primary(cfg)}")
             else:
@@ -275,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
     lab_sub.add_parser("down", help="stop every lab process and remove the lab")
     broken = lab_sub.add_parser("break", help="inject a failure (drills, demos)")
-    broken.add_argument("fault", choices=["app-host", "db-primary", "region-a"])
+    broken.add_argument("fault", choices=["app-host", "db-primary", "nginx-config", "region-a"])
     broken.add_argument("target", nargs="?", help="app-host: the host to kill (e.g. app2)")
     lab_sub.add_parser("heal", help="put the lab's shape back after injected failures")
     status = lab_sub.add_parser("status", help="where everything is")

@@ -3,8 +3,9 @@
 deploy v1 -> deploy the bad v2 (its canary fails the health gate and is rolled back
 automatically) -> deploy v1.1 -> an incident: roll back to the last known-good release
 under live traffic -> a risky feature flag goes on and is rolled back by turning it off ->
-print the ledger -> backups: set up archiving to six locations, take a full backup, prove it by
-a real restore, print the catalog -> database rollbacks: a bad DELETE undone in one table while
+a broken nginx configuration rolled back to the last known good -> print the ledger ->
+backups: set up archiving to six locations, take a full backup, prove it by a real restore,
+print the catalog -> database rollbacks: a bad DELETE undone in one table while
 a later write elsewhere survives, then a PITR to the restore point a deploy made -> system
 failure: app2 and the primary killed under traffic, recovered, RTO and RPO printed ->
 governance: a decision, a request signed by the lab's CTO and Infrastructure Lead, the
@@ -20,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from knowngood import demo_governance, demo_recovery, runner
+from knowngood import demo_config, demo_governance, demo_recovery, runner
 from knowngood.lab import core
 from knowngood.lab.config import DEFAULT_ROOT, LabConfig
 from knowngood.traffic import Traffic
@@ -201,6 +202,8 @@ def main() -> int:
         ticket="INC-8",
     )
     sample_traffic(lb, "with the flag off")
+
+    demo_config.config_story(cfg, lb)
 
     say("what happened: the release ledger of app1")
     ledger = cfg.host_root(0) / ".knowngood" / "ledger.jsonl"

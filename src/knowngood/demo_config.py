@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import time
 
-from knowngood.lab import core
+from knowngood.lab import faults
 from knowngood.lab.config import LabConfig
 from knowngood.traffic import Traffic
-
-BAD_UPSTREAM = "proxy_pass http://127.0.0.1:9/;"  # the discard port: nothing listens
 
 
 def config_story(cfg: LabConfig, lb: str) -> None:
@@ -22,9 +20,7 @@ def config_story(cfg: LabConfig, lb: str) -> None:
     run(cfg, "snapshot-config", label="demo baseline", mark_known_good=True)
 
     say("a configuration push breaks nginx: the upstream now points where nothing listens")
-    conf = core.nginx_paths(cfg)["conf"]
-    conf.write_text(conf.read_text().replace("proxy_pass http://app_live;", BAD_UPSTREAM))
-    core.nginx_reload(cfg)
+    faults.break_nginx_config(cfg)
     sample_traffic(lb, "with the broken upstream")
 
     say("roll nginx back to the last known good configuration, under live traffic")

@@ -91,6 +91,21 @@ def break_region_a(cfg: LabConfig) -> dict[str, object]:
     return {"primary_lost": str(primary), "s3": "region-a down", "disks": list(REGION_A_DISKS)}
 
 
+BAD_UPSTREAM = "proxy_pass http://127.0.0.1:9/;"  # the discard port: nothing listens
+
+
+def break_nginx_config(cfg: LabConfig) -> Path:
+    """A configuration push that breaks the load balancer: every request goes where nothing
+    listens. It passes `nginx -t` (it is valid configuration), as real bad pushes do."""
+    conf = core.nginx_paths(cfg)["conf"]
+    text = conf.read_text()
+    if "proxy_pass http://app_live;" not in text:
+        raise FaultError(f"{conf} has no app_live upstream to break (already broken?)")
+    conf.write_text(text.replace("proxy_pass http://app_live;", BAD_UPSTREAM))
+    core.nginx_reload(cfg)
+    return conf
+
+
 def heal(cfg: LabConfig, progress: Callable[[str], None] = print) -> None:
     backups = cfg.root / "backups"
     for name in REGION_A_DISKS:
