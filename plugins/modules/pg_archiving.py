@@ -16,7 +16,7 @@ description:
     reloads. C(archive_mode=off) needs a restart, done only when C(allow_restart=true).
   - Proves archiving works by switching WAL and waiting until the segment is archived.
   - On a hot standby the settings are written all the same (ALTER SYSTEM writes no WAL) and
-    reloaded: a standby does not archive, but once promoted it archives to every location from
+    reloaded. A standby does not archive, but once promoted it archives to every location from
     the first WAL of its new timeline, history file included. There is no proof to take on a
     standby (it cannot switch WAL); C(in_recovery) says so.
 options:
@@ -45,7 +45,7 @@ options:
     description:
       - Prove every location first (reachable, writable, credentials) and fail before any
         change when one is not.
-      - Turn off only where waiting on a location must not block the task (a promotion): the
+      - Turn off only where waiting on a location must not block the task (a promotion); the
         WAL tool queues the copies for a location that is down and backfills them.
     type: bool
     default: true
