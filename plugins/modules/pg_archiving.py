@@ -15,6 +15,10 @@ description:
   - Sets C(archive_command), C(restore_command) and C(archive_timeout) with ALTER SYSTEM and
     reloads. C(archive_mode=off) needs a restart, done only when C(allow_restart=true).
   - Proves archiving works by switching WAL and waiting until the segment is archived.
+  - On a hot standby the settings are written all the same (ALTER SYSTEM writes no WAL) and
+    reloaded. A standby does not archive, but once promoted it archives to every location from
+    the first WAL of its new timeline, history file included. There is no proof to take on a
+    standby (it cannot switch WAL); C(in_recovery) says so.
 options:
   tool_dir:
     description: Directory for the WAL tool; the PostgreSQL OS user must be able to reach it.
@@ -34,7 +38,15 @@ options:
     type: bool
     default: false
   verify:
-    description: Switch WAL and wait until the segment is archived.
+    description: Switch WAL and wait until the segment is archived (skipped on a standby).
+    type: bool
+    default: true
+  check_locations:
+    description:
+      - Prove every location first (reachable, writable, credentials) and fail before any
+        change when one is not.
+      - Turn off only where waiting on a location must not block the task (a promotion); the
+        WAL tool queues the copies for a location that is down and backfills them.
     type: bool
     default: true
   wait_timeout:
@@ -81,6 +93,10 @@ archived_segment:
   description: Segment switched and archived as proof, null when not verified.
   returned: always
   type: str
+in_recovery:
+  description: The server is a standby; the settings apply once it is promoted.
+  returned: always
+  type: bool
 locations:
   description: Location names checked, in order.
   returned: always
@@ -177,6 +193,7 @@ def main():
             archive_timeout={"type": "int", "default": 60},
             allow_restart={"type": "bool", "default": False},
             verify={"type": "bool", "default": True},
+            check_locations={"type": "bool", "default": True},
             wait_timeout={"type": "int", "default": 60},
         ),
         supports_check_mode=True,
@@ -190,6 +207,7 @@ def main():
         "changed_settings": [],
         "tool": os.path.join(params["tool_dir"], "kg-wal"),
         "archived_segment": None,
+        "in_recovery": False,
         "locations": [],
         "queries": [],
     }
@@ -202,9 +220,11 @@ def main():
             grp.getgrgid(pwd.getpwnam(cfg.pg.os_user).pw_gid)
         except KeyError as err:
             raise BackupError(f"no OS user {cfg.pg.os_user!r} for PostgreSQL") from err
-        _check_locations(cfg)
+        if params["check_locations"]:
+            _check_locations(cfg)
         conn = _connect(cfg)
         before = _current(conn)
+        result["in_recovery"] = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
         if before.get("archive_mode") == "off" and not params["allow_restart"]:
             raise BackupError(
                 "archive_mode is off and switching it on needs a restart; "
@@ -253,7 +273,7 @@ def main():
             conn = _connect(cfg)
         time.sleep(0.2 if changes else 0)
         result["settings"] = _current(conn)
-        if params["verify"]:
+        if params["verify"] and not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
             name = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
             result["queries"].append("SELECT pg_walfile_name(pg_switch_wal())")
             _wait_archived(conn, name, params["wait_timeout"])

@@ -425,3 +425,66 @@ def test_primary_killed_is_fenced_and_standby_promoted_with_measured_data_loss(r
         f"standby had received {report['promoted']['received_lsn']}; users saw errors for "
         f"{window:.1f}s; traffic {traffic.report()}"
     )
+
+
+def backup_cfg(lab):
+    from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+        parse_config,
+    )
+
+    hv = inventory(lab)["all"]["children"]["db"]["hosts"]["db1"]
+    data = dict(hv["knowngood_backup"])
+    data["encryption_key"] = hv["knowngood_backup_encryption_key"]
+    data["signing_key"] = hv["knowngood_backup_signing_key"]
+    return parse_config(data)
+
+
+def test_promoted_standby_archives_its_timeline_to_the_backup_locations(recoverable, backed_up):
+    """After a failover the new timeline's history file and WAL reach the backup locations, so
+    a restore from backups can follow the new timeline to its newest commit."""
+    from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal, pitr
+    from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_store import (
+        open_locations,
+    )
+
+    lab = recoverable
+    lab.seed("v1")
+    cluster = lab.status["postgres"]["name"]
+    primary, standby = (superuser(p, "postgres") for p in (pg(lab)["port"], pg(lab)["port"] + 1))
+    data_dir = Path(pg(lab)["data_dir"])
+    # Every full segment archived before the kill: the old primary's unarchived tail is a
+    # different gap (a standby with archive_mode=on does not archive what it received).
+    archive_now(primary)
+    kill_tree(int((data_dir / "postmaster.pid").read_text().split()[0]))
+    run = lab.playbook("recover-system", rollback_reason="db1 died", confirm=cluster)
+    assert run.rc == 0, run.output
+    promoted = latest(lab, "recover-system")["promoted"]
+    assert promoted["node"] == "db2", promoted
+    timeline = int(promoted["timeline"])
+    history = f"{timeline:08X}.history"
+
+    # A commit on the new timeline, archived by the new primary itself.
+    query(standby, "CREATE TABLE IF NOT EXISTS after_failover (n int)")
+    query(standby, "INSERT INTO after_failover VALUES (1)")
+    archive_now(standby)
+    cfg = backup_cfg(lab)
+    held = {
+        loc.name: backup_wal._find(cfg, loc, history) is not None
+        for loc in open_locations(cfg)
+        if loc.type in ("local", "s3")
+    }
+    # The required local disks hold it at once; S3 copies may be queued, never lost.
+    pending = backup_wal.pending_copies(cfg)
+    assert held["local-a"] and held["local-b"], held
+    assert all(held[name] or history in pending.get(name, []) for name in held), (held, pending)
+    assert history in promoted.get("history_archived", ""), promoted  # proven at promotion
+
+    # The read-only preflight of a restore to the newest point follows the new timeline.
+    req = pitr.Request(state="planned", target_latest=True)
+    plan = pitr.plan(cfg, req, pitr.parse_target(req))
+    (current,) = query(standby, "SELECT pg_walfile_name(pg_current_wal_lsn())")[0]
+    assert plan["timeline_path"][-1] == timeline and plan["wal_to"][:8] == f"{timeline:08X}", plan
+    print(
+        f"\nMEASURED failover archiving: timeline {timeline} history in {sorted(held)} "
+        f"(pending {pending}); restore plan reaches {plan['wal_to']} (primary writes {current})"
+    )

@@ -593,7 +593,10 @@ def standby_vars(cfg: LabConfig, pg: dict) -> dict:
             # The lab keeps its settings in kglab.conf inside the data dir: carried over a
             # re-seed, or the clone would come up with the primary's port and name.
             "keep_files": ["postgresql.conf", "kglab.conf", "pg_hba.conf", "pg_ident.conf"],
-        }
+        },
+        # Its own WAL tool (setup-backups configures the standby too): the primary's, on the
+        # same lab machine, must keep naming the primary for its scheduled backups.
+        "knowngood_backup_tool_dir": str(cfg.pg_dir / "knowngood-standby"),
     }
 
 
