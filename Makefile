@@ -17,11 +17,12 @@ SYSTEM_DEPS := nginx:nginx-light prometheus:prometheus promtool:prometheus sshd:
 	/usr/lib/python3/dist-packages/cryptography:python3-cryptography \
 	/usr/lib/python3/dist-packages/psycopg:python3-psycopg chromium:chromium
 
-.PHONY: help system-deps venv demo test unit integration lint sanity bench drill lab-up lab-down collection clean
+.PHONY: help system-deps venv demo test test-extended unit integration lint sanity bench drill lab-up lab-down collection clean
 
 help:
 	@echo "make demo   install, bring up the lab, run the main story"
 	@echo "make test   install, lint, unit and integration tests on a lab of their own"
+	@echo "make test-extended  the slower proofs make test leaves out (pgBackRest, SSH mode, ...)"
 	@echo "make drill  rollback drills on the lab with measured RTO/RPO (DRILL=<scenario>)"
 	@echo "make bench  rollback, backup and PITR benchmarks beside their anchors (BENCH=rollback|backup|pitr)"
 
@@ -70,8 +71,14 @@ unit: venv
 integration: system-deps venv
 	$(BIN)/pytest -q tests/integration
 
-test: system-deps venv lint sanity
-	$(BIN)/pytest -q
+# Lint and sanity are single-threaded: on two cores they run side by side. The slower proofs
+# marked `extended` (tests/conftest.py) run with `make test-extended`.
+test: system-deps venv
+	$(MAKE) --no-print-directory -j2 -O lint sanity
+	$(BIN)/pytest -q --durations=25 -m "not extended"
+
+test-extended: system-deps venv
+	$(BIN)/pytest -q --durations=25 -m extended
 
 # BENCH=rollback, backup or pitr runs one of them; BENCH_ARGS go to it (e.g. BENCH_ARGS=--quick).
 BENCH ?= all
