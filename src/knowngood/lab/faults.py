@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -120,8 +121,6 @@ def heal(cfg: LabConfig, progress: Callable[[str], None] = print) -> None:
     for data_dir in _data_dirs(cfg):
         aside = data_dir.with_name(data_dir.name + LOST)
         if aside.exists() and data_dir.exists():
-            import shutil
-
             shutil.rmtree(aside)  # the node was rebuilt: its lost disk is history
         elif aside.exists():
             aside.rename(data_dir)
