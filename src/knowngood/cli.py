@@ -6,7 +6,11 @@ knowngood lab down                        stop it and remove it
 knowngood run rollback-code --ticket T --reason R [--request FILE] [--check]
 knowngood request rollback-code --severity high --ticket T --reason R   -> request file
 knowngood approve REQUEST --key ~/.ssh/id_ed25519                        (sign it)
-knowngood audit list | show RUN_ID
+knowngood audit list | show RUN_ID | verify
+knowngood report RUN_ID --format md|html
+knowngood drill run NAME | list | report [--html FILE]
+knowngood awx surveys [--write]
+knowngood lab break app-host NAME | db-primary | nginx-config | region-a ; knowngood lab heal
 """
 
 from __future__ import annotations
