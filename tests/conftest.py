@@ -29,8 +29,16 @@ TEST_BASE_PORT = int(os.environ.get("KNOWNGOOD_TEST_BASE_PORT", "27000"))
 # `make test` must stay under 20 minutes on 2 cores; these slower proofs run with
 # `make test-extended` (and before a release). Each is backed by a faster test in `make test` or
 # by a drill: pgBackRest is the optional engine; the native engine's failure classes, SSH mode,
-# the rebuild from region B (drill disaster_recovery) and the corruption repair.
+# the rebuild from region B (drill disaster_recovery), the corruption repair, the PITR runbook
+# end to end (test_pitr proves every target in make test; drill database_pitr) and a region
+# down during a backup (test_wal proves the pending copies in make test).
 EXTENDED = {
+    "test_database_rollback.py": {
+        "test_pitr_to_deploy_restore_point_stops_writes_and_reseeds_standby",
+    },
+    "test_backup_runbooks.py": {
+        "test_region_down_during_backup_is_retried_reported_and_others_complete",
+    },
     "test_pgbackrest_engine.py": None,  # the whole module
     "test_native_backup.py": None,
     "test_ssh_mode.py": None,
