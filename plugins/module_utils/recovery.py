@@ -34,15 +34,15 @@ def http_status(url, timeout):
         return None, str(exc)
 
 
-def pg_env(node):
+def pg_env(node, connect_timeout=3):
     env = dict(os.environ)
-    env["PGCONNECT_TIMEOUT"] = "3"
+    env["PGCONNECT_TIMEOUT"] = str(connect_timeout)
     if node.get("password"):
         env["PGPASSWORD"] = node["password"]
     return env
 
 
-def psql(node, sql, dbname="postgres", timeout=20):
+def psql(node, sql, dbname="postgres", timeout=20, connect_timeout=3):
     argv = [
         os.path.join(node["bin_dir"], "psql"),
         "-X",
@@ -63,7 +63,12 @@ def psql(node, sql, dbname="postgres", timeout=20):
         sql,
     ]
     proc = subprocess.run(
-        argv, capture_output=True, text=True, env=pg_env(node), timeout=timeout, check=False
+        argv,
+        capture_output=True,
+        text=True,
+        env=pg_env(node, connect_timeout),
+        timeout=timeout,
+        check=False,
     )
     return proc.returncode, proc.stdout.strip(), proc.stderr.strip()
 

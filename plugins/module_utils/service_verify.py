@@ -27,6 +27,7 @@ import urllib.error
 import urllib.parse
 
 from ansible.module_utils.urls import open_url
+from ansible_collections.knowngood.runbooks.plugins.module_utils import recovery
 
 STATUSES = ("pass", "fail", "inconclusive", "skipped")
 DEFAULT_LOG_PATTERNS = [
@@ -440,34 +441,11 @@ def run(argv, env=None, timeout=600):
 
 
 def psql(db, sql, timeout=60):
-    argv = [
-        os.path.join(db["bin_dir"], "psql"),
-        "-X",
-        "-q",
-        "-A",
-        "-t",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        db["host"],
-        "-p",
-        str(db["port"]),
-        "-U",
-        db["user"],
-        "-d",
-        db["dbname"],
-        "-c",
-        sql,
-    ]
-    return run(argv, env=pg_env(db), timeout=timeout)
+    return recovery.psql(db, sql, dbname=db["dbname"], timeout=timeout, connect_timeout=5)
 
 
 def pg_env(db):
-    env = dict(os.environ)
-    env["PGCONNECT_TIMEOUT"] = "5"
-    if db.get("password"):
-        env["PGPASSWORD"] = db["password"]
-    return env
+    return recovery.pg_env(db, connect_timeout=5)
 
 
 def data(params, judged):
