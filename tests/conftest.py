@@ -40,7 +40,16 @@ EXTENDED = {
         "test_region_down_during_backup_is_retried_reported_and_others_complete",
     },
     "test_pgbackrest_engine.py": None,  # the whole module
-    "test_native_backup.py": None,
+    "test_native_backup.py": {
+        "test_full_incremental_wal_round_trip",
+        "test_corruption_classes_and_wal_gap_are_named",
+        "test_kill_9_midway_leaves_nothing_valid_and_next_run_succeeds",
+        "test_target_disk_full",
+        "test_clear_errors_before_anything_changes",
+        "test_restore_tier_with_sentinel_reports_rto",
+        "test_unbundled_backups_still_restore_in_a_mixed_chain",
+        "test_local_location_defers_fsync_until_flush",
+    },
     "test_ssh_mode.py": None,
     "test_recovery.py": {
         "test_database_lost_with_region_a_down_is_rebuilt_from_region_b",

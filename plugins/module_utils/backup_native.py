@@ -230,6 +230,26 @@ def cluster_info(conn):
     return info
 
 
+def archiver_state(conn):
+    """One line on the archiver (what an operator needs when archiving is stuck)."""
+    try:
+        arch = cluster_info(conn)["archiver"]
+    except Exception as err:  # noqa: BLE001 - diagnosis only
+        return f"archiver state unreadable: {type(err).__name__}"
+    return (
+        f"last archived {arch['last_archived_wal'] or 'none'} at {arch['last_archived_time']}, "
+        f"{arch['failed_count']} failures, last failed {arch['last_failed_wal'] or 'none'} "
+        f"at {arch['last_failed_time']}"
+    )
+
+
+def stuck_archive(seconds, state):
+    return (
+        f"the backup's stop segment was not archived within {seconds}s ({state}); the "
+        "PostgreSQL log names the archive_command error"
+    )
+
+
 def check_archiving(info, cfg):
     """Clear error when WAL does not reach the archive (the backup would not be restorable)."""
     where = f"cluster at {cfg.pg.host}:{cfg.pg.port}"
@@ -483,7 +503,41 @@ def _tar_members(stream):
             stream.read(padding)
 
 
-def _stream_basebackup(cfg, label, staging, pool, add, progress):
+class _IdleWatch:
+    """Reads a pipe, remembering when bytes last arrived; kill() after `limit` idle seconds.
+
+    pg_basebackup -X none makes the server wait, at the end of the stream, for the stop
+    segment to be archived, with no time limit of its own: a stuck archive_command would hang
+    the backup forever. Once the stream has started, a silence longer than `limit` is that
+    wait (the checkpoint comes before the first byte)."""
+
+    def __init__(self, stream, proc, limit):
+        self.stream, self.proc, self.limit = stream, proc, limit
+        self.last = None
+        self.fired = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="kg-idle", daemon=True)
+        self._thread.start()
+
+    def read(self, size):
+        data = self.stream.read(size)
+        self.last = time.monotonic()
+        return data
+
+    def _watch(self):
+        while not self._done.wait(1.0):
+            if self.last is not None and time.monotonic() - self.last > self.limit:
+                self.fired = True
+                with contextlib.suppress(OSError):
+                    self.proc.kill()
+                return
+
+    def close(self):
+        self._done.set()
+        self._thread.join()
+
+
+def _stream_basebackup(cfg, label, staging, pool, add, progress, stop_timeout, diagnose):
     """pg_basebackup's tar stream (stdout), stored while it streams.
 
     Each file goes to the encoders as soon as it has arrived, so copying and compressing
@@ -524,8 +578,9 @@ def _stream_basebackup(cfg, label, staging, pool, add, progress):
             env=dict(COMMAND_ENV),
             preexec_fn=_die_with_parent,
         )
+        watch = _IdleWatch(proc.stdout, proc, stop_timeout)
         try:
-            for number, (member, chunks) in enumerate(_tar_members(proc.stdout)):
+            for number, (member, chunks) in enumerate(_tar_members(watch)):
                 rel = member.name.rstrip("/")
                 if member.isdir():
                     dirs.append(rel)
@@ -556,13 +611,19 @@ def _stream_basebackup(cfg, label, staging, pool, add, progress):
                     raise
                 mtime_ns = int(member.mtime) * 1_000_000_000
                 futures.append(pool.submit(store, rel, path, member.size, mtime_ns))
-        except (tarfile.TarError, OSError) as err:
+        except (tarfile.TarError, OSError, BackupError) as err:
             proc.kill()
             proc.wait()
+            if watch.fired:
+                raise BackupError(stuck_archive(stop_timeout, diagnose())) from None
             errors.seek(0)
             tail = errors.read().decode(errors="replace").strip()[-1500:]
             raise BackupError(f"pg_basebackup stream broke: {err}; {tail}") from None
+        finally:
+            watch.close()
         rc = proc.wait()
+        if watch.fired:
+            raise BackupError(stuck_archive(stop_timeout, diagnose()))
         if rc != 0:
             errors.seek(0)
             tail = errors.read().decode(errors="replace").strip()[-1500:]
@@ -785,7 +846,7 @@ def take_backup(
     progress=None,
     fallback_full=False,
     require_archiving=True,
-    stop_timeout=600,
+    stop_timeout=120,
 ):
     """Take a full or incremental backup into every location; returns the catalog entry.
 
@@ -936,8 +997,9 @@ def _take(cfg, catalog, conn, info, kind, label, parent, targets, failures, stag
     try:
         if kind == "full" and not _tablespace_mapping(conn, "/"):
             futures, dirs, links, pg_manifest_raw, label_text = _stream_basebackup(
-                cfg, label, staging, pool, add, progress
-            )
+                cfg, label, staging, pool, add, progress, stop_timeout,
+                lambda: archiver_state(conn),
+            )  # fmt: skip
             progress(f"pg_basebackup done; storing the last of {len(futures)} files")
             _wait_all(futures, targets, failures)
             entry.update(_label_wal_info(label_text))
@@ -1167,9 +1229,9 @@ def _incremental(cfg, catalog, conn, entry, parent, targets, staging, pool, add,
                 "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)"
             ).fetchone()
         except Exception as err:  # noqa: BLE001
+            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
             raise BackupError(
-                f"pg_backup_stop did not complete in {stop_timeout}s (is WAL archiving "
-                f"working?): {str(err).strip().splitlines()[0] if str(err).strip() else err}"
+                f"{stuck_archive(stop_timeout, archiver_state(conn))}: {first}"
             ) from None
         stopped = True
         conn.execute("RESET statement_timeout")

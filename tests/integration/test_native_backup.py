@@ -474,6 +474,36 @@ def test_clear_errors_before_anything_changes(pg_factory):
         native.take_backup(down, "full")
 
 
+def test_archiving_that_stops_during_a_backup_fails_it_in_bounded_time(pg_factory):
+    """pg_backup_stop waits for the stop segment to be archived; when archiving breaks
+    mid-backup the run fails within stop_timeout and names the archiver's last failure,
+    instead of hanging until someone kills it."""
+    env = make_env(pg_factory, "stuckarchive")
+    # Broken after the last segment switch: the preflight sees a healthy archiver, and the
+    # first failure is the segment pg_backup_start switches away from.
+    env.pg.sql("ALTER SYSTEM SET archive_command = '/bin/false'")
+    env.pg.sql("SELECT pg_reload_conf()")
+    time.sleep(1)
+
+    started = time.monotonic()
+    with pytest.raises(BackupError, match=r"not archived within 5s .*last failed 0000000") as err:
+        native.take_backup(env.cfg, "full", stop_timeout=5)
+    assert time.monotonic() - started < 60
+    assert "archive_command error" in str(err.value)
+    assert not Catalog(env.cfg).entries()
+    # Archiving repaired: the next backup completes.
+    env.pg.sql("ALTER SYSTEM RESET archive_command")
+    env.pg.sql("SELECT pg_reload_conf()")
+    time.sleep(0.5)
+    env.pg.switch_wal()  # wakes the archiver, which retries the failed segments
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not env.pg.scalar(
+        "SELECT last_archived_time > last_failed_time FROM pg_stat_archiver"
+    ):
+        time.sleep(0.2)
+    assert native.take_backup(env.cfg, "full")["type"] == "full"
+
+
 def test_restore_tier_with_sentinel_reports_rto(pg_factory):
     env = make_env(pg_factory, "restoretest")
     load(env.pg, rows=50_000)
