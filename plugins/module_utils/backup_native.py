@@ -145,13 +145,31 @@ def _postgres_ids(cfg):
     return pw.pw_uid, pw.pw_gid
 
 
-def _die_with_parent():
-    """Child processes die with us (a kill -9 of the backup must not leave pg_basebackup on)."""
+def _prctl():
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()  # resolved in the parent: the child must not dlopen between fork and exec
+
+
+def _die_with_parent():
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _child(argv):
+    """(argv, preexec_fn) for a child that dies with us (a kill -9 of the backup must not
+    leave pg_basebackup on). setpriv sets the parent-death signal with no Python code between
+    fork and exec: preexec_fn is unsafe in a threaded process (a child stuck before exec
+    leaves Popen waiting forever), so it is only the fallback where setpriv is missing."""
+    argv = [str(a) for a in argv]
+    setpriv = shutil.which("setpriv")
+    if setpriv:
+        return [setpriv, "--pdeathsig", "KILL", "--", *argv], None
+    return argv, _die_with_parent
 
 
 def run(argv, *, cfg=None, as_postgres=False, timeout=None, check=True, what=None):
@@ -160,14 +178,17 @@ def run(argv, *, cfg=None, as_postgres=False, timeout=None, check=True, what=Non
     if as_postgres:
         uid, gid = _postgres_ids(cfg)
         kwargs.update(user=uid, group=gid, extra_groups=[])
+    child, preexec = _child(argv)
+    if not shutil.which(str(argv[0])):
+        raise BackupError(f"{what or argv[0]}: command not found ({argv[0]})")
     try:
         proc = subprocess.run(
-            [str(a) for a in argv],
+            child,
             capture_output=True,
             text=True,
             timeout=timeout,
             env=dict(COMMAND_ENV),
-            preexec_fn=_die_with_parent,
+            preexec_fn=preexec,
             check=False,
             **kwargs,
         )
@@ -504,17 +525,20 @@ def _tar_members(stream):
 
 
 class _IdleWatch:
-    """Reads a pipe, remembering when bytes last arrived; kill() after `limit` idle seconds.
+    """Reads a pipe, remembering when bytes last arrived; kills the process when it stalls.
 
     pg_basebackup -X none makes the server wait, at the end of the stream, for the stop
     segment to be archived, with no time limit of its own: a stuck archive_command would hang
     the backup forever. Once the stream has started, a silence longer than `limit` is that
-    wait (the checkpoint comes before the first byte)."""
+    wait. Before the first byte (the checkpoint) the limit is FIRST_BYTE_LIMIT."""
+
+    FIRST_BYTE_LIMIT = 900
 
     def __init__(self, stream, proc, limit):
         self.stream, self.proc, self.limit = stream, proc, limit
+        self.started = time.monotonic()
         self.last = None
-        self.fired = False
+        self.fired = None  # why it killed the process
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="kg-idle", daemon=True)
         self._thread.start()
@@ -526,11 +550,23 @@ class _IdleWatch:
 
     def _watch(self):
         while not self._done.wait(1.0):
-            if self.last is not None and time.monotonic() - self.last > self.limit:
-                self.fired = True
+            now = time.monotonic()
+            if self.last is None and now - self.started > max(self.limit, self.FIRST_BYTE_LIMIT):
+                self.fired = "first byte"
+            elif self.last is not None and now - self.last > self.limit:
+                self.fired = "stop segment"
+            if self.fired:
                 with contextlib.suppress(OSError):
                     self.proc.kill()
                 return
+
+    def error(self, diagnose):
+        if self.fired == "first byte":
+            return (
+                f"pg_basebackup sent nothing for {max(self.limit, self.FIRST_BYTE_LIMIT)}s "
+                f"(the backup's checkpoint never completed; {diagnose()})"
+            )
+        return stuck_archive(self.limit, diagnose())
 
     def close(self):
         self._done.set()
@@ -570,13 +606,14 @@ def _stream_basebackup(cfg, label, staging, pool, add, progress, stop_timeout, d
             slots.release()
 
     with tempfile.TemporaryFile() as errors:
+        child, preexec = _child(argv)
         proc = subprocess.Popen(
-            argv,
+            child,
             stdout=subprocess.PIPE,
             stderr=errors,
             stdin=subprocess.DEVNULL,
             env=dict(COMMAND_ENV),
-            preexec_fn=_die_with_parent,
+            preexec_fn=preexec,
         )
         watch = _IdleWatch(proc.stdout, proc, stop_timeout)
         try:
@@ -615,7 +652,7 @@ def _stream_basebackup(cfg, label, staging, pool, add, progress, stop_timeout, d
             proc.kill()
             proc.wait()
             if watch.fired:
-                raise BackupError(stuck_archive(stop_timeout, diagnose())) from None
+                raise BackupError(watch.error(diagnose)) from None
             errors.seek(0)
             tail = errors.read().decode(errors="replace").strip()[-1500:]
             raise BackupError(f"pg_basebackup stream broke: {err}; {tail}") from None
@@ -623,7 +660,7 @@ def _stream_basebackup(cfg, label, staging, pool, add, progress, stop_timeout, d
             watch.close()
         rc = proc.wait()
         if watch.fired:
-            raise BackupError(stuck_archive(stop_timeout, diagnose()))
+            raise BackupError(watch.error(diagnose))
         if rc != 0:
             errors.seek(0)
             tail = errors.read().decode(errors="replace").strip()[-1500:]
