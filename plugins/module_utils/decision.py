@@ -117,14 +117,43 @@ def _pct(new, old):
     return round((new - old) / old * 100.0, 1)
 
 
-def evaluate(current, baseline, thresholds, declared=None):
-    """Triggers from measured values (current and baseline windows) and declared issues."""
+MEASURED = ("targets_down", "error_ratio", "latency_p95_s", "throughput_rps")
+# What a closed-loop probe measures: its own request rate is not the service's throughput.
+PROBE_MEASURED = ("targets_down", "error_ratio", "latency_p95_s")
+
+
+def from_probes(results):
+    """Window values from http_probe results (one per host in a batch), or None without any.
+
+    Errors are pooled over every request; the latency is the worst host's p95 (one slow host
+    is the degradation a batch gate is for); a host whose every request failed is down."""
+    results = [r for r in results or [] if r and r.get("requests")]
+    if not results:
+        return None
+    requests = sum(int(r["requests"]) for r in results)
+    errors = sum(int(r.get("errors", 0)) for r in results)
+    answered = [r for r in results if int(r.get("errors", 0)) < int(r["requests"])]
+    return {
+        "targets_down": len(results) - len(answered),
+        "error_ratio": float(errors) / requests,
+        "latency_p95_s": (max(float(r["p95_ms"]) for r in answered) / 1000.0 if answered else None),
+        "hosts": len(results),
+        "requests": requests,
+    }
+
+
+def evaluate(current, baseline, thresholds, declared=None, measured=MEASURED):
+    """Triggers from measured values (current and baseline windows) and declared issues.
+
+    `measured` names the metrics the source can measure; the others are not evaluated."""
     th = dict(DEFAULT_THRESHOLDS)
     th.update(thresholds or {})
     triggers = []
 
     down = current.get("targets_down")
-    if down is None:
+    if "targets_down" not in measured:
+        pass
+    elif down is None:
         triggers.append(_trigger("critical_errors", None, "no data on scrape targets"))
     else:
         sev = _grade(down, th["targets_down"])
@@ -135,7 +164,9 @@ def evaluate(current, baseline, thresholds, declared=None):
         )
 
     ratio = current.get("error_ratio")
-    if ratio is None:
+    if "error_ratio" not in measured:
+        pass
+    elif ratio is None:
         triggers.append(_trigger("error_rate", None, "no requests in the window"))
     else:
         sev = _grade(ratio, th["error_ratio"])
@@ -151,7 +182,9 @@ def evaluate(current, baseline, thresholds, declared=None):
         )
 
     lat, lat0 = current.get("latency_p95_s"), baseline.get("latency_p95_s")
-    if lat is None or not lat0:
+    if "latency_p95_s" not in measured:
+        pass
+    elif lat is None or not lat0:
         triggers.append(
             _trigger(
                 "latency_degradation", None, "no latency data in the current or baseline window"
@@ -176,7 +209,9 @@ def evaluate(current, baseline, thresholds, declared=None):
         )
 
     rps, rps0 = current.get("throughput_rps"), baseline.get("throughput_rps")
-    if rps is None or rps0 is None or rps0 < th["min_baseline_rps"]:
+    if "throughput_rps" not in measured:
+        pass
+    elif rps is None or rps0 is None or rps0 < th["min_baseline_rps"]:
         triggers.append(
             _trigger("throughput_degradation", None, "too little traffic in the baseline window")
         )
@@ -281,6 +316,7 @@ def run_decision(
     out = decide(triggers, matrix)
     out.update(
         {
+            "source": "prometheus",
             "triggers": triggers,
             "current": current,
             "baseline": baseline,
@@ -290,6 +326,27 @@ def run_decision(
             "query_errors": dict(
                 errors, **dict(("baseline_" + k, v) for k, v in base_errors.items())
             ),
+        }
+    )
+    return out
+
+
+def probe_decision(probes, baseline_probes, thresholds=None, declared=None, matrix=None):
+    """The same section 2 evaluation over a deploy batch's probes: the probes of the batch
+    after its switch against the same probes before it (the release it replaces)."""
+    current = from_probes(probes)
+    if current is None:
+        raise DecisionError("probes: no probe results for the current window")
+    baseline = from_probes(baseline_probes) or {}
+    triggers = evaluate(current, baseline, thresholds, declared, measured=PROBE_MEASURED)
+    out = decide(triggers, matrix)
+    out.update(
+        {
+            "triggers": triggers,
+            "current": current,
+            "baseline": baseline,
+            "source": "probes",
+            "query_errors": {},
         }
     )
     return out

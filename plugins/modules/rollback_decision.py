@@ -78,6 +78,27 @@ options:
     description: Fail the task when the verdict is C(rollback) (a health gate).
     type: bool
     default: false
+  fail_at_severity:
+    description:
+      - With I(fail_on_rollback), the lowest severity that fails the task; a C(rollback)
+        verdict below it is reported and does not fail.
+    type: str
+    choices: [low, medium, high]
+    default: low
+  probes:
+    description:
+      - Measure from these M(knowngood.runbooks.http_probe) results (one per host of a deploy
+        batch) instead of Prometheus. Evaluated are hosts down, error ratio and p95 latency
+        (the worst host's); a closed-loop probe's own rate says nothing of throughput.
+      - Mutually exclusive with I(prometheus_url).
+    type: list
+    elements: dict
+    default: []
+  baseline_probes:
+    description: With I(probes), the same probes taken before the change (the baseline window).
+    type: list
+    elements: dict
+    default: []
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - knowngood.runbooks.attributes
@@ -98,6 +119,13 @@ EXAMPLES = r"""
     baseline_offset: 3600
     matrix: "{{ knowngood_decision_matrix }}"
   register: decision
+
+- name: A deploy batch's health gate, its probes against the same probes before the switch
+  knowngood.runbooks.rollback_decision:
+    probes: "{{ ansible_play_batch | map('extract', hostvars, 'probe_after') | list }}"
+    baseline_probes: "{{ ansible_play_batch | map('extract', hostvars, 'probe_before') | list }}"
+    fail_on_rollback: true
+    fail_at_severity: medium
 
 - name: Security issue declared by the on-call engineer
   knowngood.runbooks.rollback_decision:
@@ -152,6 +180,14 @@ query_errors:
   description: Why a metric had no value (unreachable Prometheus, bad query).
   returned: always
   type: dict
+stops:
+  description: The verdict is C(rollback) at or above I(fail_at_severity) (a gate would stop).
+  returned: always
+  type: bool
+source:
+  description: Where the measured values came from, C(prometheus) or C(probes).
+  returned: always
+  type: str
 duration_ms:
   description: Time the evaluation took.
   returned: always
@@ -190,23 +226,37 @@ def main():
             ),
             matrix=dict(type="dict", default={}),
             fail_on_rollback=dict(type="bool", default=False),
+            fail_at_severity=dict(type="str", default="low", choices=["low", "medium", "high"]),
+            probes=dict(type="list", elements="dict", default=[]),
+            baseline_probes=dict(type="list", elements="dict", default=[]),
         ),
         supports_check_mode=True,
     )
     params = module.params
     started = time.time()
+    if params["probes"] and params["prometheus_url"]:
+        module.fail_json(msg="probes and prometheus_url are mutually exclusive", changed=False)
     try:
-        result = decision.run_decision(
-            params["prometheus_url"],
-            params["window"],
-            params["baseline_offset"],
-            at=params["at"],
-            queries=params["queries"],
-            selector=params["selector"],
-            thresholds=params["thresholds"],
-            declared=params["declared"],
-            matrix=params["matrix"] or None,
-        )
+        if params["probes"]:
+            result = decision.probe_decision(
+                params["probes"],
+                params["baseline_probes"],
+                thresholds=params["thresholds"],
+                declared=params["declared"],
+                matrix=params["matrix"] or None,
+            )
+        else:
+            result = decision.run_decision(
+                params["prometheus_url"],
+                params["window"],
+                params["baseline_offset"],
+                at=params["at"],
+                queries=params["queries"],
+                selector=params["selector"],
+                thresholds=params["thresholds"],
+                declared=params["declared"],
+                matrix=params["matrix"] or None,
+            )
     except decision.DecisionError as exc:
         module.fail_json(msg=str(exc), changed=False)
     result["duration_ms"] = int((time.time() - started) * 1000)
@@ -218,7 +268,10 @@ def main():
         ", ".join(result["fired"]) or "none",
         ", ".join(result["inconclusive"]) or "none",
     )
-    if params["fail_on_rollback"] and result["verdict"] == "rollback":
+    result["stops"] = result["verdict"] == "rollback" and decision.SEVERITIES.index(
+        result["severity"]
+    ) >= decision.SEVERITIES.index(params["fail_at_severity"])
+    if params["fail_on_rollback"] and result["stops"]:
         module.fail_json(msg="rollback triggered: " + summary, changed=False, **result)
     module.exit_json(changed=False, msg=summary, **result)
 

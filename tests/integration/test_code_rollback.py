@@ -63,6 +63,23 @@ def test_bad_release_fails_its_canary_gate_and_is_reverted(lab):
     assert schema_revisions(lab) == ["0001"]  # v2's migration went back down with it
 
 
+def test_slow_release_inside_the_absolute_limit_is_stopped_by_the_decision(lab):
+    """v1.2 adds 150 ms and no errors: inside the lab's loose absolute p95 limit, so only the
+    rollback decision's comparison with the release it replaces (the section 2.1 +30 %
+    trigger, the same thresholds decide.yml uses) stops it, on a second probe."""
+    lab.seed("v1.1")
+    run = lab.playbook("deploy-code", release_id="v1.2")
+    assert run.rc != 0
+    assert 'stopped at "Stop the rollout when the regression holds"' in run.output, run.output[
+        -3000:
+    ]
+    assert "fired latency_degradation" in run.output and "severity high" in run.output
+    assert "failed its gate" not in run.output  # the hard limits held
+    assert lab.live_releases() == {"v1.1"}
+    assert statuses(lab)["v1.2"] == "bad"
+    assert not any(e["status"] == "deployed" and e["release_id"] == "v1.2" for e in lab.ledger(2))
+
+
 def test_rollback_under_load_has_zero_failed_requests(lab):
     lab.seed("v1", "v1.1")
     with LoadClient(lab.status["lb_url"] + "/", threads=4) as load:

@@ -89,3 +89,45 @@ def test_unreachable_prometheus_is_inconclusive():
     out = decision.run_decision("http://127.0.0.1:9", 10, 60, timeout=1)
     assert out["verdict"] == "inconclusive"
     assert "error_ratio" in out["query_errors"]
+
+
+def probe(requests=40, errors=0, p95_ms=6.0):
+    return {"requests": requests, "errors": errors, "p95_ms": p95_ms, "passed": True}
+
+
+def test_batch_probes_pool_errors_take_the_worst_p95_and_count_dead_hosts():
+    window = decision.from_probes(
+        [probe(errors=2, p95_ms=5.0), probe(p95_ms=90.0), probe(errors=40, p95_ms=0.0)]
+    )
+    assert window["error_ratio"] == pytest.approx(42 / 120)
+    assert window["latency_p95_s"] == pytest.approx(0.090)  # the dead host's 0 ms is ignored
+    assert window["targets_down"] == 1 and window["hosts"] == 3
+    assert decision.from_probes([]) is None and decision.from_probes([{"skipped": True}]) is None
+
+
+def test_probe_gate_uses_the_same_thresholds_and_matrix():
+    before = [probe(p95_ms=6.0), probe(p95_ms=7.0)]
+    healthy = decision.probe_decision([probe(p95_ms=8.0), probe(p95_ms=9.0)], before)
+    assert healthy["verdict"] == "no_rollback" and healthy["inconclusive"] == []
+    # throughput is not the probe's to judge: not evaluated, not "inconclusive"
+    assert {t["trigger"] for t in healthy["triggers"]} == {
+        "critical_errors",
+        "error_rate",
+        "latency_degradation",
+    }
+    slow = decision.probe_decision([probe(p95_ms=8.0), probe(p95_ms=60.0)], before)
+    assert slow["verdict"] == "rollback" and slow["severity"] == "high"
+    assert slow["fired"] == ["latency_degradation"]
+    assert slow["approvals_required"] == ["cto", "infra_lead"]
+    failing = decision.probe_decision([probe(errors=2, requests=80), probe()], before)
+    assert failing["severity"] == "medium" and failing["fired"] == ["error_rate"]
+    matrix = dict(decision.DEFAULT_MATRIX, medium={"action": "page", "approvals": ["x"]})
+    assert (
+        decision.probe_decision([probe(errors=1, requests=80)], before, matrix=matrix)["action"]
+        == "page"
+    )
+    # no baseline (first deploy on a host): latency is inconclusive, errors still judged
+    first = decision.probe_decision([probe()], [])
+    assert first["verdict"] == "inconclusive" and first["inconclusive"] == ["latency_degradation"]
+    with pytest.raises(decision.DecisionError, match="no probe results"):
+        decision.probe_decision([], before)
