@@ -265,7 +265,8 @@ def main():
         result["severity"],
         result["action"],
         ", ".join(result["approvals_required"]) or "none",
-        ", ".join(result["fired"]) or "none",
+        "; ".join("%s (%s)" % (t["trigger"], t["detail"]) for t in result["triggers"] if t["fired"])
+        or "none",
         ", ".join(result["inconclusive"]) or "none",
     )
     result["stops"] = result["verdict"] == "rollback" and decision.SEVERITIES.index(

@@ -73,11 +73,12 @@ def test_slow_release_inside_the_absolute_limit_is_stopped_by_the_decision(lab):
     assert 'stopped at "Stop the rollout when the regression holds"' in run.output, run.output[
         -3000:
     ]
-    assert "fired latency_degradation" in run.output and "severity high" in run.output
+    assert "fired latency_degradation (p95" in run.output and "severity high" in run.output
     assert "failed its gate" not in run.output  # the hard limits held
     assert lab.live_releases() == {"v1.1"}
     assert statuses(lab)["v1.2"] == "bad"
     assert not any(e["status"] == "deployed" and e["release_id"] == "v1.2" for e in lab.ledger(2))
+    print("\nMEASURED deploy gate on v1.2: " + run.output.split("fired ", 1)[1].split(";")[0])
 
 
 def test_rollback_under_load_has_zero_failed_requests(lab):
