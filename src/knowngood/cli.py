@@ -10,7 +10,8 @@ knowngood audit list | show RUN_ID | verify
 knowngood report RUN_ID --format md|html
 knowngood drill run NAME | list | report [--html FILE]
 knowngood awx surveys [--write]
-knowngood lab break app-host NAME | db-primary | nginx-config | region-a ; knowngood lab heal
+knowngood lab break app-host NAME | db-primary | nginx-config | lb | region-a | everything ;
+    knowngood lab heal
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
                 print(f"pushed a bad upstream into {faults.break_nginx_config(cfg)}")
             elif args.fault == "db-primary":
                 print(f"killed the primary in {faults.break_db_primary(cfg)}")
+            elif args.fault == "lb":
+                print(f"killed the load balancer (pid {faults.break_lb(cfg)})")
+            elif args.fault == "everything":
+                print(f"complete outage: {faults.break_everything(cfg)}")
             else:
                 print(f"region A lost: {faults.break_region_a(cfg)}")
         except faults.FaultError as exc:
@@ -281,7 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
     lab_sub.add_parser("down", help="stop every lab process and remove the lab")
     broken = lab_sub.add_parser("break", help="inject a failure (drills, demos)")
-    broken.add_argument("fault", choices=["app-host", "db-primary", "nginx-config", "region-a"])
+    broken.add_argument(
+        "fault",
+        choices=["app-host", "db-primary", "nginx-config", "lb", "region-a", "everything"],
+    )
     broken.add_argument("target", nargs="?", help="app-host: the host to kill (e.g. app2)")
     lab_sub.add_parser("heal", help="put the lab's shape back after injected failures")
     status = lab_sub.add_parser("status", help="where everything is")

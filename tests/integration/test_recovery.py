@@ -74,6 +74,8 @@ def recoverable(lab):
     config = cfg(lab)
     pgswitch.restore_topology(config, progress=lambda _m: None)
     core.apps_up(config, lambda _m: None, lab.status["postgres"]["primary_dsn"])
+    if not core.read_pid(core.nginx_paths(config)["pid"]):
+        core.nginx_up(config, lambda _m: None)
 
 
 class Writer:
@@ -282,13 +284,16 @@ def test_corrupted_table_is_detected_by_verify_and_repaired_by_a_table_restore(
         )
 
 
-def test_database_lost_with_region_a_down_is_rebuilt_from_region_b(recoverable, backed_up):
-    """Both database nodes die, the primary's disk with them, and region A is down: its S3
-    endpoint and its local backup disks. recover-system rebuilds the primary from the newest
-    backup and the archive in region B, re-seeds the standby from it, then serves again."""
+def test_complete_outage_with_region_a_down_is_rebuilt_in_order_from_region_b(
+    recoverable, backed_up
+):
+    """Everything down: both database nodes (the primary's disk with them), every app instance,
+    the load balancer, and region A: its S3 endpoint and its local backup disks.
+    recover-system rebuilds the primary from the newest backup and the archive in region B,
+    re-seeds the standby from it, then the app hosts, then the load balancer, and serves."""
     import shutil
 
-    from knowngood.lab import infra
+    from knowngood.lab import core, faults, infra
 
     lab = recoverable
     lab.seed("v1")
@@ -309,6 +314,9 @@ def test_database_lost_with_region_a_down_is_rebuilt_from_region_b(recoverable, 
         for directory in (data_dir, standby_dir):
             kill_tree(int((directory / "postmaster.pid").read_text().split()[0]))
         time.sleep(0.3)
+    for index in range(config.hosts):
+        faults.break_app_host(config, config.host_name(index))
+    faults.break_lb(config)
     acknowledged = writer.acknowledged
     assert writer.error and acknowledged > archived > 0, (writer.error, archived, acknowledged)
     data_dir.rename(lost)  # the primary's disk is gone
@@ -322,6 +330,7 @@ def test_database_lost_with_region_a_down_is_rebuilt_from_region_b(recoverable, 
         refused = lab.playbook("recover-system", rollback_reason="region a lost")
         assert refused.rc != 0 and f"confirm={cluster}" in refused.output, refused.output
         assert not data_dir.exists()  # nothing rebuilt without the cluster's name
+        assert not core.read_pid(core.nginx_paths(config)["pid"])  # nor started
 
         run = lab.playbook(
             "recover-system", rollback_reason="region a lost", ticket="INC-8", confirm=cluster
@@ -337,6 +346,14 @@ def test_database_lost_with_region_a_down_is_rebuilt_from_region_b(recoverable, 
         assert rebuilt["restored_from"] in ("s3-region-b", "export", "cold"), rebuilt
         assert {"local-a", "local-b", "s3-region-a"} <= set(rebuilt["locations_down"]), rebuilt
         assert report["reseeded_standbys"] == ["db2"]
+        # In order: the database, then the app hosts, then the load balancer in front of them.
+        order = [
+            run.output.index(f"TASK [knowngood.runbooks.recover_restore : {name}")
+            for name in ("Restore the newest", "Rebuild every failed app host", "Start the load")
+        ]
+        assert order == sorted(order), order
+        hosts = [config.host_name(i) for i in range(config.hosts)]
+        assert sorted(report["rebuilt_hosts"]) == hosts and report["lb_started"] is True
         assert query(primary, "SELECT pg_is_in_recovery()") == [(False,)]
         assert query(standby, "SELECT status FROM pg_stat_wal_receiver") == [("streaming",)]
         assert report["verify"]["verdict"] in ("pass", "inconclusive"), report["verify"]
@@ -351,7 +368,7 @@ def test_database_lost_with_region_a_down_is_rebuilt_from_region_b(recoverable, 
         # queued and backfilled, so region B can lag the archive the primary reported.
         assert present == highest and 0 < present <= acknowledged, (present, highest)
         print(
-            f"\nMEASURED database lost, region A down: RTO {rto:.1f}s to verify green "
+            f"\nMEASURED complete outage, region A down: RTO {rto:.1f}s to verify green "
             f"(runbook {report['rto_seconds']}s; steps {report['steps']}; restore "
             f"{rebuilt['steps']}); rebuilt from {rebuilt['backup_id']} read from "
             f"{rebuilt['restored_from']} (down: {rebuilt['locations_down']}); RPO "
@@ -426,6 +443,51 @@ def test_primary_killed_is_fenced_and_standby_promoted_with_measured_data_loss(r
         f"commits lost; "
         f"standby had received {report['promoted']['received_lsn']}; users saw errors for "
         f"{window:.1f}s; traffic {traffic.report()}"
+    )
+
+
+def test_primary_killed_with_synchronous_replication_loses_no_acknowledged_commit(recoverable):
+    """With the standby synchronous (synchronous_standby_names, synchronous_commit = on) a
+    commit is acknowledged only once the standby flushed it: after the failover every
+    acknowledged row is on the new primary."""
+    lab = recoverable
+    lab.seed("v1")
+    ports = (pg(lab)["port"], pg(lab)["port"] + 1)
+    primary, standby = (superuser(p) for p in ports)
+    admin = superuser(ports[0], "postgres")
+    cluster = lab.status["postgres"]["name"]
+    data_dir = Path(pg(lab)["data_dir"])
+    query(admin, "ALTER SYSTEM SET synchronous_standby_names = '*'")
+    query(admin, "SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 30
+    while query(admin, "SELECT sync_state FROM pg_stat_replication") != [("sync",)]:
+        assert time.monotonic() < deadline, query(admin, "SELECT * FROM pg_stat_replication")
+        time.sleep(0.2)
+    query(primary, "CREATE TABLE rpo_probe (n int PRIMARY KEY)")
+    with Writer(primary) as writer:
+        time.sleep(1.5)
+        killed_at = time.monotonic()
+        kill_tree(int((data_dir / "postmaster.pid").read_text().split()[0]))
+        time.sleep(0.3)
+    acknowledged = writer.acknowledged
+    assert writer.error and acknowledged > 20, (writer.error, acknowledged)
+
+    run = lab.playbook("recover-system", rollback_reason="db1 died", confirm=cluster)
+    rto = time.monotonic() - killed_at
+    assert run.rc == 0, run.output
+    report = latest(lab, "recover-system")
+    assert report["promoted"]["node"] == "db2" and report["fenced"][0]["node"] == "db1"
+    present = query(
+        standby, "SELECT count(*) FROM rpo_probe WHERE n BETWEEN 1 AND %s", (acknowledged,)
+    )[0][0]
+    assert present == acknowledged, (present, acknowledged)
+    # The new primary takes writes at once: the old primary's synchronous setting is not
+    # carried over to a node that has no standby yet to wait for.
+    query(standby + " options='-c statement_timeout=5000'", "INSERT INTO rpo_probe VALUES (-1)")
+    print(
+        f"\nMEASURED primary killed (synchronous replication): RTO {rto:.1f}s to verify green "
+        f"(runbook {report['rto_seconds']}s); RPO 0 of {acknowledged} acknowledged commits "
+        f"lost (about {acknowledged / 1.8:.0f} synchronous commits/s)"
     )
 
 

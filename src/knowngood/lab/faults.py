@@ -1,10 +1,10 @@
 """Failures injected on purpose into the lab, for drills and demos, and the way back.
 
-`knowngood lab break app-host NAME | db-primary | region-a` and `knowngood lab heal`. What a
-break does is what the real failure looks like from outside: processes killed with SIGKILL, a
-data directory gone, an S3 endpoint and the local backup disks unreachable. Healing puts the
-lab's shape back (db1 primary and db2 streaming, every app instance, region A, the disks);
-what recovered in between stays recovered.
+`knowngood lab break app-host NAME | db-primary | nginx-config | lb | region-a | everything`
+and `knowngood lab heal`. What a break does is what the real failure looks like from outside:
+processes killed with SIGKILL, a data directory gone, an S3 endpoint and the local backup disks
+unreachable. Healing puts the lab's shape back (db1 primary and db2 streaming, every app
+instance, the load balancer, region A, the disks); what recovered in between stays recovered.
 """
 
 from __future__ import annotations
@@ -92,6 +92,26 @@ def break_region_a(cfg: LabConfig) -> dict[str, object]:
     return {"primary_lost": str(primary), "s3": "region-a down", "disks": list(REGION_A_DISKS)}
 
 
+def break_lb(cfg: LabConfig) -> int:
+    """The load balancer's master and workers killed (the host or its process lost)."""
+    pid = core.read_pid(core.nginx_paths(cfg)["pid"])
+    if not pid:
+        raise FaultError("the load balancer is not running")
+    _kill_tree(pid)
+    return pid
+
+
+def break_everything(cfg: LabConfig) -> dict[str, object]:
+    """A complete outage: region A lost (both database nodes, the primary's disk, region A's
+    S3 endpoint and local backup disks), every app instance and the load balancer."""
+    lost = break_region_a(cfg)
+    lost["apps"] = {
+        cfg.host_name(i): break_app_host(cfg, cfg.host_name(i)) for i in range(cfg.hosts)
+    }
+    lost["lb"] = break_lb(cfg)
+    return lost
+
+
 BAD_UPSTREAM = "proxy_pass http://127.0.0.1:9/;"  # the discard port: nothing listens
 
 
@@ -126,4 +146,9 @@ def heal(cfg: LabConfig, progress: Callable[[str], None] = print) -> None:
             aside.rename(data_dir)
     pgswitch.restore_topology(cfg, progress=progress)
     core.apps_up(cfg, progress, infra.postgres_status(cfg)["primary_dsn"])
-    progress("heal: db1 primary, db2 streaming, every app instance running, region A up")
+    if not core.read_pid(core.nginx_paths(cfg)["pid"]):
+        core.nginx_up(cfg, progress)
+    progress(
+        "heal: db1 primary, db2 streaming, every app instance and the load balancer running, "
+        "region A up"
+    )
