@@ -62,6 +62,19 @@ def run(name: str, lab_dir: Path, echo: bool = True, timeout: float = 1800) -> d
         KNOWNGOOD_DRILL_RUN_ID=run_id,
         PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
     )
+    # The scenarios have no create/destroy (the lab is delegated), so molecule's state outlives
+    # a run and marks the scenario prepared: the next run would skip prepare and fail (a
+    # quarterly drill, every quarter after the first). Every drill starts from a reset state.
+    reset = subprocess.run(
+        [str(molecule), "reset", "-s", name],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if reset.returncode != 0:
+        raise DrillError(f"molecule reset -s {name} failed: {reset.stdout[-1500:]}")
     started = time.monotonic()
     proc = subprocess.Popen(
         [str(molecule), "test", "-s", name],

@@ -144,6 +144,14 @@ def heal(cfg: LabConfig, progress: Callable[[str], None] = print) -> None:
             shutil.rmtree(aside)  # the node was rebuilt: its lost disk is history
         elif aside.exists():
             aside.rename(data_dir)
+    nodes = infra._pg_nodes(cfg)
+    if all(infra._pg_pid(node) is None for node in nodes):
+        # Nothing recovered the database (a drill that failed early): start the nodes from
+        # their disks, the old primary first, and let the switchover below sort out roles.
+        account = infra._pg_account()
+        for node in nodes:
+            if (node.data_dir / "PG_VERSION").exists():
+                infra._pg_start(cfg, node, account, progress)
     pgswitch.restore_topology(cfg, progress=progress)
     core.apps_up(cfg, progress, infra.postgres_status(cfg)["primary_dsn"])
     if not core.read_pid(core.nginx_paths(cfg)["pid"]):
