@@ -166,7 +166,7 @@ def _child(argv):
     fork and exec: preexec_fn is unsafe in a threaded process (a child stuck before exec
     leaves Popen waiting forever), so it is only the fallback where setpriv is missing."""
     argv = [str(a) for a in argv]
-    setpriv = shutil.which("setpriv")
+    setpriv = shutil.which("setpriv", path=COMMAND_ENV["PATH"])
     if setpriv:
         return [setpriv, "--pdeathsig", "KILL", "--", *argv], None
     return argv, _die_with_parent
@@ -179,7 +179,7 @@ def run(argv, *, cfg=None, as_postgres=False, timeout=None, check=True, what=Non
         uid, gid = _postgres_ids(cfg)
         kwargs.update(user=uid, group=gid, extra_groups=[])
     child, preexec = _child(argv)
-    if not shutil.which(str(argv[0])):
+    if not shutil.which(str(argv[0]), path=COMMAND_ENV["PATH"]):
         raise BackupError(f"{what or argv[0]}: command not found ({argv[0]})")
     try:
         proc = subprocess.run(
@@ -525,37 +525,40 @@ def _tar_members(stream):
 
 
 class _IdleWatch:
-    """Reads a pipe, remembering when bytes last arrived; kills the process when it stalls.
+    """Reads a pipe; kills the process when one read waits too long.
 
     pg_basebackup -X none makes the server wait, at the end of the stream, for the stop
     segment to be archived, with no time limit of its own: a stuck archive_command would hang
-    the backup forever. Once the stream has started, a silence longer than `limit` is that
-    wait. Before the first byte (the checkpoint) the limit is FIRST_BYTE_LIMIT."""
+    the backup forever. Once bytes have arrived, a read waiting longer than `limit` is that
+    wait; the first read (the backup's checkpoint comes before it) gets FIRST_BYTE_LIMIT. Only
+    time spent inside read() counts: a reader held back by slow uploads is not a stall."""
 
     FIRST_BYTE_LIMIT = 900
 
     def __init__(self, stream, proc, limit):
         self.stream, self.proc, self.limit = stream, proc, limit
-        self.started = time.monotonic()
-        self.last = None
+        self.waiting_since = None
+        self.got_bytes = False
         self.fired = None  # why it killed the process
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="kg-idle", daemon=True)
         self._thread.start()
 
     def read(self, size):
-        data = self.stream.read(size)
-        self.last = time.monotonic()
+        self.waiting_since = time.monotonic()
+        try:
+            data = self.stream.read(size)
+        finally:
+            self.waiting_since = None
+        self.got_bytes = self.got_bytes or bool(data)
         return data
 
     def _watch(self):
         while not self._done.wait(1.0):
-            now = time.monotonic()
-            if self.last is None and now - self.started > max(self.limit, self.FIRST_BYTE_LIMIT):
-                self.fired = "first byte"
-            elif self.last is not None and now - self.last > self.limit:
-                self.fired = "stop segment"
-            if self.fired:
+            since = self.waiting_since
+            limit = self.limit if self.got_bytes else max(self.limit, self.FIRST_BYTE_LIMIT)
+            if since is not None and time.monotonic() - since > limit:
+                self.fired = "stop segment" if self.got_bytes else "first byte"
                 with contextlib.suppress(OSError):
                     self.proc.kill()
                 return
