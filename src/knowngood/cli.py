@@ -207,6 +207,20 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return 0
 
 
+def audit_list(index: Path, last: int | None = None) -> list[str]:
+    """One line per recorded run in an audit index (its artifact-digest entries skipped)."""
+    lines = []
+    for raw in index.read_text().splitlines():
+        entry = json.loads(raw)
+        if entry.get("kind", "record") != "record":
+            continue
+        lines.append(
+            f"{entry['finished_at']}  {entry['status']:<10}  {entry['run_id']}  "
+            f"{Path(entry.get('playbook') or '?').name}"
+        )
+    return lines[-last:] if last else lines
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     audit_dir = Path(args.audit_dir) if args.audit_dir else Path(args.root) / "audit"
     if args.command == "verify":
@@ -235,14 +249,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if not index.exists():
             print(f"no runs recorded in {audit_dir}")
             return 0
-        for line in index.read_text().splitlines():
-            entry = json.loads(line)
-            if entry.get("kind", "record") != "record":
-                continue
-            print(
-                f"{entry['finished_at']}  {entry['status']:<10}  {entry['run_id']}  "
-                f"{Path(entry.get('playbook') or '?').name}"
-            )
+        for line in audit_list(index):
+            print(line)
         return 0
     path = audit_dir / f"{args.run_id}.json"
     if not path.exists() or "/" in args.run_id:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from knowngood import demo_config, demo_governance, demo_recovery, runner
+from knowngood.cli import audit_list
 from knowngood.lab import core
 from knowngood.lab.config import DEFAULT_ROOT, LabConfig
 from knowngood.traffic import Traffic
@@ -230,12 +231,8 @@ def main() -> int:
     report = demo_governance.run(cfg, say)
 
     say(f"the audit trail ({cfg.root / 'audit'})")
-    for line in (cfg.root / "audit" / "index.jsonl").read_text().splitlines()[-6:]:
-        entry = json.loads(line)
-        print(
-            f"    {entry['finished_at']}  {entry['status']:<10}  {entry['run_id']}  "
-            f"{Path(entry['playbook']).name}"
-        )
+    for line in audit_list(cfg.root / "audit" / "index.jsonl", last=6):
+        print("    " + line)
     print(f"\nIncident report (HTML, one file): {report}")
     print("Drills with measured RTO/RPO: `make drill` (or `knowngood drill run primary_failover`).")
     print("The lab keeps running: `knowngood lab status`, `knowngood lab down` to remove it.")
