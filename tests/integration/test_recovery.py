@@ -111,6 +111,19 @@ class Writer:
         self._thread.join(10)
 
 
+def kill_primary_under_writes(dsn: str, data_dir: Path, at_least: int) -> tuple[int, float]:
+    """SIGKILL the primary while a writer commits numbered rows into a new rpo_probe table;
+    (commits acknowledged to the writer, monotonic time of the kill)."""
+    query(dsn, "CREATE TABLE rpo_probe (n int PRIMARY KEY)")
+    with Writer(dsn) as writer:
+        time.sleep(1.5)
+        killed_at = time.monotonic()
+        kill_tree(int((data_dir / "postmaster.pid").read_text().split()[0]))
+        time.sleep(0.3)
+    assert writer.error and writer.acknowledged > at_least, (writer.error, writer.acknowledged)
+    return writer.acknowledged, killed_at
+
+
 def test_app_host_killed_is_drained_rebuilt_and_returned_in_batches(recoverable):
     lab = recoverable
     lab.seed("v1", "v1.1")
@@ -394,14 +407,7 @@ def test_primary_killed_is_fenced_and_standby_promoted_with_measured_data_loss(r
     primary, standby = (superuser(p) for p in ports)
     cluster = lab.status["postgres"]["name"]
     data_dir = Path(pg(lab)["data_dir"])
-    query(primary, "CREATE TABLE rpo_probe (n int PRIMARY KEY)")
-    with Writer(primary) as writer:
-        time.sleep(1.5)
-        killed_at = time.monotonic()
-        kill_tree(int((data_dir / "postmaster.pid").read_text().split()[0]))
-        time.sleep(0.3)
-    acknowledged = writer.acknowledged
-    assert writer.error and acknowledged > 100, (writer.error, acknowledged)
+    acknowledged, killed_at = kill_primary_under_writes(primary, data_dir, at_least=100)
 
     # Without the cluster's name nothing is fenced and nothing promoted.
     refused = lab.playbook("recover-system", rollback_reason="db1 died")
@@ -463,14 +469,7 @@ def test_primary_killed_with_synchronous_replication_loses_no_acknowledged_commi
     while query(admin, "SELECT sync_state FROM pg_stat_replication") != [("sync",)]:
         assert time.monotonic() < deadline, query(admin, "SELECT * FROM pg_stat_replication")
         time.sleep(0.2)
-    query(primary, "CREATE TABLE rpo_probe (n int PRIMARY KEY)")
-    with Writer(primary) as writer:
-        time.sleep(1.5)
-        killed_at = time.monotonic()
-        kill_tree(int((data_dir / "postmaster.pid").read_text().split()[0]))
-        time.sleep(0.3)
-    acknowledged = writer.acknowledged
-    assert writer.error and acknowledged > 20, (writer.error, acknowledged)
+    acknowledged, killed_at = kill_primary_under_writes(primary, data_dir, at_least=20)
 
     run = lab.playbook("recover-system", rollback_reason="db1 died", confirm=cluster)
     rto = time.monotonic() - killed_at
