@@ -65,7 +65,9 @@ PREFETCH_IDLE_TIMEOUT = 30.0
 PREFETCH_WORKERS = 2
 # Seconds before the tool gives up and PostgreSQL retries. A push to every location takes
 # seconds; a stuck one must not hold the archiver (and every backup waiting on it) for long.
-WATCHDOG = {"push": 120, "fetch": 120}
+# Seconds before a push or fetch ends itself. A push normally takes under a second; 60 s
+# leaves a backup's stop_timeout (120 s) room for the archiver's retry.
+WATCHDOG = {"push": 60, "fetch": 120}
 MODULES = (
     "backup_common",
     "backup_config",
@@ -1066,6 +1068,10 @@ def tool_main(argv, default_config=None):
         # exits non-zero and PostgreSQL retries.
         import signal
 
+        # PostgreSQL's archiver ignores SIGALRM, and an ignored signal stays ignored across
+        # exec: without the default disposition back, the alarm did nothing and a stuck push
+        # hung archiving for good (seen: a push waiting on locks for over 5 minutes).
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.alarm(WATCHDOG[args.cmd])
     try:
         cfg = load_config(args.config)
