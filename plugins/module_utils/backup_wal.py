@@ -64,9 +64,8 @@ PREFETCH_POLL = 0.05  # seconds between looks at what recovery consumed
 PREFETCH_IDLE_TIMEOUT = 30.0
 PREFETCH_WORKERS = 2
 # Seconds before the tool gives up and PostgreSQL retries. A push to every location takes
-# seconds; a stuck one must not hold the archiver (and every backup waiting on it) for long.
-# Seconds before a push or fetch ends itself. A push normally takes under a second; 60 s
-# leaves a backup's stop_timeout (120 s) room for the archiver's retry.
+# under a second to seconds; a stuck one must not hold the archiver (and every backup waiting
+# on it) for long: 60 s leaves a backup's stop_timeout (120 s) room for the archiver's retry.
 WATCHDOG = {"push": 60, "fetch": 120}
 MODULES = (
     "backup_common",
