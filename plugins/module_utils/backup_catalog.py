@@ -347,6 +347,23 @@ class Catalog:
                 expire.remove(label)
                 keep.append(label)
                 reasons[label] = "referenced by the chain of a kept backup"
+        # A proven restore point always stays: the newest verified backup, its chain and
+        # everything newer. With none verified, nothing may be expired at all.
+        proven = self.newest(verified=True)
+        for label in list(expire):
+            entry = by_label[label]
+            if (
+                proven is None
+                or label in (proven.get("chain") or [proven["label"]])
+                or (_when(entry) >= _when(proven))
+            ):
+                expire.remove(label)
+                keep.append(label)
+                reasons[label] = (
+                    "no backup is verified yet: nothing expires before one is"
+                    if proven is None
+                    else f"the newest verified backup {proven['label']}, its chain or newer"
+                )
         keep.sort(key=lambda lb: _when(by_label[lb]))
         oldest = min((by_label[lb] for lb in keep), key=_when, default=None)
         return {
@@ -355,6 +372,7 @@ class Catalog:
             "reasons": reasons,
             "window_start": iso(window_start),
             "wal_keep_from": (oldest or {}).get("wal_start"),
+            "newest_verified": (proven or {}).get("label"),
         }
 
 
@@ -374,15 +392,23 @@ def _lock_note(spec, err):
 def expire(cfg, plan, locations):
     """Delete expired backups from every location, then WAL older than the oldest kept backup.
 
-    Refuses while the newest backup is unverified. Object-locked copies that cannot be deleted
-    yet are reported in `locked` and `warnings`, not failed; they are retried next time.
+    Refuses while no backup is verified, and never deletes the newest verified backup, its
+    chain or anything newer (retention_plan keeps them), so a proven restore point always
+    stays. Object-locked copies that cannot be deleted yet are reported in `locked` and
+    `warnings`, not failed; they are retried next time.
     """
     catalog = Catalog(cfg)
-    newest = catalog.newest()
-    if newest is not None and not is_verified(newest):
+    proven = catalog.newest(verified=True)
+    if catalog.newest() is not None and proven is None:
         raise BackupError(
-            f"refusing to expire backups: the newest backup {newest['label']} is not verified "
-            "yet (run backup_verify first); expiring now could leave no proven restore point"
+            "refusing to expire backups: no backup is verified yet (run backup_verify "
+            "first); expiring now could leave no proven restore point"
+        )
+    protected = set((proven or {}).get("chain") or []) | {(proven or {}).get("label")}
+    if set(plan.get("expire") or []) & protected:
+        raise BackupError(
+            f"refusing to expire backups: the plan would delete the newest verified backup "
+            f"{proven['label']} or its chain ({sorted(set(plan['expire']) & protected)})"
         )
     keep = set(plan.get("keep") or [])
     labels = [lb for lb in plan.get("expire") or [] if lb not in keep]

@@ -112,6 +112,7 @@ def empty_result(req):
         "steps": {},
         "first_read_seconds": None,
         "queries": [],
+        "refused": False,
     }
 
 

@@ -13,8 +13,10 @@ description:
     that looks valid.
   - A location that is down is retried with backoff, then reported in C(incomplete_locations);
     the backup completes in the others. Use C(require_all_locations) to fail the task then.
-  - C(state=expired) applies the retention policy across all locations; it refuses while the
-    newest backup is unverified, and never expires what the recovery window needs.
+  - C(state=expired) applies the retention policy across all locations; it refuses while no
+    backup is verified, never expires the newest verified backup, its chain or anything newer
+    (so it can run right after a backup nothing verified yet), and never expires what the
+    recovery window needs.
 options:
   state:
     description: C(present) takes a backup; C(expired) applies retention.

@@ -226,6 +226,11 @@ queries:
   returned: always
   type: list
   elements: str
+refused:
+  description: The read-only preflight (C(state=planned)) refused; nothing was changed.
+    The message starts with C(refused, nothing was changed) and names the reason.
+  returned: always
+  type: bool
 """
 
 import dataclasses
@@ -276,7 +281,10 @@ def main():
         cfg = config_from_params(params)
         pitr.run(cfg, req, check_mode=module.check_mode, result=result)
     except BackupError as err:
-        module.fail_json(msg=str(err), **result)
+        # The read-only preflight refuses before the runbook changes anything: say so.
+        prefix = "refused, nothing was changed: " if params["state"] == "planned" else ""
+        result["refused"] = bool(prefix)
+        module.fail_json(msg=prefix + str(err), **result)
     module.exit_json(**result)
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import LoadClient
+from conftest import LoadClient, http_json
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -149,6 +149,132 @@ def test_wrong_confirm_is_refused_with_nothing_changed(lab, backed_up):
         0
     ][0]
     assert set(data_dir.parent.glob(data_dir.name + ".pre-restore-*")) == kept
+
+
+class Untouched:
+    """What a refused rollback must leave as it found: the live pool and release behind the
+    load balancer, the app's data, the server process (not restarted, no recovery), the data
+    directory (no aside copy, no recovery files) and the backup catalog (no safety backup)."""
+
+    def __init__(self, lab) -> None:
+        self.lab = lab
+        self.app_dsn = lab.status["postgres"]["primary_dsn"]
+        self.primary = superuser_dsn(lab, dbname="postgres")
+        self.data_dir = Path(lab.status["postgres"]["primary_data_dir"])
+        self.catalog = Path(db_host(lab)["knowngood_backup"]["catalog_dir"])
+
+    def snapshot(self) -> dict:
+        return {
+            "pool": live_pool(self.lab),
+            "releases": self.lab.live_releases(),
+            "orders": query(self.app_dsn, "SELECT count(*), md5(string_agg(item, ',' ORDER BY id)) "
+                            "FROM orders"),
+            "server": query(self.primary, "SELECT pg_postmaster_start_time(), pg_is_in_recovery(), "
+                            "(SELECT bool_and(datallowconn) FROM pg_database)"),
+            "timeline": timeline(self.primary),
+            "data_dir": sorted(p.name for p in self.data_dir.iterdir() if "signal" in p.name
+                               or p.name.startswith("knowngood")),
+            "siblings": sorted(p.name for p in self.data_dir.parent.iterdir()
+                               if p.name.startswith(self.data_dir.name)),
+            "catalog": sorted(str(p.relative_to(self.catalog)) for p in self.catalog.rglob("*")),
+        }  # fmt: skip
+
+    def assert_serving_and_writable(self) -> None:
+        assert http_json(self.lab.status["lb_url"] + "/db").get("orders") is not None
+        with conn(self.app_dsn) as c:  # the app's own role can still write
+            c.execute("INSERT INTO orders (item) VALUES ('written after a refusal')")
+
+
+def test_every_planner_refusal_stops_before_writes_stop_with_service_and_data_untouched(
+    lab, backed_up
+):
+    """Each class of refusal the planner makes, through the runbook: the run fails in the
+    preflight with the planner's reason, before db_stop_writes, the safety backup or the
+    restore start, and the service, the writes and the data are as they were."""
+    from ansible_collections.knowngood.runbooks.plugins.module_utils import pitr
+    from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+        next_segment,
+    )
+    from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+        BackupConfig,
+    )
+
+    from knowngood.lab import infra
+    from knowngood.lab.config import LabConfig
+
+    lab.seed("v1")
+    state = Untouched(lab)
+    primary = state.primary
+    twice, past_gap = (f"kg-{what}-{time.time_ns()}" for what in ("twice", "past-a-gap"))
+    with conn(primary) as c:  # a restore point made twice is ambiguous
+        c.execute("SELECT pg_create_restore_point(%s)", (twice,))
+        c.execute("SELECT pg_create_restore_point(%s)", (twice,))
+    with conn(state.app_dsn) as c:
+        c.execute("INSERT INTO orders (item) VALUES ('before the gap target')")
+    archive_now(lab)
+    with conn(primary) as c:
+        c.execute("SELECT pg_create_restore_point(%s)", (past_gap,))
+    archive_now(lab)
+    (db_now,) = query(
+        primary, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+    )[0]
+    future = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 86400))
+    cases = [
+        ("in the future", {"target_time": future}),
+        ("no backup before the target", {"target_time": "2001-01-01T00:00:00+00:00"}),
+        ("target after the end of the archive", {"target_time": db_now + "+00:00"}),
+        ("target after the end of the archive", {"target_lsn": "FF/0"}),
+        ("is not in the archive", {"target_name": "kg-never-created"}),
+        ("occurs 2 times in the archive", {"target_name": twice}),
+        ("needs exactly one of", {"target_name": twice, "target_lsn": "0/1"}),
+        ("WAL gap: segment", {"target_name": past_gap}),
+    ]
+    # The gap: the segment after the newest backup's start, gone from every location that
+    # answers (region A and B's S3 down, the local and export copies moved aside).
+    host = db_host(lab)
+    backup_cfg = {
+        **host["knowngood_backup"],
+        "encryption_key": host["knowngood_backup_encryption_key"],
+        "signing_key": host["knowngood_backup_signing_key"],
+    }
+    base = pitr.backup_entries(BackupConfig.from_dict(backup_cfg))[-1]
+    gap = next_segment(base["wal_start"])
+    labcfg = LabConfig.load(lab.root)
+    seen = []
+    for words, target in cases:
+        hidden = []
+        if words.startswith("WAL gap"):
+            for index in (0, 1):
+                infra.s3_region_down(labcfg, index)
+            for copy in (lab.root / "backups").rglob(f"{gap}*"):
+                if "spool" not in copy.parts and ".backup" not in copy.name:
+                    hidden.append((copy, copy.with_name("hidden-" + copy.name)))
+                    copy.rename(hidden[-1][1])
+            assert hidden, f"no archived copy of {gap} to hide"
+        before = state.snapshot()
+        try:
+            run = lab.playbook(
+                "rollback-database", confirm=cluster(lab), rollback_reason="refusal drill", **target
+            )
+        finally:
+            for copy, aside in hidden:
+                aside.rename(copy)
+            if hidden:
+                for index in (0, 1):
+                    infra.s3_region_up(labcfg, lambda _msg: None, index)
+        assert run.rc != 0, (words, run.output)
+        assert words in run.output and "nothing was changed" in run.output, (words, run.output)
+        # Refused in the preflight: no step after it ran.
+        for step in (
+            "Step 1: stop all write operations",
+            "Stop writes, restore, verify",
+            "Snapshot this host's managed configuration",
+        ):
+            assert f"TASK [{step}" not in run.output and "db_stop_writes :" not in run.output
+        assert state.snapshot() == before, words
+        state.assert_serving_and_writable()
+        seen.append(words)
+    assert len(seen) == len(cases)
 
 
 def test_table_strategy_restores_deleted_rows_keeps_later_writes_and_serves(lab, backed_up):

@@ -88,6 +88,7 @@ def test_entries_chain_newest_and_history(tmp_path):
 def test_retention_plan_keeps_what_the_window_needs(tmp_path):
     catalog = Catalog(_cfg(tmp_path))
     made = _history(catalog)
+    catalog.record_verification(made[1]["label"], {"tier": "restore", "ok": True})
     plan = catalog.retention_plan(now=NOW)
     keep, expired = set(plan["keep"]), set(plan["expire"])
     # 2 newest fulls (5 d, 1 d), the window anchor (10 d: newest full before now-7d) and
@@ -117,13 +118,18 @@ def test_expire_refuses_while_newest_unverified_then_deletes_everywhere(tmp_path
             location.put_bytes(prefix + "backup.json", b"{}")
         for segno in range(60, 100):
             location.put_bytes(f"wal/00000001/{segment_from_parts(1, segno)}.raw", b"w")
-    plan = catalog.retention_plan(now=NOW)
-    with pytest.raises(BackupError, match="refusing to expire.*not verified"):
-        expire(cfg, plan, locations)
+    unproven = catalog.retention_plan(now=NOW)
+    assert unproven["expire"] == [] and unproven["newest_verified"] is None
+    with pytest.raises(BackupError, match="refusing to expire.*no backup is verified"):
+        expire(cfg, {**unproven, "expire": [made[30]["label"]]}, locations)
     catalog.record_verification(made[1]["label"], {"tier": "integrity", "ok": False})
     with pytest.raises(BackupError, match="refusing to expire"):
-        expire(cfg, plan, locations)
+        expire(cfg, catalog.retention_plan(now=NOW), locations)
     catalog.record_verification(made[1]["label"], {"tier": "integrity", "ok": True})
+    plan = catalog.retention_plan(now=NOW)
+    # a plan made elsewhere cannot delete the proven restore point either
+    with pytest.raises(BackupError, match="newest verified backup"):
+        expire(cfg, {**plan, "expire": [made[1]["label"]]}, locations)
     done = expire(cfg, plan, locations)
     assert done["ok"] and set(done["expired"]) == set(plan["expire"])
     for location in locations:
@@ -135,6 +141,24 @@ def test_expire_refuses_while_newest_unverified_then_deletes_everywhere(tmp_path
     assert {e["label"] for e in catalog.entries()} == set(plan["keep"])
     refreshed = catalog.refresh(locations)
     assert refreshed["debris"] == {} and refreshed["unreachable"] == {}
+
+
+def test_an_unverified_newest_full_never_pushes_out_the_proven_one(tmp_path):
+    """backup.yml -e backup_expire=true expires right after a backup nothing verified yet:
+    the newest verified full, its chain and everything newer stay, whatever retention_full
+    says, so a proven restore point always survives."""
+    catalog = Catalog(_cfg(tmp_path, retention={"full": 1, "window_days": 1}))
+    made = _history(catalog)
+    catalog.record_verification(made[10]["label"], {"tier": "restore", "ok": True})
+    plan = catalog.retention_plan(now=NOW)
+    assert plan["newest_verified"] == made[10]["label"]
+    # retention alone keeps the newest full (1 d) and the window's anchor (5 d); the
+    # guard keeps the proven 10 d chain
+    assert set(plan["keep"]) == {made[d]["label"] for d in (10, 9.5, 5, 4.5, 1)}
+    assert set(plan["expire"]) == {made[d]["label"] for d in (30, 29.5, 20, 19.5)}
+    assert "newest verified backup" in plan["reasons"][made[10]["label"]]
+    assert "newest verified backup" in plan["reasons"][made[9.5]["label"]]
+    assert plan["wal_keep_from"] == made[10]["wal_start"]
 
 
 def test_refresh_marks_missing_copies_and_debris(tmp_path):
