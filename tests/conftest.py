@@ -292,3 +292,53 @@ def pg_factory():
     yield make
     for cluster in made:
         cluster.stop(remove=True)
+
+
+def crafted_artifact(path: Path, kind: str, release_id: str = "evil") -> Path:
+    """A release artifact that tries to write outside releases/ (the extraction tests).
+
+    chain: each link on its own normalizes to a path inside the release (`l2 -> l1/..` is
+    '.'), but unpacked in order they climb out: l3 is the deploy root, so l3/escape.txt lands
+    next to releases/ (l1 is the first link that resolves outside). hardlink: a link
+    `a/b/c/up -> ../../..` (the release root), then a hard link whose name normalizes inside
+    (a/shared/app.conf) but resolves through `up` to the host's shared/app.conf, then a
+    regular member of that name that would overwrite it. device: a character device.
+    """
+    import io
+    import tarfile
+
+    def entry(name, kind_, **attrs):
+        info = tarfile.TarInfo(name)
+        info.type = kind_
+        info.mode = 0o777 if kind_ == tarfile.SYMTYPE else 0o755
+        for key, value in attrs.items():
+            setattr(info, key, value)
+        return info
+
+    manifest = json.dumps({"id": release_id, "schema": ["0001"]}).encode()
+    members = [(entry("release.json", tarfile.REGTYPE, size=len(manifest), mode=0o644), manifest)]
+    chain = [
+        (entry("sub", tarfile.DIRTYPE), None),
+        (entry("sub/l0", tarfile.SYMTYPE, linkname=".."), None),
+        (entry("l1", tarfile.SYMTYPE, linkname="sub/l0/.."), None),
+        (entry("l2", tarfile.SYMTYPE, linkname="l1/.."), None),
+        (entry("l3", tarfile.SYMTYPE, linkname="l2/.."), None),
+    ]
+    payload = b"written outside releases/\n"
+    if kind == "chain":
+        members += chain
+        members.append((entry("l3/escape.txt", tarfile.REGTYPE, size=len(payload)), payload))
+    elif kind == "hardlink":
+        members += [(entry(d, tarfile.DIRTYPE), None) for d in ("a", "a/b", "a/b/c")]
+        members.append((entry("a/b/c/up", tarfile.SYMTYPE, linkname="../../.."), None))
+        target = "a/b/c/up/../../../shared/app.conf"
+        members.append((entry("conf", tarfile.LNKTYPE, linkname=target), None))
+        members.append((entry("conf", tarfile.REGTYPE, size=len(payload)), payload))
+    elif kind == "device":
+        members.append((entry("null", tarfile.CHRTYPE, devmajor=1, devminor=3), None))
+    else:
+        raise ValueError(kind)
+    with tarfile.open(path, "w:gz") as archive:
+        for info, data in members:
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path

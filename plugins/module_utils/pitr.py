@@ -988,8 +988,11 @@ def recover(cfg, req, result=None):
         with steps("restore"):
             restored = _restore_into(cfg, req, plan_, data_dir, {"hot_standby": True})
         result["plan"]["restored_from"] = restored.get("location")
+        # Every aside copy this cluster's rollbacks kept: state=released deletes only these.
+        asides = [a for a in kept_asides(state) if a != os.path.abspath(aside)]
         _write_json(state_path(data_dir), {"run": run, "phase": "recovering",
                                            "key": _run_key(plan_), "aside_dir": aside,
+                                           "asides": asides + [os.path.abspath(aside)],
                                            "data_dir": data_dir})  # fmt: skip
         os.unlink(marker_path(data_dir))
     with steps("replay"):
@@ -1335,21 +1338,85 @@ def release(cfg, req, result=None):
         result["tables"] = [{"table": t, "dropped": True} for t in dropped]
         result["changed"] = bool(dropped)
         return result
-    if not req.aside_dir:
-        raise BackupError("state released needs aside_dir: the directory to delete, named")
-    aside = os.path.realpath(req.aside_dir)
+    aside = release_target(lcfg, req, result["queries"])
     result["aside_dir"] = req.aside_dir
-    if aside == os.path.realpath(lcfg.pg.data_dir):
-        raise BackupError(f"{req.aside_dir} is the live data directory: refusing")
-    if not os.path.exists(aside):
+    if aside is None:
         return result
-    if _pid_dir(aside) is not None:
-        raise BackupError(f"a postmaster runs {req.aside_dir}: refusing to delete it")
-    if not os.path.exists(os.path.join(aside, "PG_VERSION")):
-        raise BackupError(f"{req.aside_dir} is not a PostgreSQL data directory: refusing")
     shutil.rmtree(aside)
     result["changed"] = True
     return result
+
+
+def kept_asides(state):
+    """The aside directories this cluster's rollbacks recorded in its state file."""
+    kept = list((state or {}).get("asides") or [])
+    if (state or {}).get("aside_dir"):
+        kept.append(state["aside_dir"])
+    out = []
+    for path in kept:
+        path = os.path.abspath(path).rstrip("/")
+        if path not in out:
+            out.append(path)
+    return out
+
+
+def release_target(lcfg, req, queries=None):
+    """What state=released may delete, proven before anything is touched: only an aside copy
+    this cluster's own restore recorded (<data_dir>.kg-pitr.json), not a symlink, not the live
+    data directory or one holding it, not the copy a restore in progress or an unpromoted run
+    still needs, a stopped data directory of this cluster's system identifier. None when the
+    recorded copy is gone already (a re-run)."""
+    if not req.aside_dir:
+        raise BackupError("state released needs aside_dir: the directory to delete, named")
+    given = os.path.abspath(req.aside_dir).rstrip("/")
+    data_dir = os.path.abspath(lcfg.pg.data_dir).rstrip("/")
+    refuse = f"{req.aside_dir}: refusing, nothing was changed"
+    if os.path.islink(given):
+        raise BackupError(f"{req.aside_dir} is a symlink, not a kept data directory: {refuse}")
+    real, live = os.path.realpath(given), os.path.realpath(data_dir)
+    if real == live or live.startswith(real.rstrip("/") + "/"):
+        raise BackupError(
+            f"{req.aside_dir} is or holds the live data directory {data_dir}: {refuse}"
+        )
+    state = read_json(state_path(data_dir)) or {}
+    recorded_for = os.path.abspath(state.get("data_dir") or data_dir).rstrip("/")
+    kept = kept_asides(state) if recorded_for == data_dir else []
+    if given not in kept:
+        raise BackupError(
+            f"{req.aside_dir} is not an aside copy this cluster's rollbacks kept (recorded in "
+            f"{state_path(data_dir)}: {', '.join(kept) or 'none'}): {refuse}"
+        )
+    marker = read_json(marker_path(data_dir)) or {}
+    if marker.get("aside_dir") and os.path.abspath(marker["aside_dir"]).rstrip("/") == given:
+        raise BackupError(
+            f"restore run {marker.get('run')} is unfinished and keeps the original data "
+            f"directory in {req.aside_dir}: finish it first; {refuse}"
+        )
+    current = os.path.abspath(state.get("aside_dir") or "/").rstrip("/")
+    if current == given and state.get("phase") != "promoted":
+        raise BackupError(
+            f"run {state.get('run')} is {state.get('phase')}, not promoted: {req.aside_dir} is "
+            f"the way back; {refuse}"
+        )
+    if not os.path.exists(given):
+        return None
+    if _pid_dir(given) is not None:
+        raise BackupError(f"a postmaster runs {req.aside_dir}: {refuse}")
+    if not os.path.isdir(given) or not os.path.exists(os.path.join(given, "PG_VERSION")):
+        raise BackupError(f"{req.aside_dir} is not a PostgreSQL data directory: {refuse}")
+    info = probe(lcfg, queries)
+    want = info.get("system_identifier") or ((state.get("plan") or {}).get("base") or {}).get(
+        "system_identifier"
+    )
+    proc = native.run([lcfg.pg.binary("pg_controldata"), given], check=False)
+    match = re.search(r"Database system identifier:\s+(\d+)", proc.stdout or "")
+    if not match:
+        raise BackupError(f"cannot read the system identifier of {req.aside_dir}: {refuse}")
+    if want and match.group(1) != str(want):
+        raise BackupError(
+            f"{req.aside_dir} belongs to system {match.group(1)}, this cluster is {want}: {refuse}"
+        )
+    return given
 
 
 def preflight(cfg, req, result=None):
@@ -1358,7 +1425,9 @@ def preflight(cfg, req, result=None):
     steps = _Steps(result)
     if req.state == "released":
         result["aside_dir"] = req.aside_dir
-        result["changed"] = bool(req.aside_dir and os.path.exists(req.aside_dir))
+        if req.strategy == "table":
+            return result
+        result["changed"] = release_target(live_cfg(cfg, req), req, result["queries"]) is not None
         return result
     with steps("plan"):
         plan_ = plan(cfg, req, parse_target(req))

@@ -23,6 +23,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.release import 
     ReleaseError,
     acquire_lock,
     append_event,
+    check_archive_members,
     find,
     host_state,
     read_current,
@@ -169,6 +170,34 @@ def _require_known(summary, release_id, allowed):
     return entry
 
 
+def _check_artifact(src):
+    if not src or not os.path.exists(src):
+        raise ReleaseError("src %r does not exist" % (src,))
+    if os.path.isdir(src):
+        return
+    try:
+        with tarfile.open(src) as archive:
+            check_archive_members(archive.getmembers(), src)
+    except tarfile.TarError as exc:
+        raise ReleaseError("artifact %s is not a readable tar archive: %s" % (src, exc)) from exc
+
+
+def _unpack(src, tree):
+    """Every member checked against the release first (check_archive_members), then unpacked
+    into the empty staging tree; tarfile's data filter checks again where Python has it."""
+    try:
+        with tarfile.open(src) as archive:
+            members = archive.getmembers()
+            check_archive_members(members, src)
+            os.mkdir(tree, 0o755)
+            if hasattr(tarfile, "data_filter"):
+                archive.extractall(tree, members=members, filter="data")
+            else:
+                archive.extractall(tree, members=members)
+    except tarfile.TarError as exc:  # unreadable, or refused by the data filter
+        raise ReleaseError("artifact %s cannot be unpacked safely: %s" % (src, exc)) from exc
+
+
 def _install(module, layout, release_id):
     """Unpack src into releases/<id> through a temporary directory and a rename."""
     src = module.params["src"]
@@ -181,20 +210,7 @@ def _install(module, layout, release_id):
         if os.path.isdir(src):
             shutil.copytree(src, os.path.join(staging, "tree"), symlinks=True)
         else:
-            with tarfile.open(src) as archive:
-                for member in archive.getmembers():
-                    name = os.path.normpath(member.name)
-                    if name.startswith(("/", "..")) or member.isdev():
-                        raise ReleaseError("artifact %s has unsafe member %s" % (src, member.name))
-                    if member.issym() or member.islnk():
-                        target = os.path.normpath(
-                            os.path.join(os.path.dirname(name), member.linkname)
-                        )
-                        if target.startswith(("/", "..")):
-                            raise ReleaseError(
-                                "artifact %s has a link leaving it: %s" % (src, name)
-                            )
-                archive.extractall(os.path.join(staging, "tree"))
+            _unpack(src, os.path.join(staging, "tree"))
         os.rename(os.path.join(staging, "tree"), layout.release_dir(release_id))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -255,6 +271,7 @@ def plan_call(module, layout):
     if state == "present":
         exists = os.path.isdir(layout.release_dir(release_id))
         if not exists:
+            _check_artifact(params["src"])  # check mode refuses an unsafe artifact as well
             plan.install = True
             plan.actions.append("install %s from %s" % (release_id, params["src"]))
         elif entry and entry.get("checksum"):

@@ -39,7 +39,9 @@ description:
     listed in C(tables[].referenced_by) and have to be re-pointed by hand. Foreign keys
     defined on the restored table are re-created by the dump, and the transaction fails
     (changing nothing) if the rows they need are gone.
-  - C(released) deletes what a rollback kept, only on request. That is the named C(aside_dir),
+  - C(released) deletes what a rollback kept, only on request. That is the named C(aside_dir)
+    (only a copy this cluster's own restore recorded in C(<data_dir>.kg-pitr.json), never a
+    symlink, the live data directory or another system's data directory),
     or with C(strategy=table) the renamed-aside tables of C(run_id).
   - Kill safety. A marker C(<data_dir>.kg-pitr-restoring) is written before the data
     directory moves and removed once the restore is complete. A re-run of a killed run finds

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import LoadClient, http_json
+from conftest import LoadClient, crafted_artifact, http_json
 
 pytestmark = pytest.mark.lab
 
@@ -235,6 +235,34 @@ def test_current_pointing_outside_releases_is_refused(lab, tmp_path):
     run = rollback(lab)
     assert run.rc != 0 and "points outside" in run.output
     assert lab.live_releases() == {"v1.1"}
+
+
+def test_artifacts_that_would_write_outside_releases_are_refused_before_unpacking(lab, tmp_path):
+    """A symlink chain (each link normalizes inside, together they climb to the deploy root),
+    a hard link through a link onto shared/app.conf, a device: refused naming the member, and
+    the hosts are as they were (nothing outside releases/, app.conf intact, no partial release,
+    no ledger event, v1 still served)."""
+    lab.seed("v1")
+    roots = [Path(host["root"]) for host in lab.status["hosts"]]
+    confs = [(root / "shared" / "app.conf").read_text() for root in roots]
+    ledgers = [lab.ledger(i) for i in range(len(roots))]
+    for kind, member in (("chain", "'l1'"), ("hardlink", "'conf'"), ("device", "'null'")):
+        rid = f"evil-{kind}"
+        artifact = crafted_artifact(tmp_path / f"{rid}.tar.gz", kind, rid)
+        run = lab.playbook(
+            "deploy-code",
+            release_id=rid,
+            code_deploy_artifact=str(artifact),
+            code_deploy_serial=["100%"],
+        )
+        assert run.rc != 0, run.output[-3000:]
+        assert member in run.output and "nothing was unpacked" in run.output, run.output[-3000:]
+        for i, root in enumerate(roots):
+            assert not (root / "escape.txt").exists()
+            assert (root / "shared" / "app.conf").read_text() == confs[i]
+            assert os.listdir(root / "releases") == ["v1"]
+            assert lab.ledger(i) == ledgers[i]
+        assert lab.live_releases() == {"v1"}
 
 
 def test_second_rollback_while_one_runs_is_refused_and_stale_lock_is_broken(lab):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -275,6 +276,46 @@ def test_every_planner_refusal_stops_before_writes_stop_with_service_and_data_un
         state.assert_serving_and_writable()
         seen.append(words)
     assert len(seen) == len(cases)
+
+
+def test_release_deletes_only_this_clusters_own_recorded_aside_copy(lab, tmp_path):
+    """db_release_aside with a directory no rollback of this cluster kept (a stopped data
+    directory of another cluster beside the live one), a symlink to it, the live data
+    directory itself: each refused before anything changes; every directory and file is still
+    there and the database answers and takes writes."""
+    lab.seed("v1")
+    app_dsn = lab.status["postgres"]["primary_dsn"]
+    data_dir = Path(lab.status["postgres"]["primary_data_dir"])
+    foreign = data_dir.parent / f"{data_dir.name}.pre-restore-foreign"
+    link = tmp_path / "aside-link"
+    try:
+        (foreign / "base" / "1").mkdir(parents=True)
+        (foreign / "PG_VERSION").write_text("15\n")
+        (foreign / "base" / "1" / "1259").write_bytes(b"\0" * 8192)
+        link.symlink_to(foreign)
+        for aside, why in (
+            (foreign, "is not an aside copy this cluster's rollbacks kept"),
+            (link, "is a symlink"),
+            (data_dir, "is or holds the live data directory"),
+        ):
+            run = lab.playbook(
+                "rollback-database",
+                db_release_aside=True,
+                aside_dir=str(aside),
+                confirm=cluster(lab),
+                rollback_reason="free the disk",
+            )
+            assert run.rc != 0, run.output[-3000:]
+            assert why in run.output and "nothing was changed" in run.output, run.output[-3000:]
+            assert (foreign / "PG_VERSION").read_text() == "15\n"
+            assert (foreign / "base" / "1" / "1259").stat().st_size == 8192
+            assert (data_dir / "PG_VERSION").exists() and link.is_symlink()
+        with conn(app_dsn) as c:
+            c.execute("INSERT INTO orders (item) VALUES ('after the refused release')")
+        assert query(app_dsn, "SELECT count(*) FROM orders WHERE item = %s",
+                     ("after the refused release",)) == [(1,)]  # fmt: skip
+    finally:
+        shutil.rmtree(foreign, ignore_errors=True)
 
 
 def test_table_strategy_restores_deleted_rows_keeps_later_writes_and_serves(lab, backed_up):
