@@ -21,12 +21,12 @@ description:
     sign afterwards is written to I(audit_dir)/requests/<request_id>.json.
   - The trust root is the controller's governance policy, C(/etc/knowngood/policy.yml)
     (without it C(KNOWNGOOD_POLICY_FILE), then C($KNOWNGOOD_LAB_DIR/governance/policy.yml),
-    each root-owned in root-owned directories): approvals required, decision matrix,
+    each root-owned in root-owned directories). It holds approvals required, decision matrix,
     allowed_signers file, approvers, AWX host and team mapping. The options below may only
     make it stricter; one that would loosen it is refused, naming the variable. Without a
     policy the gate refuses (break-glass excepted). The result carries the policy's sha256.
   - A signed request runs once; the run that uses it records its id in the policy's state
-    directory (C(consumed/)), and a second run with it is refused naming when it ran.
+    directory (C(consumed/)) and a second run with it is refused naming when it ran.
   - No signer may be who executes the run (the OS user of this process, the sudo user, the AWX
     launcher), whatever the request's requester says.
   - When approvals are not required (policy and variables) and no request is given, the gate
