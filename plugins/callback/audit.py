@@ -211,6 +211,11 @@ class CallbackModule(CallbackBase):
                     "break_glass_reason",
                     "post_hoc_approval",
                     "post_hoc_request_file",
+                    "break_glass_records",
+                    "policy_path",
+                    "policy_digest",
+                    "executed_by",
+                    "consumed",
                 )
             )
 

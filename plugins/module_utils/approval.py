@@ -3,15 +3,18 @@
 """Signed rollback approvals (strategy section 2.2).
 
 A rollback request is a canonical JSON document (playbook, inventory, limit, public inputs,
-severity, requester, ticket, expiry); its id is the sha256 of those bytes. Approvers sign the
+salted digests of the secret inputs' values, the decision record it answers, severity,
+requester, ticket, expiry); its id is the sha256 of those bytes. Approvers sign the
 bytes with their SSH keys (`ssh-keygen -Y sign -n knowngood-approval`); a signature is checked
 with `ssh-keygen -Y verify` against the allowed_signers file, the trust root. Roles come from
 the approvers map (signer -> roles). The gate recomputes the request from the run itself, so
 a signature over one request never approves another.
 """
 
+import binascii
 import datetime
 import hashlib
+import hmac
 import itertools
 import json
 import os
@@ -39,6 +42,7 @@ REQUEST_FIELDS = (
     "limit",
     "public_inputs",
     "secret_inputs",
+    "decision",
     "severity",
     "requester",
     "ticket",
@@ -47,6 +51,10 @@ REQUEST_FIELDS = (
     "expires_at",
 )
 MIN_BREAK_GLASS_REASON = 10
+# Secret inputs (a DSN, a password) are bound by value without putting the value in the
+# request: a salted, slow digest, so the audit trail does not make guessing cheap.
+SECRET_DIGEST_ROUNDS = 100000
+DECISION_SEVERITIES = ("none", "low", "medium", "high")
 
 
 class ApprovalError(Exception):
@@ -81,6 +89,81 @@ def split_inputs(extra_vars):
     return public, secret
 
 
+def secret_digest(value, salt=None):
+    """pbkdf2_sha256$rounds$salt$hex of a secret input's value (JSON text of it)."""
+    salt = salt or binascii.hexlify(os.urandom(16)).decode()
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    raw = hashlib.pbkdf2_hmac("sha256", text.encode(), salt.encode(), SECRET_DIGEST_ROUNDS)
+    return "pbkdf2_sha256$%d$%s$%s" % (SECRET_DIGEST_ROUNDS, salt, binascii.hexlify(raw).decode())
+
+
+def bind_secrets(extra_vars, signed=None):
+    """{name: digest} of the secret inputs; with `signed`, salted as the signed request was,
+    so equal values give equal digests and any other value does not."""
+    signed = signed if isinstance(signed, dict) else {}
+    out = {}
+    for name in split_inputs(extra_vars)[1]:
+        parts = str(signed.get(name, "")).split("$")
+        salt = parts[2] if len(parts) == 4 and parts[1] == str(SECRET_DIGEST_ROUNDS) else None
+        digest = secret_digest(extra_vars[name], salt)
+        if salt and hmac.compare_digest(digest, str(signed[name])):
+            digest = signed[name]
+        out[name] = digest
+    return out
+
+
+def decision_summary(record):
+    """What a request keeps of decide.yml's audit record: its run, verdict and severity.
+
+    `record` is the audit record of a `decide` run; its rollback_decision event is the
+    decision. The record's sha256 ties the request to that exact record."""
+    events = [
+        e
+        for e in (record or {}).get("events") or []
+        if str(e.get("action", "")).endswith("rollback_decision")
+    ]
+    if not events:
+        raise ApprovalError("the record has no rollback decision (is it a decide run's record?)")
+    result = events[-1].get("result") or {}
+    severity = result.get("severity")
+    if severity not in DECISION_SEVERITIES:
+        raise ApprovalError("the decision's severity %r is not known" % (severity,))
+    return {
+        "run_id": str(record.get("run_id") or ""),
+        "verdict": str(result.get("verdict") or ""),
+        "severity": severity,
+        "approvals_required": list(result.get("approvals_required") or []),
+        "record_sha256": hashlib.sha256(
+            json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest(),
+    }
+
+
+def severity_floor(doc):
+    """The lowest severity the request may claim: its decision's, or high without one."""
+    decision = doc.get("decision") or {}
+    if not decision:
+        return "high"
+    return "low" if decision.get("severity") == "none" else decision.get("severity")
+
+
+def check_severity(doc):
+    floor = severity_floor(doc)
+    severity = doc.get("severity")
+    if floor not in SEVERITIES or severity not in SEVERITIES:
+        raise ApprovalError("request severity %r or decision %r unknown" % (severity, floor))
+    if SEVERITIES.index(severity) < SEVERITIES.index(floor):
+        if doc.get("decision"):
+            raise ApprovalError(
+                "request severity %s is lower than its decision's %s (decide run %s)"
+                % (severity, floor, doc["decision"].get("run_id") or "?")
+            )
+        raise ApprovalError(
+            "request severity %s without a decision record: only high may be requested "
+            "without one (knowngood request --decision RECORD)" % severity
+        )
+
+
 def playbook_name(path):
     base = os.path.basename(str(path))
     return base[:-4] if base.endswith(".yml") else base
@@ -92,9 +175,24 @@ def normalize_inventory(inventory):
 
 
 def build_request(
-    playbook, inventory, limit, extra_vars, severity, requester, ticket, reason, ttl_s, now=None
+    playbook,
+    inventory,
+    limit,
+    extra_vars,
+    severity,
+    requester,
+    ticket,
+    reason,
+    ttl_s,
+    now=None,
+    decision=None,
 ):
-    """A new request document for this run (what `knowngood request` writes)."""
+    """A new request document for this run (what `knowngood request` writes).
+
+    `decision` is decision_summary() of the decide run it answers; severity defaults to the
+    decision's and may not be lower (high without a decision)."""
+    if not severity:
+        severity = severity_floor({"decision": decision or {}})
     if severity not in SEVERITIES:
         raise ApprovalError("severity must be low, medium or high, got %r" % (severity,))
     if not requester:
@@ -104,14 +202,15 @@ def build_request(
     if not 60 <= int(ttl_s) <= 7 * 86400:
         raise ApprovalError("expiry must be between 1 minute and 7 days, got %ss" % ttl_s)
     now = now or utcnow()
-    public, secret = split_inputs(extra_vars)
-    return {
-        "version": 1,
+    public = split_inputs(extra_vars)[0]
+    doc = {
+        "version": 2,
         "playbook": playbook_name(playbook),
         "inventory": normalize_inventory(inventory),
         "limit": limit or "",
         "public_inputs": public,
-        "secret_inputs": secret,
+        "secret_inputs": bind_secrets(extra_vars),
+        "decision": dict(decision or {}),
         "severity": severity,
         "requester": requester,
         "ticket": ticket,
@@ -119,6 +218,8 @@ def build_request(
         "created_at": iso(now),
         "expires_at": iso(now + datetime.timedelta(seconds=int(ttl_s))),
     }
+    check_severity(doc)
+    return doc
 
 
 def canonical(doc):
@@ -239,12 +340,15 @@ def assign_roles(signers, required):
     return None
 
 
-def check(doc, approvals, allowed_signers, approvers, matrix, now=None):
-    """Judge a request's approvals. Returns a dict; `approved` says whether it may run."""
+def check(doc, approvals, allowed_signers, approvers, matrix, now=None, executors=()):
+    """Judge a request's approvals. Returns a dict; `approved` says whether it may run.
+
+    `executors`: who actually runs it (OS user, AWX launcher); none of them may approve."""
     now = now or utcnow()
     severity = doc.get("severity")
     if severity not in SEVERITIES:
         raise ApprovalError("request severity %r is not low, medium or high" % (severity,))
+    check_severity(doc)
     row = (matrix or {}).get(severity)
     if not isinstance(row, dict) or not isinstance(row.get("approvals"), list):
         raise ApprovalError("the decision matrix has no approvals for severity %s" % severity)
@@ -279,7 +383,15 @@ def check(doc, approvals, allowed_signers, approvers, matrix, now=None):
                 "%s: the requester cannot approve their own request" % principal
             )
             continue
-        roles = set((approvers.get(principal) or {}).get("roles") or [])
+        entry = approvers.get(principal) or {}
+        runs_it = sorted(set([principal, entry.get("os_user") or principal]) & set(executors))
+        if runs_it:
+            result["refused"].append(
+                "%s: signed a request that %s executes: self-approval is refused"
+                % (principal, runs_it[0])
+            )
+            continue
+        roles = set(entry.get("roles") or [])
         result["signers"].append(
             {"principal": principal, "roles": sorted(roles), "signed_at": item.get("signed_at", "")}
         )

@@ -19,9 +19,18 @@ description:
   - Break-glass; without valid approvals the run proceeds only with I(break_glass_reason) of at
     least 10 characters. The result says so and leaves a post-hoc approval open. The request to
     sign afterwards is written to I(audit_dir)/requests/<request_id>.json.
-  - When I(required) is false and no request is given, the gate passes and records that no
-    approval was required. Extra variables cannot lower I(required); setting
-    C(knowngood_approval_required=false) with -e is refused.
+  - The trust root is the controller's governance policy, C(/etc/knowngood/policy.yml)
+    (without it C(KNOWNGOOD_POLICY_FILE), then C($KNOWNGOOD_LAB_DIR/governance/policy.yml),
+    each root-owned in root-owned directories). It holds approvals required, decision matrix,
+    allowed_signers file, approvers, AWX host and team mapping. The options below may only
+    make it stricter; one that would loosen it is refused, naming the variable. Without a
+    policy the gate refuses (break-glass excepted). The result carries the policy's sha256.
+  - A signed request runs once; the run that uses it records its id in the policy's state
+    directory (C(consumed/)) and a second run with it is refused naming when it ran.
+  - No signer may be who executes the run (the OS user of this process, the sudo user, the AWX
+    launcher), whatever the request's requester says.
+  - When approvals are not required (policy and variables) and no request is given, the gate
+    passes and records that no approval was required.
   - In check mode the gate reports what it would decide and never fails.
 options:
   request:
@@ -29,19 +38,23 @@ options:
       - Path to the request file (C(knowngood request) writes it, C(knowngood approve) signs it).
     type: path
   required:
-    description: Whether this environment requires approvals (C(knowngood_approval_required)).
+    description:
+      - Require approvals (C(knowngood_approval_required)). Unset, the policy decides; C(true)
+        tightens a policy that does not require them; C(false) under one that does is refused.
     type: bool
-    default: true
   allowed_signers_file:
-    description: The trust root, an OpenSSH allowed_signers file.
+    description: Must be the policy's allowed_signers file when given (narrow with I(approvers)).
     type: path
   approvers:
     description:
-      - Signer principal to C({roles, email}); roles are C(team_lead), C(cto), C(infra_lead).
+      - Signer principal to C({roles, email, os_user}); empty, the policy's. Given, each signer
+        must be in the policy with at most the policy's roles.
     type: dict
     default: {}
   matrix:
-    description: Decision matrix (C(low), C(medium), C(high) each with C(approvals)).
+    description:
+      - Decision matrix (C(low), C(medium), C(high) each with C(approvals)); empty, the
+        policy's. Given, every severity must require at least the policy's roles.
     type: dict
     default: {}
   break_glass_reason:
@@ -49,7 +62,9 @@ options:
     type: str
     default: ""
   audit_dir:
-    description: Where a break-glass run leaves the request to sign post hoc.
+    description:
+      - Where a break-glass run leaves the request to sign post hoc. A break-glass run is
+        recorded in the policy's state directory (C(break-glass/)) whether or not this is set.
     type: path
   awx:
     description:
@@ -60,7 +75,8 @@ options:
         that the workflow ran one approved node per role the matrix requires for the severity,
         in order, each approved by a member of the team mapped to that role, by distinct people,
         none of whom launched the workflow.
-      - C(host) must come from the inventory; a C(knowngood_awx) given with -e is refused.
+      - C(host) and C(role_teams) come from the policy; given otherwise they must equal it, and a
+        C(knowngood_awx) given with -e is refused.
     type: dict
     suboptions:
       job_id:
@@ -73,7 +89,7 @@ options:
         description: The workflow's severity (C(knowngood_severity)).
         type: str
       host:
-        description: AWX URL, from the inventory (C(knowngood_awx.host)).
+        description: AWX URL; the policy's C(awx.host), which a different value cannot replace.
         type: str
       token:
         description: OAuth2 token (AWX's controller credential injects C(CONTROLLER_OAUTH_TOKEN)).
@@ -101,10 +117,6 @@ EXAMPLES = r"""
 - name: Require signed approvals for this exact run
   knowngood.runbooks.approval_gate:
     request: "{{ knowngood_request | default(omit) }}"
-    required: "{{ knowngood_approval_required | default(true) }}"
-    allowed_signers_file: "{{ knowngood_allowed_signers_file }}"
-    approvers: "{{ knowngood_approvers }}"
-    matrix: "{{ knowngood_decision_matrix }}"
   run_once: true
 """
 
@@ -153,13 +165,42 @@ post_hoc_approval:
     - C(open) after a break-glass run; the request file to sign is in C(post_hoc_request_file).
   returned: always
   type: str
+post_hoc_request_file:
+  description: The request a break-glass run leaves to sign post hoc.
+  returned: always
+  type: str
+break_glass_records:
+  description: Every file a break-glass run was recorded in (state directory, audit directory).
+  returned: always
+  type: list
+  elements: str
+policy_path:
+  description: The governance policy file that judged the run.
+  returned: always
+  type: str
+policy_digest:
+  description: sha256 of the policy file's bytes.
+  returned: always
+  type: str
+executed_by:
+  description: The OS user executing the run (in AWX, the workflow's launcher).
+  returned: always
+  type: str
+consumed:
+  description: The single-use ledger entry this run wrote for its request.
+  returned: always
+  type: str
+approvers:
+  description: The effective approvers (signer to roles and email), for notices.
+  returned: always
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 ARGUMENT_SPEC = dict(
     request=dict(type="path"),
-    required=dict(type="bool", default=True),
+    required=dict(type="bool"),
     allowed_signers_file=dict(type="path"),
     approvers=dict(type="dict", default={}),
     matrix=dict(type="dict", default={}),

@@ -4,7 +4,7 @@ knowngood lab up [--hosts N] [--ssh]      build the lab (idempotent)
 knowngood lab status [--json]             where everything is
 knowngood lab down                        stop it and remove it
 knowngood run rollback-code --ticket T --reason R [--request FILE] [--check]
-knowngood request rollback-code --severity high --ticket T --reason R   -> request file
+knowngood request rollback-code --decision RUN_ID --ticket T --reason R  -> request file
 knowngood approve REQUEST --key ~/.ssh/id_ed25519                        (sign it)
 knowngood audit list | show RUN_ID | verify
 knowngood report RUN_ID --format md|html
@@ -179,6 +179,7 @@ def cmd_request(args: argparse.Namespace) -> int:
 
     inventory, audit_dir = _run_target(args)
     extravars = _governed_extravars(args)
+    decision = governance.read_decision(args.decision, audit_dir) if args.decision else None
     path = governance.create_request(
         runbook=args.runbook,
         inventory=inventory,
@@ -190,6 +191,7 @@ def cmd_request(args: argparse.Namespace) -> int:
         reason=args.reason,
         ttl_s=args.expires,
         out=Path(args.output) if args.output else audit_dir / "requests",
+        decision=decision,
     )
     print(path)
     if not args.no_notify:
@@ -326,7 +328,18 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("-e", "--extra-vars", action="append", default=[])
     req.add_argument("-i", "--inventory", default="")
     req.add_argument("--limit", default="")
-    req.add_argument("--severity", required=True, choices=["low", "medium", "high"])
+    req.add_argument(
+        "--decision",
+        default="",
+        metavar="RECORD",
+        help="the decide run this answers (its run id or audit record); sets the severity",
+    )
+    req.add_argument(
+        "--severity",
+        default="",
+        choices=["low", "medium", "high"],
+        help="default: the decision's; never lower (high without --decision)",
+    )
     req.add_argument("--ticket", required=True)
     req.add_argument("--reason", required=True)
     req.add_argument("--requester", default="", help="default: the OS user")

@@ -6,6 +6,7 @@ The logic lives in the collection's module_utils (approval.py), shared with the 
 from __future__ import annotations
 
 import getpass
+import json
 from pathlib import Path
 
 from knowngood import runner
@@ -26,6 +27,7 @@ def create_request(
     reason: str,
     ttl_s: int,
     out: Path,
+    decision: dict | None = None,
 ) -> Path:
     playbook = runner.playbook_path(runbook)
     try:
@@ -39,6 +41,7 @@ def create_request(
             ticket,
             reason,
             ttl_s,
+            decision=decision,
         )
     except approval.ApprovalError as exc:
         raise runner.KnowngoodError(str(exc)) from None
@@ -47,6 +50,20 @@ def create_request(
     path = out / f"{rid}.json"
     approval.write_request_file(str(path), {"request": doc, "id": rid, "approvals": []})
     return path
+
+
+def read_decision(ref: str, audit_dir: Path) -> dict:
+    """What a request keeps of a decide run: from its audit record (a path or a run id)."""
+    path = Path(ref)
+    if not path.exists():
+        path = audit_dir / f"{ref}.json"
+    try:
+        record = json.loads(path.read_text())
+        return approval.decision_summary(record)
+    except (OSError, ValueError) as exc:
+        raise runner.KnowngoodError(f"cannot read decision record {ref}: {exc}") from None
+    except approval.ApprovalError as exc:
+        raise runner.KnowngoodError(f"{path}: {exc}") from None
 
 
 def read_request(path: Path) -> dict:

@@ -108,10 +108,9 @@ def test_gate_refuses_until_the_exact_request_is_signed_by_cto_and_infra_lead(la
     assert lab.live_releases() == {"v1"}
     check_html_report(record_of(done)["run_id"], tmp_path)
 
-    lowered = knowngood(
-        "run", "rollback-code", "--quiet", "-e", '{"knowngood_approval_required": false}'
-    )
-    assert lowered.returncode == 2 and "cannot be lowered" in lowered.stdout
+    # Signed requests run once (test_governance_policy proves the refusals under a policy).
+    again = rollback("--request", request, "-e", "release_id=v1")
+    assert again.returncode == 2 and "was already used at" in again.stdout
 
 
 def test_break_glass_with_a_reason_proceeds_and_leaves_a_post_hoc_approval_open(lab):

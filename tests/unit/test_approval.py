@@ -32,7 +32,11 @@ def keys(tmp_path_factory):
     return root
 
 
-def request(severity="high", requester="tess", **inputs):
+def decided(severity):
+    return {"run_id": "decide-1", "verdict": "rollback", "severity": severity}
+
+
+def request(severity="high", requester="tess", decision=None, **inputs):
     return approval.build_request(
         "/x/playbooks/rollback-code.yml",
         "/nonexistent/inventory",
@@ -43,6 +47,7 @@ def request(severity="high", requester="tess", **inputs):
         "INC-1",
         "v2 error rate 37%",
         3600,
+        decision=decision if decision is not None else decided(severity),
     )
 
 
@@ -50,18 +55,77 @@ def signed(keys, doc, *names):
     return [{"signer": n, "signature": approval.sign(doc, str(keys / n))} for n in names]
 
 
-def judge(keys, doc, approvals, now=None):
+def judge(keys, doc, approvals, now=None, executors=("root",)):
     approvers = {name: {"roles": roles} for name, roles in PEOPLE.items()}
     return approval.check(
-        doc, approvals, str(keys / "allowed_signers"), approvers, decision.DEFAULT_MATRIX, now
+        doc,
+        approvals,
+        str(keys / "allowed_signers"),
+        approvers,
+        decision.DEFAULT_MATRIX,
+        now,
+        executors=executors,
     )
 
 
-def test_request_keeps_secret_inputs_by_name_only():
+def test_request_binds_secret_inputs_by_a_salted_digest_of_their_value():
     doc = request()
-    assert doc["secret_inputs"] == ["db_password"]
+    assert set(doc["secret_inputs"]) == {"db_password"}
     assert "hunter2" not in approval.canonical(doc).decode()
     assert doc["playbook"] == "rollback-code" and len(approval.request_id(doc)) == 64
+    extra = {"rollback_reason": "errors", "release_id": "v1", "db_password": "hunter2"}
+    same = approval.bind_secrets(extra, doc["secret_inputs"])
+    assert same == doc["secret_inputs"]
+    other = approval.bind_secrets(dict(extra, db_password="prod-dsn"), doc["secret_inputs"])
+    assert other != doc["secret_inputs"]
+    assert request()["secret_inputs"] != doc["secret_inputs"]  # salted: equal values differ
+    dsn = approval.bind_secrets({"knowngood_db_dsn": "host=staging"})
+    assert approval.bind_secrets({"knowngood_db_dsn": "host=prod"}, dsn) != dsn
+
+
+def test_severity_comes_from_the_decision_and_cannot_be_lowered():
+    assert request(severity="", decision=decided("medium"))["severity"] == "medium"
+    assert request(severity="high", decision=decided("medium"))["severity"] == "high"
+    with pytest.raises(approval.ApprovalError, match="lower than its decision's medium"):
+        request(severity="low", decision=decided("medium"))
+    with pytest.raises(approval.ApprovalError, match="without a decision record"):
+        request(severity="low", decision={})
+    assert request(severity="", decision={})["severity"] == "high"
+    assert request(severity="low", decision=decided("none"))["severity"] == "low"
+    record = {
+        "run_id": "r1",
+        "events": [{"action": "knowngood.runbooks.rollback_decision", "result": {
+            "verdict": "rollback", "severity": "high", "approvals_required": ["cto"]}}],
+    }  # fmt: skip
+    summary = approval.decision_summary(record)
+    assert summary["severity"] == "high" and summary["run_id"] == "r1"
+    assert len(summary["record_sha256"]) == 64
+    with pytest.raises(approval.ApprovalError, match="no rollback decision"):
+        approval.decision_summary({"events": []})
+
+
+def test_a_request_edited_below_its_decision_is_refused_by_the_gate(keys):
+    doc = request(severity="high", decision=decided("high"))
+    approvals = signed(keys, doc, "tess")
+    doc["severity"] = "low"  # a requester who signs the low row with his friend
+    with pytest.raises(approval.ApprovalError, match="lower than its decision's high"):
+        judge(keys, doc, approvals)
+
+
+def test_the_executing_os_user_cannot_approve_whatever_the_requester_says(keys):
+    doc = request(requester="oscar")
+    out = judge(keys, doc, signed(keys, doc, "carla", "ivan"), executors={"root", "carla"})
+    assert not out["approved"] and "carla executes" in out["refused"][0]
+    approvers = {
+        "cbrown": {"roles": ["cto"], "os_user": "carla"},
+        "ivan": {"roles": ["infra_lead"]},
+    }
+    assert approval.assign_roles({"ivan": {"infra_lead"}}, ["cto", "infra_lead"]) is None
+    out = approval.check(
+        doc, [], str(keys / "allowed_signers"), approvers, decision.DEFAULT_MATRIX,
+        executors={"carla"},
+    )  # fmt: skip
+    assert not out["approved"]
 
 
 def test_high_severity_needs_cto_and_infra_lead_as_two_people(keys):
@@ -79,7 +143,7 @@ def test_wrong_role_is_refused(keys):
     doc = request()
     out = judge(keys, doc, signed(keys, doc, "tess", "ivan"))
     assert not out["approved"] and out["missing_roles"] == ["cto"]
-    low = request(severity="low", requester="carla")
+    low = request(severity="low", requester="carla", decision=decided("low"))
     assert judge(keys, low, signed(keys, low, "tess"))["approved"]
 
 
@@ -115,14 +179,15 @@ def test_approval_reused_for_another_request_is_refused(keys):
     out = judge(keys, other, signed(keys, first, "carla", "ivan"))
     assert not out["approved"]
     assert sum("does not match this request" in r for r in out["refused"]) == 2
-    assert approval.compare_run(first, other) == ["public_inputs"]
+    same_secret = approval.bind_secrets({"db_password": "hunter2"}, first["secret_inputs"])
+    run = dict(other, secret_inputs=same_secret)
+    assert approval.compare_run(first, run) == ["public_inputs"]
 
 
 def test_edited_request_no_longer_matches_its_signatures(keys):
     doc = request(severity="high")
     approvals = signed(keys, doc, "carla", "ivan")
-    doc["severity"] = "low"  # downgrade after signing
-    doc["expires_at"] = "2999-01-01T00:00:00Z"
+    doc["expires_at"] = "2999-01-01T00:00:00Z"  # extended after signing
     assert not judge(keys, doc, approvals)["approved"]
 
 

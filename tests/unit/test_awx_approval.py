@@ -153,7 +153,7 @@ def test_approvals_of_a_finished_job_or_another_workflow_cannot_be_replayed(api)
         awx.judge(api["get"], 77, 40, ["cto", "infra_lead"], ROLE_TEAMS)  # not its workflow
 
 
-def _gate(api, tmp_path, extra, inventory_awx=True):
+def _gate(api, tmp_path, extra, inventory_awx=None):
     """Run the approval_gate role as a job inside AWX would: AWX's variables as extra vars."""
     import os
     import subprocess
@@ -166,15 +166,18 @@ def _gate(api, tmp_path, extra, inventory_awx=True):
         "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
         "    - ansible.builtin.import_role:\n        name: knowngood.runbooks.approval_gate\n"
     )
-    group_vars = {
-        "ansible_python_interpreter": sys.executable,
-        "knowngood_approval_required": True,
-        "knowngood_decision_matrix": {
-            "high": {"action": "mandatory_immediate", "approvals": ["cto", "infra_lead"]}
-        },
-    }
+    from knowngood.lab import governance
+
+    os.chmod(tmp_path, 0o755)
+    (tmp_path / "gov").mkdir(exist_ok=True)
+    signers = tmp_path / "gov" / "allowed_signers"
+    signers.write_text("")
+    trust = governance.policy_document(signers, tmp_path / "state", required=True)
+    trust["awx"] = {"host": api["url"], "role_teams": ROLE_TEAMS}
+    governance.write_policy(tmp_path / "gov" / "policy.yml", trust)
+    group_vars = {"ansible_python_interpreter": sys.executable}
     if inventory_awx:
-        group_vars["knowngood_awx"] = {"host": api["url"], "role_teams": ROLE_TEAMS}
+        group_vars["knowngood_awx"] = inventory_awx
     inventory = tmp_path / "inventory.json"
     inventory.write_text(
         json.dumps(
@@ -183,6 +186,7 @@ def _gate(api, tmp_path, extra, inventory_awx=True):
     )
     env = dict(os.environ, CONTROLLER_OAUTH_TOKEN=TOKEN, ANSIBLE_CONFIG=str(repo / "ansible.cfg"))
     env["KNOWNGOOD_AUDIT_DIR"] = str(tmp_path / "audit")
+    env["KNOWNGOOD_POLICY_FILE"] = str(tmp_path / "gov" / "policy.yml")
     awx_vars = {"awx_job_id": 77, "awx_workflow_job_id": 41, "knowngood_severity": "high"}
     return subprocess.run(
         [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(playbook),
@@ -207,5 +211,11 @@ def test_the_gate_role_inside_awx_refuses_self_approval_and_an_awx_host_from_ext
     assert run.returncode != 0 and "self-approval is refused" in run.stdout, run.stdout[-2000:]
     api["routes"] = world([("successful", "carla"), ("successful", "ivan")])
     forged = {"knowngood_awx": {"host": api["url"], "role_teams": ROLE_TEAMS}}
-    run = _gate(api, tmp_path, forged, inventory_awx=False)
+    run = _gate(api, tmp_path, forged)
     assert run.returncode != 0 and "cannot be given with -e" in run.stdout, run.stdout[-2000:]
+    # The AWX host and the team mapping are the policy's: an inventory cannot replace them.
+    evil = {"host": "http://127.0.0.1:9", "role_teams": {"cto": "everyone"}}
+    run = _gate(api, tmp_path, {}, inventory_awx=evil)
+    assert run.returncode != 0, run.stdout[-2000:]
+    assert "approval_gate_awx.host (knowngood_awx.host) differs from the policy's" in run.stdout
+    assert "approval_gate_awx.role_teams" in run.stdout

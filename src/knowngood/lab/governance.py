@@ -1,12 +1,16 @@
-"""The lab's governance data: decision matrix, approvers with SSH keys, contacts.
+"""The lab's governance data: its policy file, approvers with SSH keys, contacts.
 
-Production keeps the same variables in group_vars (inventories/example/group_vars/all.yml).
-The lab makes one SSH key per approver so the demo and the tests can sign requests; the
-allowed_signers file is the trust root, approvers.yml maps each signer to roles.
+Production keeps the trust root in /etc/knowngood/policy.yml (docs/policy.example.yml) and
+the contacts in group_vars (inventories/example/group_vars/all.yml). The lab makes one SSH key
+per approver so the demo and the tests can sign requests, and writes its own policy,
+<lab>/governance/policy.yml, which the gate finds through KNOWNGOOD_LAB_DIR: approvals off
+for the demo lab's runbooks, the same matrix, signers and approvers as production's shape.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -46,24 +50,74 @@ def ensure_keys(cfg: LabConfig) -> dict[str, Path]:
     return {"allowed_signers": allowed, "keys_dir": keys_dir}
 
 
-def inventory_vars(cfg: LabConfig) -> dict:
-    """Variables the lab inventory's `all` group gets for decisions, approvals and notices."""
+def lab_approvers(people: dict[str, list[str]] | None = None) -> dict:
+    return {
+        name: {"roles": roles, "email": f"{name}@lab.invalid"}
+        for name, roles in (people or LAB_APPROVERS).items()
+    }
+
+
+def policy_document(
+    allowed_signers: Path,
+    state_dir: Path,
+    *,
+    required: bool,
+    approvers: dict | None = None,
+) -> dict:
+    """A governance policy (module_utils/policy.py) with the lab's matrix and approvers."""
+    return {
+        "version": 1,
+        "approval_required": required,
+        "decision_matrix": module_utils("decision").DEFAULT_MATRIX,
+        "allowed_signers_file": str(allowed_signers),
+        "approvers": approvers or lab_approvers(),
+        "state_dir": str(state_dir),
+    }
+
+
+def write_policy(path: Path, document: dict) -> Path:
+    """Write a policy the way root keeps one: 0644 in a 0755 directory, nobody else writes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o755)
+    tmp = path.with_name(f".{path.name}.tmp")
+    header = "# knowngood governance policy (JSON is YAML)\n"
+    tmp.write_text(header + json.dumps(document, indent=2))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def policy_path(cfg: LabConfig) -> Path:
+    return cfg.root / "governance" / "policy.yml"
+
+
+def ensure_policy(cfg: LabConfig) -> Path:
+    """The lab's policy: approvals off for the demo's runbooks (the governance demo and tests
+    turn them on with -e knowngood_approval_required=true, which only tightens)."""
     paths = ensure_keys(cfg)
+    os.chmod(paths["allowed_signers"], 0o644)
+    return write_policy(
+        policy_path(cfg),
+        policy_document(
+            paths["allowed_signers"], cfg.root / "governance" / "state", required=False
+        ),
+    )
+
+
+def inventory_vars(cfg: LabConfig) -> dict:
+    """Variables the lab inventory's `all` group gets for decisions, approvals and notices.
+
+    The trust root is the lab's policy file (ensure_policy); the matrix and approvers here are
+    the same values, for the decision and the notices, and the gate accepts them because they
+    do not loosen the policy."""
+    ensure_policy(cfg)
     decision = module_utils("decision")
     return {
         "knowngood_decision_matrix": decision.DEFAULT_MATRIX,
         # Two shared cores make a healthy release's p95 jump by tens of milliseconds; a latency
         # rise counts only past 60 ms here (v2's regression adds 120 ms).
         "knowngood_decision_thresholds": {"min_latency_delta_ms": 60.0},
-        # The lab's existing runbook tests run without approvals; the demo and the governance
-        # tests turn the gate on with -e knowngood_approval_required=true. Production
-        # inventories set it to true (inventories/example/group_vars/all.yml).
-        "knowngood_approval_required": False,
-        "knowngood_allowed_signers_file": str(paths["allowed_signers"]),
-        "knowngood_approvers": {
-            name: {"roles": roles, "email": f"{name}@lab.invalid"}
-            for name, roles in LAB_APPROVERS.items()
-        },
+        "knowngood_approvers": lab_approvers(),
         "knowngood_contacts": {
             "primary_oncall": {
                 "name": "oscar",
