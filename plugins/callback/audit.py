@@ -14,14 +14,18 @@ description:
   - Exports C(KNOWNGOOD_RUN_ID) before the first task so playbooks and this record share one run id.
   - Only whitelisted result keys are kept and results of C(no_log) tasks are already censored by
     Ansible; extra variables whose names look secret are masked.
+  - Opens the record (who, what, request, approvals so far) with an C(open) index entry when the
+    playbook starts and closes it at the end, so a run killed on the way leaves an open record
+    that C(knowngood audit verify) reports. Under C(knowngood run) the wrapper opens it.
+  - Refuses to run (exit 5, before any task) when C(KNOWNGOOD_RUN_ID) or C(KNOWNGOOD_USER) is not
+    a safe name (they become parts of record paths).
 options:
   audit_key:
     description:
       - SSH private key that signs each index line (namespace knowngood-audit); made on first
         use. Keep it, and the checkpoints written beside it, outside I(audit_dir).
-      - Unset, with C(KNOWNGOOD_LAB_DIR) set, the lab's key,
-        C($KNOWNGOOD_LAB_DIR/governance/audit_key).
-    default: ~/.config/knowngood/audit_key
+      - Unset, the one resolution of the trail decides (the lab's
+        C(governance/audit_key) when a lab is set up, else C(~/.config/knowngood/audit_key)).
     type: path
     env:
       - name: KNOWNGOOD_AUDIT_KEY
@@ -29,8 +33,10 @@ options:
       - section: callback_knowngood_audit
         key: audit_key
   audit_dir:
-    description: Directory for audit records.
-    default: ~/.local/state/knowngood/audit
+    description:
+      - Directory for audit records. Unset, the lab's C(audit/) when a lab is set up
+        (C(KNOWNGOOD_LAB_DIR)), else C(~/.local/state/knowngood/audit), the same trail
+        C(knowngood run) and C(knowngood audit) use.
     type: path
     env:
       - name: KNOWNGOOD_AUDIT_DIR
@@ -44,7 +50,7 @@ import getpass
 import hashlib
 import json
 import os
-import re
+import sys
 import tempfile
 import time
 import uuid
@@ -104,21 +110,12 @@ KEPT_KEYS = (
     "snapshot_id",
     "safety_snapshot_id",
 )
-SECRET_RE = re.compile(r"pass|secret|token|key|dsn|credential|webhook|knowngood_notify", re.I)
+SECRET_RE = audit_chain.SECRET_RE
+mask = audit_chain.mask
 
 
 def utcnow():
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def mask(value, name=""):
-    if name and SECRET_RE.search(name):
-        return "********"
-    if isinstance(value, dict):
-        return dict((k, mask(v, str(k))) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return [mask(v) for v in value]
-    return value
 
 
 def new_run_id():
@@ -134,6 +131,13 @@ class CallbackModule(CallbackBase):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_id = os.environ.get("KNOWNGOOD_RUN_ID") or new_run_id()
+        try:
+            audit_chain.check_name(self.run_id, "KNOWNGOOD_RUN_ID")
+            audit_chain.check_name(os.environ.get("KNOWNGOOD_USER") or getpass.getuser(), "user")
+        except audit_chain.AuditError as exc:
+            # A callback's exception is only a warning to Ansible: stop before any task instead.
+            self._display.error("knowngood: %s" % exc)
+            sys.exit(5)
         os.environ["KNOWNGOOD_RUN_ID"] = self.run_id
         # Locks record the controller's pid so a crashed run's lock is recognised as stale.
         os.environ["KNOWNGOOD_CONTROLLER_PID"] = str(os.getpid())
@@ -156,8 +160,40 @@ class CallbackModule(CallbackBase):
         # The start notice's task and host: the end notice reuses its arguments.
         self.announced = None
 
+    def _trail(self):
+        return audit_chain.resolve_trail(self.get_option("audit_dir"), self.get_option("audit_key"))
+
     def v2_playbook_on_start(self, playbook):
         self.record["playbook"] = os.path.abspath(playbook._file_name)
+        if os.environ.get("KNOWNGOOD_AUDIT_OPENED") == self.run_id:
+            return  # knowngood run opened this record before starting us
+        plays = playbook.get_plays()
+        extra = {}
+        if plays:
+            extra = dict(getattr(plays[0].get_variable_manager(), "extra_vars", None) or {})
+        opening = dict(
+            (k, self.record[k])
+            for k in ("run_id", "kind", "user", "os_user", "key_fingerprint", "inventory", "limit")
+        )
+        opening.update(
+            playbook=self.record["playbook"],
+            started_at=self.record["started_at"],
+            extra_vars=mask(extra),
+            ticket=str(extra.get("ticket") or os.environ.get("KNOWNGOOD_TICKET", "")),
+            reason=str(extra.get("rollback_reason") or os.environ.get("KNOWNGOOD_REASON", "")),
+            request=str(extra.get("knowngood_request") or ""),
+            break_glass=str(extra.get("knowngood_break_glass") or ""),
+            check_mode=bool(context.CLIARGS.get("check", False)),
+        )
+        try:
+            line = audit_chain.open_record(self._trail(), opening)
+        except Exception as exc:  # the close still records the run; the gap is shown
+            self._display.warning("knowngood: could not open the audit record: %s" % exc)
+            return
+        if line.get("remote_checkpoint_error"):
+            self._display.warning(
+                "knowngood: the audit witness copy failed (%s)" % line["remote_checkpoint_error"]
+            )
 
     def v2_playbook_on_play_start(self, play):
         self.play = play
@@ -307,7 +343,8 @@ class CallbackModule(CallbackBase):
                 )
 
     def _write(self):
-        audit_dir = os.path.expanduser(self.get_option("audit_dir"))
+        trail = self._trail()
+        audit_dir = trail["audit_dir"]
         if not os.path.isdir(audit_dir):
             os.makedirs(audit_dir, 0o750)
         body = json.dumps(self.record, indent=2, sort_keys=True, default=str)
@@ -316,10 +353,6 @@ class CallbackModule(CallbackBase):
         with os.fdopen(fd, "w") as handle:
             handle.write(body)
         os.rename(tmp, path)
-        key = self.get_option("audit_key")
-        if not os.environ.get("KNOWNGOOD_AUDIT_KEY") and os.environ.get("KNOWNGOOD_LAB_DIR"):
-            # A lab's runs sign with the lab's key, kept beside (not inside) its audit dir.
-            key = os.path.join(os.environ["KNOWNGOOD_LAB_DIR"], "governance", "audit_key")
         line = audit_chain.append(
             audit_dir,
             {
@@ -331,11 +364,17 @@ class CallbackModule(CallbackBase):
                 "finished_at": self.record["finished_at"],
                 "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
             },
-            os.path.expanduser(key) if key else None,
+            trail["key"],
+            trail["witness"],
         )
+        if line.get("after_torn"):
+            self._display.warning(
+                "knowngood: the audit index ended in a torn line (an interrupted write); this "
+                "record is chained after it; run `knowngood audit repair`"
+            )
         if line.get("remote_checkpoint_error"):
             self._display.warning(
-                "knowngood: the S3 copy of the audit checkpoint failed (%s); the local chain "
+                "knowngood: the audit witness copy of the checkpoint failed (%s); the local chain "
                 "and checkpoint are written" % line["remote_checkpoint_error"]
             )
         self._display.display("knowngood: audit record %s" % path)

@@ -9,9 +9,17 @@ The key and the checkpoint (seq and hash of the last line) live outside the audi
 so someone who can rewrite the directory can neither re-sign lines nor hide a cut-off tail.
 Verification reports modification, deletion, reordering and truncation.
 
-Optionally (KNOWNGOOD_AUDIT_S3_URL=s3://bucket/prefix) every checkpoint is also put to S3 as its
-own object, <prefix>/<audit dir tag>/seq-<seq>.json, under Object Lock when the bucket has it,
-so a second place keeps the high-water mark even if the host's checkpoint is rolled back.
+The witness (KNOWNGOOD_AUDIT_S3_URL=s3://bucket/prefix, or the lab's governance/audit_witness.json)
+gets every checkpoint as its own object, <prefix>/<audit dir tag>/seq-<seq>.json, under Object
+Lock, so a place the runner's account cannot rewrite keeps the high-water mark even when the
+host's key, chain and checkpoint are all rewritten. verify reads every version of those objects.
+
+A run opens its record (kind "open") at start and closes it (kind "record") at the end; an open
+entry never closed is reported. A torn last line (a crash mid-write) is pinned by the next entry
+(after_torn: its sha256), reported until `knowngood audit repair` removes it and records that.
+
+resolve_trail() is the one place the audit dir, key and witness are chosen, for the callback,
+`knowngood run` and `knowngood audit` alike.
 """
 
 import datetime
@@ -19,6 +27,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import socket
 import subprocess
 import tempfile
 
@@ -32,6 +42,83 @@ except ImportError:
 
 NAMESPACE = "knowngood-audit"
 GENESIS = "0" * 64
+# Run ids and user names become parts of record paths: one safe alphabet, no separators.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+LAB_MARKER = "lab.json"
+LAB_WITNESS = os.path.join("governance", "audit_witness.json")
+DEFAULT_LAB_ROOT = "/var/lib/knowngood-lab"
+DEFAULT_AUDIT_DIR = "~/.local/state/knowngood/audit"
+DEFAULT_AUDIT_KEY = "~/.config/knowngood/audit_key"
+
+
+class AuditError(Exception):
+    """A trail that cannot be written or repaired as asked."""
+
+
+def check_name(value, what):
+    """value if it is safe as a path part (run id, user), else AuditError."""
+    if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
+        raise AuditError(
+            "%s %r refused: it must match %s (it becomes part of a record path)"
+            % (what, value, NAME_RE.pattern)
+        )
+    return value
+
+
+SECRET_RE = re.compile(r"pass|secret|token|key|dsn|credential|webhook|knowngood_notify", re.I)
+
+
+def mask(value, name=""):
+    """Values under secret-looking names masked, recursively: records never hold secrets."""
+    if name and SECRET_RE.search(name):
+        return "********"
+    if isinstance(value, dict):
+        return dict((k, mask(v, str(k))) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [mask(v) for v in value]
+    return value
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def lab_root(environ=None, root=None):
+    """The lab directory when one is set up there (KNOWNGOOD_LAB_DIR or the default), else None."""
+    environ = os.environ if environ is None else environ
+    root = root or environ.get("KNOWNGOOD_LAB_DIR") or DEFAULT_LAB_ROOT
+    return root if os.path.exists(os.path.join(root, LAB_MARKER)) else None
+
+
+def resolve_trail(audit_dir=None, key=None, root=None, environ=None):
+    """{audit_dir, key, witness}: the one resolution every writer and reader uses.
+
+    audit dir: the explicit one (--audit-dir, the callback's ini option), KNOWNGOOD_AUDIT_DIR,
+    the lab's <lab>/audit when a lab is set up, else the per-user dir. Key: explicit,
+    KNOWNGOOD_AUDIT_KEY, the lab's governance/audit_key, else the per-user key. Witness:
+    KNOWNGOOD_AUDIT_S3_URL, else the lab's governance/audit_witness.json, else none.
+    """
+    environ = os.environ if environ is None else environ
+    lab = lab_root(environ, root)
+    audit_dir = (
+        audit_dir
+        or environ.get("KNOWNGOOD_AUDIT_DIR")
+        or (os.path.join(lab, "audit") if lab else DEFAULT_AUDIT_DIR)
+    )
+    key = (
+        key
+        or environ.get("KNOWNGOOD_AUDIT_KEY")
+        or (os.path.join(lab, "governance", "audit_key") if lab else DEFAULT_AUDIT_KEY)
+    )
+    witness = remote_from_env(environ)
+    if witness is None and lab and os.path.exists(os.path.join(lab, LAB_WITNESS)):
+        with open(os.path.join(lab, LAB_WITNESS)) as handle:
+            witness = remote_from_env(json.load(handle))
+    return {
+        "audit_dir": os.path.abspath(os.path.expanduser(audit_dir)),
+        "key": os.path.abspath(os.path.expanduser(key)),
+        "witness": witness,
+    }
 
 
 def sha256_file(path):
@@ -129,7 +216,7 @@ def read_checkpoint(key_path, audit_dir):
 
 
 def remote_from_env(environ=None):
-    """The S3 copy's settings from the environment, or None when it is not configured."""
+    """The witness settings from the environment (or a witness file's dict), or None."""
     environ = os.environ if environ is None else environ
     url = environ.get("KNOWNGOOD_AUDIT_S3_URL", "")
     if not url:
@@ -144,24 +231,35 @@ def remote_from_env(environ=None):
         "endpoint_url": environ.get("KNOWNGOOD_AUDIT_S3_ENDPOINT") or None,
         "region": environ.get("KNOWNGOOD_AUDIT_S3_REGION") or None,
         "lock_days": int(environ.get("KNOWNGOOD_AUDIT_S3_LOCK_DAYS") or 0),
+        # Only a witness file carries credentials (the lab's); else boto3's usual chain.
+        "access_key": environ.get("aws_access_key_id") or None,
+        "secret_key": environ.get("aws_secret_access_key") or None,
     }
+
+
+_CLIENTS = {}
 
 
 def _s3(remote):
     if not HAS_BOTO3:
-        raise OSError("boto3 is required for the S3 checkpoint copy")
-    # Credentials come from boto3's usual chain (AWS_* variables, profile, instance role).
-    return boto3.client(
-        "s3",
-        endpoint_url=remote["endpoint_url"],
-        region_name=remote["region"],
-        config=Config(
-            s3={"addressing_style": "path"},
-            connect_timeout=3,
-            read_timeout=10,
-            retries={"max_attempts": 3, "mode": "standard"},
-        ),
-    )
+        raise OSError("boto3 is required for the audit witness")
+    cache = (remote["endpoint_url"], remote["region"], remote.get("access_key"))
+    if cache not in _CLIENTS:
+        # Credentials: the witness file's, else boto3's chain (AWS_* variables, profile, role).
+        _CLIENTS[cache] = boto3.client(
+            "s3",
+            endpoint_url=remote["endpoint_url"],
+            region_name=remote["region"],
+            aws_access_key_id=remote.get("access_key") or None,
+            aws_secret_access_key=remote.get("secret_key") or None,
+            config=Config(
+                s3={"addressing_style": "path"},
+                connect_timeout=3,
+                read_timeout=10,
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+        )
+    return _CLIENTS[cache]
 
 
 def _remote_dir(remote, audit_dir):
@@ -186,170 +284,462 @@ def put_remote_checkpoint(remote, audit_dir, point):
     return "s3://%s/%s" % (args["Bucket"], args["Key"])
 
 
-def read_remote_checkpoint(remote, audit_dir):
-    """The highest checkpoint kept in S3 for this audit directory, or None."""
+def read_witness(remote, audit_dir):
+    """{seq: [version bodies, oldest first]} and [seqs with a delete marker] for this trail."""
     client = _s3(remote)
     prefix = _remote_dir(remote, audit_dir)
-    last = None
-    for page in client.get_paginator("list_objects_v2").paginate(
+    versions, deleted = {}, []
+    for page in client.get_paginator("list_object_versions").paginate(
         Bucket=remote["bucket"], Prefix=prefix
     ):
-        for obj in page.get("Contents") or []:
-            if obj["Key"].endswith(".json") and (last is None or obj["Key"] > last):
-                last = obj["Key"]
-    if last is None:
+        for obj in page.get("Versions") or []:
+            name = obj["Key"][len(prefix) :]
+            if name.startswith("seq-") and name.endswith(".json"):
+                versions.setdefault(int(name[4:-5]), []).append(obj)
+        for obj in page.get("DeleteMarkers") or []:
+            name = obj["Key"][len(prefix) :]
+            if name.startswith("seq-") and name.endswith(".json"):
+                deleted.append(int(name[4:-5]))
+    return versions, sorted(set(deleted))
+
+
+def _witness_body(remote, obj):
+    got = _s3(remote).get_object(
+        Bucket=remote["bucket"], Key=obj["Key"], VersionId=obj["VersionId"]
+    )
+    return json.loads(got["Body"].read())
+
+
+def read_remote_checkpoint(remote, audit_dir):
+    """The highest checkpoint the witness keeps for this audit directory, or None."""
+    versions, dummy = read_witness(remote, audit_dir)
+    if not versions:
         return None
-    body = client.get_object(Bucket=remote["bucket"], Key=last)["Body"].read()
-    return json.loads(body)
+    objs = sorted(versions[max(versions)], key=lambda o: o["LastModified"])
+    return _witness_body(remote, objs[0])
+
+
+def _span(first, last):
+    return "seq %d" % first if first == last else "seq %d-%d" % (first, last)
+
+
+def check_witness(audit_dir, remote, hashes):
+    """(tampered, findings) comparing the local chain's {seq: sha256} with the witness."""
+    tampered, findings = [], []
+    try:
+        versions, deleted = read_witness(remote, audit_dir)
+    except Exception as exc:  # a witness that cannot answer vouches for nothing
+        return [], [
+            "witness %s unreachable (%s): nothing vouched for" % (remote["url"], type(exc).__name__)
+        ]
+    last = max(hashes) if hashes else 0
+    for seq in deleted:
+        tampered.append("witness checkpoint seq %d was deleted (a delete marker hides it)" % seq)
+    points = {}
+    try:
+        for seq, objs in sorted(versions.items()):
+            bodies = [
+                _witness_body(remote, o) for o in sorted(objs, key=lambda o: o["LastModified"])
+            ]
+            if any(b != bodies[0] for b in bodies[1:]):
+                tampered.append(
+                    "witness checkpoint seq %d was rewritten (%d differing versions)"
+                    % (seq, len(bodies))
+                )
+            points[seq] = bodies[0]  # the first write is the one Object Lock keeps honest
+    except Exception as exc:
+        return tampered, findings + [
+            "witness %s unreadable (%s)" % (remote["url"], type(exc).__name__)
+        ]
+    if not points:
+        if last:
+            findings.append(
+                "no witness copy in %s: entries %s are not witnessed"
+                % (remote["url"], _span(1, last))
+            )
+        return tampered, findings
+    top = max(points)
+    if top > last:
+        tampered.append(
+            "entries %s missing: the witness in %s holds checkpoint seq %d but the index ends at "
+            "seq %d (tail cut)" % (_span(last + 1, top), remote["url"], top, last)
+        )
+    diverged = [s for s in sorted(points) if s <= last and hashes.get(s) != points[s]["sha256"]]
+    if diverged:
+        good = [s for s in points if s < diverged[0]]
+        tampered.append(
+            "entries from seq %d differ from the witness in %s (rewritten; last agreeing "
+            "checkpoint seq %s)" % (diverged[0], remote["url"], max(good) if good else "none")
+        )
+    if last > top:
+        findings.append(
+            "entries %s are newer than the newest witness checkpoint (seq %d): not witnessed"
+            % (_span(top + 1, last), top)
+        )
+    return tampered, findings
 
 
 def verify_remote(audit_dir, remote):
-    """Problems found comparing the index with the S3 checkpoint (empty list: consistent)."""
-    try:
-        point = read_remote_checkpoint(remote, audit_dir)
-    except Exception as exc:  # any S3 failure means the second place could not vouch
-        return ["remote checkpoint %s unreadable: %s" % (remote["url"], type(exc).__name__)]
-    if point is None:
-        return ["no remote checkpoint for %s in %s" % (audit_dir, remote["url"])]
-    index = os.path.join(audit_dir, "index.jsonl")
+    """Problems found comparing the index with the witness (empty list: consistent)."""
+    tampered, findings = check_witness(audit_dir, remote, _index_hashes(audit_dir))
+    return tampered + findings
+
+
+def _index_hashes(audit_dir):
     hashes = {}
-    if os.path.exists(index):
-        with open(index, "rb") as handle:
-            for raw in handle.read().splitlines():
-                try:
-                    hashes[json.loads(raw).get("seq")] = hashlib.sha256(raw).hexdigest()
-                except ValueError:
-                    continue
-    last = max([s for s in hashes if isinstance(s, int)] or [0])
-    if point["seq"] > last:
-        return [
-            "index ends at seq %d but the remote checkpoint in %s says %d (tail truncated)"
-            % (last, remote["url"], point["seq"])
-        ]
-    if hashes.get(point["seq"]) != point["sha256"]:
-        return [
-            "entry seq %d differs from the remote checkpoint in %s (rewritten)"
-            % (point["seq"], remote["url"])
-        ]
-    return []
+    for raw in _read_lines(audit_dir)[0]:
+        try:
+            seq = json.loads(raw).get("seq")
+        except ValueError:
+            continue
+        if isinstance(seq, int):
+            hashes[seq] = hashlib.sha256(raw).hexdigest()
+    return hashes
 
 
-def append(audit_dir, entry, key_path=None):
+def _read_lines(audit_dir):
+    """(complete lines, torn tail bytes or b"") of index.jsonl."""
+    index = os.path.join(audit_dir, "index.jsonl")
+    if not os.path.exists(index):
+        return [], b""
+    with open(index, "rb") as handle:
+        data = handle.read()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    lines = [line for line in lines if line]
+    if tail:
+        try:
+            json.loads(tail)
+            lines.append(tail)  # whole, only its newline lost
+            tail = b""
+        except ValueError:
+            pass
+    return lines, tail
+
+
+def _parse(raw):
+    try:
+        line = json.loads(raw)
+    except ValueError:
+        return None
+    return line if isinstance(line, dict) else None
+
+
+def append(audit_dir, entry, key_path=None, witness="env"):
     """Append one entry to the chain under a lock; returns the written line as a dict.
 
-    With an S3 copy configured, a failed put never fails the append: the returned dict then
-    carries remote_checkpoint_error for the caller to show.
+    witness: the resolved witness (resolve_trail), None for none, "env" for the environment's.
+    A failed witness put never fails the append: the returned dict then carries
+    remote_checkpoint_error for the caller to show (and verify reports the entry unwitnessed).
+    A torn last line (a crash mid-write) does not stop the record either: the entry starts on a
+    new line, chains to the last whole line and pins the torn bytes by digest (after_torn), so
+    they can be neither swapped nor dropped silently; verify reports them until
+    `knowngood audit repair`.
     """
-    index = os.path.join(audit_dir, "index.jsonl")
     with open(os.path.join(audit_dir, ".index.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        prev, seq = GENESIS, 0
-        if os.path.exists(index):
-            with open(index, "rb") as handle:
-                lines = handle.read().splitlines()
-            if lines:
-                prev = hashlib.sha256(lines[-1]).hexdigest()
-                seq = int(json.loads(lines[-1]).get("seq") or len(lines))
-        line = dict(entry, seq=seq + 1, prev=prev)
-        if key_path:
-            line["sig"] = _sign(_body(line), ensure_key(key_path))
-        raw = _body(line)
-        with open(index, "ab") as handle:
-            handle.write(raw + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        if key_path:
-            # The checkpoint lives beside the key, outside the audit directory.
-            target = checkpoint_path(key_path, audit_dir)
-            if not os.path.isdir(os.path.dirname(target)):
-                os.makedirs(os.path.dirname(target), 0o700)
-            point = {
-                "audit_dir": os.path.realpath(audit_dir),
-                "seq": line["seq"],
-                "sha256": hashlib.sha256(raw).hexdigest(),
-            }
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".ckpt-")
-            with os.fdopen(fd, "w") as handle:
-                json.dump(point, handle, sort_keys=True)
-            os.rename(tmp, target)
-            try:
-                remote = remote_from_env()
-                if remote:
-                    put_remote_checkpoint(remote, audit_dir, point)
-            except Exception as exc:  # the record is written; the copy is reported, not fatal
-                return dict(line, remote_checkpoint_error="%s: %s" % (type(exc).__name__, exc))
+        return _append_locked(audit_dir, entry, key_path, witness)
+
+
+def _append_locked(audit_dir, entry, key_path, witness):
+    index = os.path.join(audit_dir, "index.jsonl")
+    lines, torn = _read_lines(audit_dir)
+    prev, seq = GENESIS, 0
+    for raw in reversed(lines):
+        parsed = _parse(raw)
+        if parsed is not None:
+            prev = hashlib.sha256(raw).hexdigest()
+            seq = int(parsed.get("seq") or len(lines))
+            break
+    line = dict(entry, seq=seq + 1, prev=prev)
+    if torn:
+        line["after_torn"] = {"sha256": hashlib.sha256(torn).hexdigest(), "bytes": len(torn)}
+    if key_path:
+        line["sig"] = _sign(_body(line), ensure_key(key_path))
+    raw = _body(line)
+    size = os.path.getsize(index) if os.path.exists(index) else 0
+    with open(index, "ab") as handle:
+        if size and not _ends_with_newline(index):
+            handle.write(b"\n")
+        handle.write(raw + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    if key_path:
+        # The checkpoint lives beside the key, outside the audit directory.
+        target = checkpoint_path(key_path, audit_dir)
+        if not os.path.isdir(os.path.dirname(target)):
+            os.makedirs(os.path.dirname(target), 0o700)
+        point = {
+            "audit_dir": os.path.realpath(audit_dir),
+            "seq": line["seq"],
+            "sha256": hashlib.sha256(raw).hexdigest(),
+            "at": utcnow(),
+        }
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".ckpt-")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(point, handle, sort_keys=True)
+        os.rename(tmp, target)
+        try:
+            remote = remote_from_env() if witness == "env" else witness
+            if remote:
+                put_remote_checkpoint(remote, audit_dir, point)
+        except Exception as exc:  # the record is written; the copy is reported, not fatal
+            return dict(line, remote_checkpoint_error="%s: %s" % (type(exc).__name__, exc))
     return line
 
 
-def verify(audit_dir, key_path=None, checkpoint=None):
-    """Problems found in the chain (empty list: intact) and the number of entries checked."""
+def _ends_with_newline(path):
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def open_record(trail, opening):
+    """Write <run_id>.open.json and its chained, witnessed "open" entry; returns the line."""
+    audit_dir = trail["audit_dir"]
+    if not os.path.isdir(audit_dir):
+        os.makedirs(audit_dir, 0o750)
+    body = json.dumps(opening, indent=2, sort_keys=True, default=str)
+    name = "%s.open.json" % check_name(opening["run_id"], "run id")
+    fd, tmp = tempfile.mkstemp(dir=audit_dir, prefix=".rec-")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(body)
+    os.rename(tmp, os.path.join(audit_dir, name))
+    return append(
+        audit_dir,
+        {
+            "kind": "open",
+            "run_id": opening["run_id"],
+            "record": name,
+            # Who holds it open: repair closes it only once this process is gone.
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "user": opening.get("user"),
+            "started_at": opening.get("started_at"),
+            "playbook": opening.get("playbook"),
+            "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
+        },
+        trail["key"],
+        trail["witness"],
+    )
+
+
+def repair(audit_dir, key_path, who, witness="env"):
+    """Remove torn lines and close abandoned runs, each recorded; returns the entries written.
+
+    Torn: the torn tail, or a line a later entry pins with after_torn. Any other line that is
+    not JSON is tampering, not tearing: repair refuses to touch it. Abandoned: an open run whose
+    process (same host) is gone; it is closed with status "abandoned", never deleted.
+    """
     index = os.path.join(audit_dir, "index.jsonl")
-    problems = []
-    if not os.path.exists(index):
-        lines = []
-    else:
-        with open(index, "rb") as handle:
-            lines = handle.read().splitlines()
+    written = []
+    with open(os.path.join(audit_dir, ".index.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lines, torn = _read_lines(audit_dir)
+        parsed = [_parse(raw) for raw in lines]
+        pinned = set(
+            p["after_torn"].get("sha256")
+            for p in parsed
+            if p and isinstance(p.get("after_torn"), dict)
+        )
+        removed, kept = [], []
+        for raw, line in zip(lines, parsed, strict=True):
+            if line is not None:
+                kept.append(raw)
+            elif hashlib.sha256(raw).hexdigest() in pinned:
+                removed.append(raw)
+            else:
+                raise AuditError(
+                    "%s holds a line that is not JSON and was not torn by a crash (tampering): "
+                    "not repaired" % index
+                )
+        if torn:
+            removed.append(torn)
+        if removed:
+            fd, tmp = tempfile.mkstemp(dir=audit_dir, prefix=".index-")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(b"".join(raw + b"\n" for raw in kept))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(tmp, index)
+            removed_list = [
+                {"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)} for raw in removed
+            ]
+            entry = {"kind": "repair", "by": who, "at": utcnow(), "removed": removed_list}
+            written.append(_append_locked(audit_dir, entry, key_path, witness))
+        closed = set(p.get("run_id") for p in parsed if p and p.get("kind") == "record")
+        for line in parsed:
+            if not line or line.get("kind") != "open" or line.get("run_id") in closed:
+                continue
+            if line.get("host") == socket.gethostname() and _alive(line.get("pid")):
+                continue  # still running
+            run_id = check_name(line.get("run_id"), "run id")
+            body = json.dumps(
+                {
+                    "run_id": run_id,
+                    "status": "abandoned",
+                    "started_at": line.get("started_at"),
+                    "finished_at": utcnow(),
+                    "user": line.get("user"),
+                    "playbook": line.get("playbook"),
+                    "note": "opened and never closed (killed); closed by audit repair",
+                    "closed_by": who,
+                    "events": [],
+                },
+                indent=2,
+                sort_keys=True,
+            )
+            path = os.path.join(audit_dir, "%s.json" % run_id)
+            with open(path, "w") as handle:
+                handle.write(body)
+            entry = {
+                "kind": "record",
+                "run_id": run_id,
+                "record": "%s.json" % run_id,
+                "playbook": line.get("playbook"),
+                "status": "abandoned",
+                "finished_at": utcnow(),
+                "closed_by": who,
+                "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
+            }
+            written.append(_append_locked(audit_dir, entry, key_path, witness))
+    return written
+
+
+def _alive(pid):
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check(audit_dir, key_path=None, checkpoint=None, witness=None):
+    """{"tampered": [...], "findings": [...], "entries": n, "empty": bool} for one trail.
+
+    tampered: evidence of modification, deletion, reordering or a cut tail. findings: what
+    keeps the trail from vouching (unchecked signatures, unwitnessed or torn entries, open runs).
+    """
+    lines, torn = _read_lines(audit_dir)
+    tampered, findings = [], []
     pub = None
     if key_path and os.path.exists(key_path + ".pub"):
         with open(key_path + ".pub") as handle:
             pub = handle.read()
+    elif key_path and (lines or torn):
+        findings.append("signatures not checked: public key missing (%s.pub)" % key_path)
+    parsed = [_parse(raw) for raw in lines]
+    pins = dict(
+        (p["after_torn"]["sha256"], p.get("seq"))
+        for p in parsed
+        if p and isinstance(p.get("after_torn"), dict)
+    )
+    repaired = set(
+        r.get("sha256")
+        for p in parsed
+        if p and p.get("kind") == "repair"
+        for r in p.get("removed") or []
+    )
+    present = set(hashlib.sha256(raw).hexdigest() for raw in lines + ([torn] if torn else []))
     prev, expected_seq = GENESIS, 1
-    hashes = {}
-    for number, raw in enumerate(lines, 1):
-        try:
-            line = json.loads(raw)
-        except ValueError:
-            problems.append("line %d: not JSON (modified)" % number)
-            prev = hashlib.sha256(raw).hexdigest()
+    hashes, opened, closed = {}, {}, set()
+    for number, (raw, line) in enumerate(zip(lines, parsed, strict=True), 1):
+        digest = hashlib.sha256(raw).hexdigest()
+        if line is None:
+            if digest in pins:
+                findings.append(
+                    "line %d: torn by an interrupted write (the next entry, seq %s, pins it); "
+                    "run `knowngood audit repair`" % (number, pins[digest])
+                )
+                continue
+            tampered.append("line %d: not JSON (modified)" % number)
+            prev = digest
             expected_seq += 1
             continue
         seq = line.get("seq")
         if seq != expected_seq:
-            problems.append(
+            tampered.append(
                 "line %d: seq %s where %d was expected (entries deleted or reordered)"
                 % (number, seq, expected_seq)
             )
         if line.get("prev") != prev:
-            problems.append(
+            tampered.append(
                 "line %d (seq %s): prev does not match the line before (chain broken)"
                 % (number, seq)
+            )
+        after = line.get("after_torn")
+        if isinstance(after, dict) and after.get("sha256") not in repaired | present:
+            tampered.append(
+                "seq %s: the torn line it follows is gone without a recorded repair" % seq
             )
         sig = line.pop("sig", None)
         if pub:
             if not sig:
-                problems.append("line %d (seq %s): unsigned" % (number, seq))
+                tampered.append("line %d (seq %s): unsigned" % (number, seq))
             elif not _verify_sig(_body(line), sig, pub):
-                problems.append(
+                tampered.append(
                     "line %d (seq %s): signature does not match (modified)" % (number, seq)
                 )
         record = line.get("record")
         if record:
             path = os.path.join(audit_dir, record)
-            if not os.path.exists(path):
-                problems.append("seq %s: record %s is missing (deleted)" % (seq, record))
+            if os.sep in record or not os.path.exists(path):
+                tampered.append("seq %s: record %s is missing (deleted)" % (seq, record))
             elif sha256_file(path) != line.get("sha256"):
-                problems.append("seq %s: record %s was modified" % (seq, record))
-        for name, digest in sorted((line.get("artifacts") or {}).items()):
+                tampered.append("seq %s: record %s was modified" % (seq, record))
+        for name, digest_ in sorted((line.get("artifacts") or {}).items()):
             path = os.path.join(audit_dir, name)
-            if not os.path.exists(path) or sha256_file(path) != digest:
-                problems.append("seq %s: runner artifact %s missing or modified" % (seq, name))
-        prev = hashlib.sha256(raw).hexdigest()
+            if not os.path.exists(path) or sha256_file(path) != digest_:
+                tampered.append("seq %s: runner artifact %s missing or modified" % (seq, name))
+        if line.get("kind") == "open":
+            opened[line.get("run_id")] = line
+        elif line.get("kind") == "record":
+            closed.add(line.get("run_id"))
+        prev = digest
         hashes[seq] = prev
         expected_seq = (seq if isinstance(seq, int) else expected_seq) + 1
+    if torn:
+        findings.append(
+            "torn last line (%d bytes, an interrupted write): run `knowngood audit repair`"
+            % len(torn)
+        )
+    for run_id, line in opened.items():
+        if run_id not in closed:
+            findings.append(
+                "run %s opened at %s by %s never closed (killed, or still running)"
+                % (run_id, line.get("started_at"), line.get("user"))
+            )
+    last = max(hashes) if hashes else 0
     if checkpoint is None and key_path:
         checkpoint = read_checkpoint(key_path, audit_dir)
     if checkpoint:
-        last = max(hashes) if hashes else 0
         if checkpoint["seq"] > last:
-            problems.append(
+            tampered.append(
                 "index ends at seq %d but the checkpoint says %d (tail truncated)"
                 % (last, checkpoint["seq"])
             )
         elif hashes.get(checkpoint["seq"]) != checkpoint["sha256"]:
-            problems.append(
+            tampered.append(
                 "entry seq %d differs from the checkpoint (rewritten)" % checkpoint["seq"]
             )
-    elif key_path:
-        problems.append("no checkpoint for %s: cannot tell whether the tail was cut" % audit_dir)
-    return problems, len(lines)
+        elif checkpoint["seq"] < last:
+            findings.append(
+                "the local checkpoint (seq %d) is older than the newest entry (seq %d)"
+                % (checkpoint["seq"], last)
+            )
+    elif key_path and lines:
+        tampered.append("no checkpoint for %s: cannot tell whether the tail was cut" % audit_dir)
+    if witness:
+        more_tampered, more_findings = check_witness(audit_dir, witness, hashes)
+        tampered += more_tampered
+        findings += more_findings
+    empty = not lines and not torn and not tampered
+    return {"tampered": tampered, "findings": findings, "entries": len(lines), "empty": empty}
+
+
+def verify(audit_dir, key_path=None, checkpoint=None, witness=None):
+    """Problems found in the chain (empty list: intact) and the number of entries checked."""
+    result = check(audit_dir, key_path, checkpoint, witness)
+    return result["tampered"] + result["findings"], result["entries"]

@@ -6,7 +6,7 @@ knowngood lab down                        stop it and remove it
 knowngood run rollback-code --ticket T --reason R [--request FILE] [--check]
 knowngood request rollback-code --decision RUN_ID --ticket T --reason R  -> request file
 knowngood approve REQUEST --key ~/.ssh/id_ed25519                        (sign it)
-knowngood audit list | show RUN_ID | verify
+knowngood audit list | show RUN_ID | verify | repair
 knowngood report RUN_ID --format md|html
 knowngood drill run NAME | list | report [--html FILE]
 knowngood awx surveys [--write]
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -109,24 +108,25 @@ def _parse_extravars(pairs: list[str]) -> dict:
     return extravars
 
 
-def _run_target(args: argparse.Namespace) -> tuple[str, Path]:
-    """(inventory, audit dir): without -i the runbook runs on the lab and records there."""
-    inventory, audit_dir = args.inventory, runner.DEFAULT_AUDIT_DIR
+def _trail(args: argparse.Namespace) -> dict:
+    """{audit_dir, key, witness}: the same resolution the callback uses (audit_chain)."""
+    from knowngood.modutils import module_utils
+
+    chain = module_utils("audit_chain")
+    try:
+        return chain.resolve_trail(getattr(args, "audit_dir", "") or None, None, args.root)
+    except ValueError as exc:
+        raise runner.KnowngoodError(str(exc)) from None
+
+
+def _run_target(args: argparse.Namespace) -> tuple[str, Path, Path]:
+    """(inventory, audit dir, key): without -i the runbook runs on the lab. Either way it
+    records in the one trail `knowngood audit` reads."""
+    inventory = args.inventory
     if not inventory:
-        cfg = LabConfig.load(Path(args.root))
-        inventory, audit_dir = str(cfg.inventory_path), cfg.root / "audit"
-    if getattr(args, "audit_dir", ""):
-        audit_dir = Path(args.audit_dir)
-    return inventory, audit_dir
-
-
-def _audit_key(args: argparse.Namespace) -> Path:
-    """The lab's audit key for lab runs (removed with the lab), the operator's otherwise."""
-    if "KNOWNGOOD_AUDIT_KEY" in os.environ or getattr(args, "inventory", ""):
-        return runner.DEFAULT_AUDIT_KEY
-    if getattr(args, "audit_dir", "") and Path(args.audit_dir) != Path(args.root) / "audit":
-        return runner.DEFAULT_AUDIT_KEY
-    return Path(args.root) / "governance" / "audit_key"
+        inventory = str(LabConfig.load(Path(args.root)).inventory_path)
+    trail = _trail(args)
+    return inventory, Path(trail["audit_dir"]), Path(trail["key"])
 
 
 def _governed_extravars(args: argparse.Namespace) -> dict:
@@ -139,7 +139,7 @@ def _governed_extravars(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    inventory, audit_dir = _run_target(args)
+    inventory, audit_dir, audit_key = _run_target(args)
     if args.request:
         from knowngood import governance
 
@@ -161,7 +161,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         ticket=args.ticket,
         reason=args.reason,
-        audit_key=_audit_key(args),
+        audit_key=audit_key,
+        lab_root=str(Path(args.root).resolve()) if (Path(args.root) / "lab.json").exists() else "",
         verbosity=args.verbose,
         diff=args.diff,
         vault_password_file=args.vault_password_file,
@@ -177,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_request(args: argparse.Namespace) -> int:
     from knowngood import governance
 
-    inventory, audit_dir = _run_target(args)
+    inventory, audit_dir, audit_key = _run_target(args)
     extravars = _governed_extravars(args)
     decision = governance.read_decision(args.decision, audit_dir) if args.decision else None
     path = governance.create_request(
@@ -195,9 +196,7 @@ def cmd_request(args: argparse.Namespace) -> int:
     )
     print(path)
     if not args.no_notify:
-        for line in governance.notify_request(
-            path, inventory, audit_dir, _audit_key(args), extravars
-        ):
+        for line in governance.notify_request(path, inventory, audit_dir, audit_key, extravars):
             print(line, file=sys.stderr)
     return 0
 
@@ -210,41 +209,56 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def audit_list(index: Path, last: int | None = None) -> list[str]:
-    """One line per recorded run in an audit index (its artifact-digest entries skipped)."""
-    lines = []
-    for raw in index.read_text().splitlines():
-        entry = json.loads(raw)
-        if entry.get("kind", "record") != "record":
+    """One line per recorded run in an audit index (artifact digests, torn lines skipped);
+    a run opened and never closed shows as open."""
+    lines, closed = [], set()
+    entries = []
+    for raw in index.read_bytes().split(b"\n"):
+        try:
+            entries.append(json.loads(raw))
+        except ValueError:
             continue
-        lines.append(
-            f"{entry['finished_at']}  {entry['status']:<10}  {entry['run_id']}  "
-            f"{Path(entry.get('playbook') or '?').name}"
-        )
+    for entry in entries:
+        if entry.get("kind", "record") == "record":
+            closed.add(entry.get("run_id"))
+    for entry in entries:
+        kind = entry.get("kind", "record")
+        if kind == "record":
+            lines.append(
+                f"{entry['finished_at']}  {entry['status']:<10}  {entry['run_id']}  "
+                f"{Path(entry.get('playbook') or '?').name}"
+            )
+        elif kind == "open" and entry.get("run_id") not in closed:
+            lines.append(
+                f"{entry.get('started_at')}  {'OPEN':<10}  {entry['run_id']}  "
+                f"{Path(entry.get('playbook') or '?').name}"
+            )
     return lines[-last:] if last else lines
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    audit_dir = Path(args.audit_dir) if args.audit_dir else Path(args.root) / "audit"
-    if args.command == "verify":
-        from knowngood.modutils import module_utils
+    trail = _trail(args)
+    audit_dir = Path(trail["audit_dir"])
+    from knowngood.modutils import module_utils
 
-        chain = module_utils("audit_chain")
-        problems, count = chain.verify(str(audit_dir), str(_audit_key(args)))
+    chain = module_utils("audit_chain")
+    if args.command == "verify":
+        return _verify(chain, trail)
+    if args.command == "repair":
+        import getpass
+
         try:
-            remote = chain.remote_from_env()
-        except ValueError as exc:
+            lines = chain.repair(str(audit_dir), trail["key"], getpass.getuser(), trail["witness"])
+        except chain.AuditError as exc:
             raise runner.KnowngoodError(str(exc)) from None
-        if remote:  # the second place (KNOWNGOOD_AUDIT_S3_URL)
-            problems += chain.verify_remote(str(audit_dir), remote)
-        for problem in problems:
-            print(f"TAMPERED  {problem}")
-        if problems:
-            print(f"audit trail {audit_dir}: {len(problems)} problem(s) in {count} entries")
-            return 3
-        what = "chain, signatures and checkpoint"
-        if remote:
-            what += f" (and its S3 copy in {remote['url']})"
-        print(f"audit trail {audit_dir}: {count} entries, {what} intact")
+        for line in lines:
+            runner._warn_witness(line)
+            if line["kind"] == "repair":
+                removed = ", ".join(f"{r['bytes']} bytes" for r in line["removed"])
+                print(f"seq {line['seq']}: removed torn line(s) ({removed})")
+            else:
+                print(f"seq {line['seq']}: closed abandoned run {line['run_id']}")
+        print(f"audit trail {audit_dir}: {len(lines) or 'nothing'} repaired")
         return 0
     if args.command == "list":
         index = audit_dir / "index.jsonl"
@@ -254,18 +268,44 @@ def cmd_audit(args: argparse.Namespace) -> int:
         for line in audit_list(index):
             print(line)
         return 0
-    path = audit_dir / f"{args.run_id}.json"
-    if not path.exists() or "/" in args.run_id:
+    if "/" in args.run_id or not (audit_dir / f"{args.run_id}.json").exists():
         raise runner.KnowngoodError(f"no audit record {args.run_id} in {audit_dir}")
-    record = json.loads(path.read_text())
+    record = json.loads((audit_dir / f"{args.run_id}.json").read_text())
     print(json.dumps(record, indent=2) if args.json else "\n".join(runner.summarize(record)))
+    return 0
+
+
+def _verify(chain, trail: dict) -> int:
+    """TAMPERED lines (exit 3), FINDING lines (exit 4), or one line saying what was checked."""
+    audit_dir, witness = trail["audit_dir"], trail["witness"]
+    result = chain.check(audit_dir, trail["key"], witness=witness)
+    for problem in result["tampered"]:
+        print(f"TAMPERED  {problem}")
+    for finding in result["findings"]:
+        print(f"FINDING   {finding}")
+    where = f"witness {witness['url']}" if witness else "no witness configured"
+    if result["tampered"] or result["findings"]:
+        print(
+            f"audit trail {audit_dir}: {len(result['tampered'])} sign(s) of tampering, "
+            f"{len(result['findings'])} finding(s) in {result['entries']} entries ({where})"
+        )
+        return 3 if result["tampered"] else 4
+    if result["empty"]:
+        print(f"audit trail {audit_dir}: empty, nothing recorded yet ({where})")
+        return 0
+    what = "chain, signatures and checkpoint"
+    if witness:
+        what += f", and the witness in {witness['url']}"
+    else:
+        what += " (no witness configured: a cut tail with the checkpoint rolled back is not seen)"
+    print(f"audit trail {audit_dir}: {result['entries']} entries, {what} intact")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from knowngood import report
 
-    audit_dir = Path(args.audit_dir) if args.audit_dir else Path(args.root) / "audit"
+    audit_dir = Path(_trail(args)["audit_dir"])
     record = report.load_record(audit_dir, args.run_id)
     prometheus = args.prometheus
     if not prometheus and (Path(args.root) / "lab.json").exists():
@@ -358,7 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--audit-dir", default="")
     audit_sub = audit.add_subparsers(dest="command", required=True)
     audit_sub.add_parser("list")
-    audit_sub.add_parser("verify", help="check the chain, signatures, records and checkpoint")
+    audit_sub.add_parser(
+        "verify", help="check the chain, signatures, records, checkpoint and witness"
+    )
+    audit_sub.add_parser("repair", help="remove a torn last line (recorded as a repair entry)")
     show = audit_sub.add_parser("show")
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true")

@@ -21,13 +21,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RUNBOOK_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 EXIT_CODES = {"successful": 0, "failed": 2, "timeout": 3, "canceled": 4}
-DEFAULT_AUDIT_DIR = Path(
-    os.environ.get("KNOWNGOOD_AUDIT_DIR", "~/.local/state/knowngood/audit")
-).expanduser()
-# Signs the audit index and keeps its checkpoints; outside every audit dir on purpose.
-DEFAULT_AUDIT_KEY = Path(
-    os.environ.get("KNOWNGOOD_AUDIT_KEY", "~/.config/knowngood/audit_key")
-).expanduser()
 # Runner artifacts kept (and digested) with the record; env/ (extra vars, secrets) never is.
 KEPT_ARTIFACTS = ("stdout", "status", "rc", "command")
 
@@ -43,12 +36,13 @@ class RunRequest:
     extravars: dict = field(default_factory=dict)
     check: bool = False
     limit: str = ""
-    audit_dir: Path = DEFAULT_AUDIT_DIR
+    audit_dir: Path | None = None  # None: the one resolution (audit_chain.resolve_trail)
     user: str = ""
     quiet: bool = False
     ticket: str = ""
     reason: str = ""
-    audit_key: Path = DEFAULT_AUDIT_KEY
+    audit_key: Path | None = None
+    lab_root: str = ""
     verbosity: int = 0
     diff: bool = False
     vault_password_file: str = ""
@@ -133,20 +127,20 @@ def run(request: RunRequest) -> RunResult:
     playbook = playbook_path(request.runbook)
     from knowngood.modutils import module_utils
 
+    chain = module_utils("audit_chain")
     try:
-        module_utils("audit_chain").remote_from_env()  # a bad S3 setting stops us before the run
-    except ValueError as exc:
+        trail = chain.resolve_trail(
+            str(request.audit_dir or ""), str(request.audit_key or ""), request.lab_root or None
+        )
+        user = chain.check_name(request.user or getpass.getuser(), "user")
+    except (ValueError, chain.AuditError) as exc:  # a bad witness setting or user: stop first
         raise KnowngoodError(str(exc)) from None
     run_id = new_run_id()
-    audit_dir = request.audit_dir
-    lab_key = audit_dir.parent / "governance" / "audit_key"
-    if (
-        request.audit_key == DEFAULT_AUDIT_KEY
-        and "KNOWNGOOD_AUDIT_KEY" not in os.environ
-        and (audit_dir.parent / "lab.json").exists()
-    ):
-        request.audit_key = lab_key  # a lab's trail is signed with the lab's key
+    audit_dir = Path(trail["audit_dir"])
     audit_dir.mkdir(parents=True, exist_ok=True)
+    started_at = chain.utcnow()
+    line = chain.open_record(trail, _opening(request, run_id, user, playbook, started_at))
+    _warn_witness(line)
     # ansible-runner writes the extra variables (secrets included) and raw output into its
     # private data dir; the audit record is our callback's, so that dir lives only for the run.
     cmdline = []
@@ -160,15 +154,17 @@ def run(request: RunRequest) -> RunResult:
         cmdline += ["--vault-password-file", str(Path(request.vault_password_file).resolve())]
     env = {
         "KNOWNGOOD_RUN_ID": run_id,
+        "KNOWNGOOD_AUDIT_OPENED": run_id,  # the callback closes the record opened here
         "KNOWNGOOD_AUDIT_DIR": str(audit_dir),
         # ansible-runner wraps this stdout callback; it hides no_log tasks' error messages,
         # which the wrapped default callback of ansible-core 2.19 would print.
         "ANSIBLE_STDOUT_CALLBACK": "knowngood.runbooks.safe_default",
-        "KNOWNGOOD_USER": request.user or getpass.getuser(),
+        "KNOWNGOOD_USER": user,
         "KNOWNGOOD_KEY_FINGERPRINT": operator_fingerprint(),
-        "KNOWNGOOD_AUDIT_KEY": str(request.audit_key),
+        "KNOWNGOOD_AUDIT_KEY": trail["key"],
         "KNOWNGOOD_TICKET": request.ticket,
         "KNOWNGOOD_REASON": request.reason,
+        **({"KNOWNGOOD_LAB_DIR": request.lab_root} if request.lab_root else {}),
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
         "ANSIBLE_COLLECTIONS_PATH": str(REPO / "collections"),
         "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
@@ -192,20 +188,97 @@ def run(request: RunRequest) -> RunResult:
         )
         digests = keep_artifacts(Path(private) / "artifacts" / run_id, audit_dir, run_id)
     duration = time.monotonic() - started
-    line = module_utils("audit_chain").append(
-        str(audit_dir),
-        {"kind": "artifacts", "run_id": run_id, "status": result.status, "artifacts": digests},
-        str(request.audit_key),
-    )
-    if line.get("remote_checkpoint_error"):
-        print(
-            f"knowngood: WARNING the S3 copy of the audit checkpoint failed "
-            f"({line['remote_checkpoint_error']})",
-            file=sys.stderr,
+    record_path = audit_dir / f"{run_id}.json"
+    if not record_path.exists():
+        # ansible-playbook ended without closing its record (killed, crashed): close it here,
+        # saying so, rather than leave the run looking as if it were still going.
+        body = json.dumps(
+            {
+                "run_id": run_id,
+                "kind": "knowngood-run",
+                "user": user,
+                "playbook": str(playbook),
+                "started_at": started_at,
+                "finished_at": chain.utcnow(),
+                "status": result.status,
+                "rc": result.rc,
+                "note": "ansible-playbook ended without its record; closed by knowngood run",
+                "events": [],
+            },
+            indent=2,
+            sort_keys=True,
         )
+        record_path.write_text(body)
+        _warn_witness(
+            chain.append(
+                str(audit_dir),
+                {
+                    "kind": "record",
+                    "run_id": run_id,
+                    "record": record_path.name,
+                    "playbook": str(playbook),
+                    "status": result.status,
+                    "finished_at": chain.utcnow(),
+                    "sha256": chain.sha256_file(str(record_path)),
+                },
+                trail["key"],
+                trail["witness"],
+            )
+        )
+    _warn_witness(
+        chain.append(
+            str(audit_dir),
+            {"kind": "artifacts", "run_id": run_id, "status": result.status, "artifacts": digests},
+            trail["key"],
+            trail["witness"],
+        )
+    )
     record_path = audit_dir / f"{run_id}.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     return RunResult(run_id, result.status, result.rc, duration, record_path, record)
+
+
+def _warn_witness(line: dict) -> None:
+    if line.get("remote_checkpoint_error"):
+        print(
+            f"knowngood: WARNING the audit witness copy of the checkpoint failed "
+            f"({line['remote_checkpoint_error']})",
+            file=sys.stderr,
+        )
+
+
+def _opening(request: RunRequest, run_id: str, user: str, playbook: Path, at: str) -> dict:
+    """What the open record says before anything runs: who, what, why, the request's approvals."""
+    from knowngood.modutils import module_utils
+
+    opening = {
+        "run_id": run_id,
+        "kind": "knowngood-run",
+        "user": user,
+        "os_user": getpass.getuser(),
+        "playbook": str(playbook),
+        "inventory": [request.inventory],
+        "limit": request.limit,
+        "started_at": at,
+        "ticket": request.ticket,
+        "reason": request.reason,
+        "check_mode": request.check,
+        "extra_vars": module_utils("audit_chain").mask(request.extravars),
+        "break_glass": str(request.extravars.get("knowngood_break_glass") or ""),
+    }
+    path = request.extravars.get("knowngood_request")
+    if path:
+        opening["request"] = str(path)
+        try:
+            data = module_utils("approval").load_request_file(str(path))
+            opening["request_id"] = data.get("id")
+            opening["approvals"] = [
+                {k: a.get(k) for k in ("signer", "key_fingerprint", "signed_at")}
+                for a in data.get("approvals") or []
+            ]
+        except Exception as exc:  # the gate refuses it in the run; the record says why not here
+            opening["request_error"] = type(exc).__name__
+    return opening
 
 
 def summarize(record: dict) -> list[str]:

@@ -143,7 +143,7 @@ def test_the_checkpoint_copy_in_the_object_locked_bucket_catches_a_cut_tail(lab_
 
     ok = verify(env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "S3 copy in s3://knowngood-cold/audit-checkpoints" in ok.stdout
+    assert "witness in s3://knowngood-cold/audit-checkpoints" in ok.stdout
 
     # Someone who owns the host cuts the last entry and rolls the local checkpoint back to match.
     lines = (audit / "index.jsonl").read_bytes().splitlines(keepends=True)
@@ -152,12 +152,16 @@ def test_the_checkpoint_copy_in_the_object_locked_bucket_catches_a_cut_tail(lab_
     point = dict(json.loads(local.read_text()), seq=2)
     point["sha256"] = hashlib.sha256(lines[1].rstrip(b"\n")).hexdigest()
     local.write_text(json.dumps(point))
-    local_only = verify({k: v for k, v in env.items() if k not in s3_env})
-    assert local_only.returncode == 0, local_only.stdout  # the host alone is fooled
+    # Without the S3 settings in the environment, the lab's own witness (on by default) still
+    # holds the checkpoint: the default verify is not fooled either.
+    default = verify({k: v for k, v in env.items() if k not in s3_env})
+    assert default.returncode == 3 and "seq 3 missing" in default.stdout, default.stdout
     cut = verify(env)
     assert cut.returncode == 3, cut.stdout
-    assert "the remote checkpoint in s3://knowngood-cold/audit-checkpoints says 3" in cut.stdout
-    assert "(tail truncated)" in cut.stdout
+    assert (
+        "the witness in s3://knowngood-cold/audit-checkpoints holds checkpoint seq 3" in cut.stdout
+    )
+    assert "(tail cut)" in cut.stdout
 
     # Nor can the copy be removed: the cold bucket keeps it under Object Lock.
     client = infra.s3_client(cfg, infra.COLD_REGION)

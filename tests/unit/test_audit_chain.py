@@ -95,3 +95,54 @@ def test_without_a_checkpoint_verification_says_it_cannot_tell(trail, tmp_path):
     other_key = str(tmp_path / "other" / "k")
     audit_chain.ensure_key(other_key)
     assert "no checkpoint" in problems(audit, other_key)
+
+
+def test_torn_tail_is_pinned_reported_and_repaired(trail):
+    audit, key = trail
+    with (audit / "index.jsonl").open("ab") as handle:
+        handle.write(b'{"kind":"rec')
+    assert "torn last line (12 bytes" in problems(audit, key)
+    line = audit_chain.append(str(audit), {"kind": "test"}, key, None)
+    assert line["seq"] == 5 and line["after_torn"]["bytes"] == 12
+    found = audit_chain.check(str(audit), key)
+    assert not found["tampered"] and "torn by an interrupted write" in found["findings"][0]
+    written = audit_chain.repair(str(audit), key, "ops", None)
+    assert [w["kind"] for w in written] == ["repair"]
+    assert audit_chain.verify(str(audit), key) == ([], 6)
+    # A garbage line no later entry pins is tampering: repair refuses to hide it.
+    rows = lines(audit)
+    write(audit, rows[:2] + ["not json"] + rows[2:])
+    assert "not JSON (modified)" in problems(audit, key)
+    with pytest.raises(audit_chain.AuditError, match="tampering"):
+        audit_chain.repair(str(audit), key, "ops", None)
+
+
+def test_open_runs_are_findings_until_closed_and_names_are_checked(tmp_path):
+    audit, key = tmp_path / "audit", str(tmp_path / "k" / "audit_key")
+    audit.mkdir()
+    assert audit_chain.check(str(audit), key)["empty"]
+    trail = {"audit_dir": str(audit), "key": key, "witness": None}
+    audit_chain.open_record(trail, {"run_id": "kg-1", "user": "ops", "started_at": "T"})
+    assert "run kg-1 opened at T by ops never closed" in problems(audit, key)
+    for bad in ("../../x", "a/b", "", ".hidden", "x" * 200):
+        with pytest.raises(audit_chain.AuditError):
+            audit_chain.check_name(bad, "run id")
+    assert audit_chain.check_name("kg-20261202T1-ab.c_d", "run id")
+    (tmp_path / "k" / "audit_key.pub").unlink()
+    assert "public key missing" in problems(audit, key)
+
+
+def test_one_resolution_of_the_trail(tmp_path):
+    lab = tmp_path / "lab"
+    (lab / "governance").mkdir(parents=True)
+    (lab / "lab.json").write_text("{}")
+    got = audit_chain.resolve_trail(environ={"KNOWNGOOD_LAB_DIR": str(lab)})
+    assert got["audit_dir"] == str(lab / "audit") and got["witness"] is None
+    assert got["key"] == str(lab / "governance" / "audit_key")
+    env = {"KNOWNGOOD_LAB_DIR": str(tmp_path / "none"), "KNOWNGOOD_AUDIT_DIR": "/x/a"}
+    assert audit_chain.resolve_trail(environ=env)["audit_dir"] == "/x/a"
+    (lab / "governance" / "audit_witness.json").write_text(
+        json.dumps({"KNOWNGOOD_AUDIT_S3_URL": "s3://b/p", "aws_access_key_id": "A"})
+    )
+    witness = audit_chain.resolve_trail(environ={"KNOWNGOOD_LAB_DIR": str(lab)})["witness"]
+    assert witness["bucket"] == "b" and witness["prefix"] == "p" and witness["access_key"] == "A"

@@ -641,6 +641,7 @@ def up(cfg: LabConfig, progress: Progress = print) -> dict:
             labels[target] = {"host": cfg.host_name(i), "pool": pool}
     infra.prometheus_up(cfg, progress, targets, labels)
     infra.s3_up(cfg, progress)
+    governance.write_witness(cfg)  # the audit trail's witness: the object-locked cold bucket
     if cfg.ssh:
         for i in range(cfg.hosts):
             infra.sshd_up(cfg, progress, i)

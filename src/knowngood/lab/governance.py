@@ -153,3 +153,22 @@ def audit_s3_env(cfg: LabConfig) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": access,
         "AWS_SECRET_ACCESS_KEY": secret,
     }
+
+
+def write_witness(cfg: LabConfig) -> Path:
+    """The lab's audit witness, on by default: governance/audit_witness.json (0600).
+
+    Every trail resolved under this lab (audit_chain.resolve_trail) puts each checkpoint into
+    the object-locked cold bucket and `knowngood audit verify` checks against it. It holds the
+    lab's S3 credentials: never print it.
+    """
+    env = audit_s3_env(cfg)
+    doc = {k: v for k, v in env.items() if k.startswith("KNOWNGOOD_AUDIT_S3_")}
+    doc["aws_access_key_id"] = env["AWS_ACCESS_KEY_ID"]
+    doc["aws_secret_access_key"] = env["AWS_SECRET_ACCESS_KEY"]
+    path = cfg.root / "governance" / "audit_witness.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(0o600)
+    path.chmod(0o600)
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return path
