@@ -50,7 +50,6 @@ import getpass
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -136,8 +135,9 @@ class CallbackModule(CallbackBase):
             audit_chain.check_name(os.environ.get("KNOWNGOOD_USER") or getpass.getuser(), "user")
         except audit_chain.AuditError as exc:
             # A callback's exception is only a warning to Ansible: stop before any task instead.
+            # (SystemExit, raised in __init__, ends ansible-playbook with this status.)
             self._display.error("knowngood: %s" % exc)
-            sys.exit(5)
+            raise SystemExit(5) from exc
         os.environ["KNOWNGOOD_RUN_ID"] = self.run_id
         # Locks record the controller's pid so a crashed run's lock is recognised as stale.
         os.environ["KNOWNGOOD_CONTROLLER_PID"] = str(os.getpid())
