@@ -254,12 +254,7 @@ class ActionModule(ActionBase):
                         "policy_digest": trust["digest"],
                     }
                     if self._task.check_mode:
-                        before = policy.consumed(trust, verdict["request_id"])
-                        if before:
-                            raise policy.PolicyError(
-                                "request %s was already used at %s: a signed request runs once"
-                                % (verdict["request_id"][:12], before.get("consumed_at"))
-                            )
+                        policy.check_unused(trust, verdict["request_id"])
                     else:
                         result["consumed"] = policy.consume(trust, verdict["request_id"], entry)
         except (approval.ApprovalError, policy.PolicyError) as exc:

@@ -109,7 +109,6 @@ KEPT_KEYS = (
     "snapshot_id",
     "safety_snapshot_id",
 )
-SECRET_RE = audit_chain.SECRET_RE
 mask = audit_chain.mask
 
 

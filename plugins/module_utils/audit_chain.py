@@ -312,7 +312,7 @@ def _witness_body(remote, obj):
 
 def read_remote_checkpoint(remote, audit_dir):
     """The highest checkpoint the witness keeps for this audit directory, or None."""
-    versions, dummy = read_witness(remote, audit_dir)
+    versions = read_witness(remote, audit_dir)[0]
     if not versions:
         return None
     objs = sorted(versions[max(versions)], key=lambda o: o["LastModified"])
@@ -379,24 +379,6 @@ def check_witness(audit_dir, remote, hashes):
     return tampered, findings
 
 
-def verify_remote(audit_dir, remote):
-    """Problems found comparing the index with the witness (empty list: consistent)."""
-    tampered, findings = check_witness(audit_dir, remote, _index_hashes(audit_dir))
-    return tampered + findings
-
-
-def _index_hashes(audit_dir):
-    hashes = {}
-    for raw in _read_lines(audit_dir)[0]:
-        try:
-            seq = json.loads(raw).get("seq")
-        except ValueError:
-            continue
-        if isinstance(seq, int):
-            hashes[seq] = hashlib.sha256(raw).hexdigest()
-    return hashes
-
-
 def _read_lines(audit_dir):
     """(complete lines, torn tail bytes or b"") of index.jsonl."""
     index = os.path.join(audit_dir, "index.jsonl")
@@ -423,6 +405,12 @@ def _parse(raw):
     except ValueError:
         return None
     return line if isinstance(line, dict) else None
+
+
+def entries(audit_dir):
+    """The index's entries as dicts, oldest first; torn and non-JSON lines are left out (check()
+    reports them)."""
+    return [line for line in map(_parse, _read_lines(audit_dir)[0]) if line is not None]
 
 
 def append(audit_dir, entry, key_path=None, witness="env"):

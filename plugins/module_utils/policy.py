@@ -262,26 +262,32 @@ def consume(policy, request_id, entry):
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        try:
-            with open(path) as handle:
-                before = json.load(handle)
-        except (OSError, ValueError):
-            before = {}
-        raise PolicyError(
-            "request %s was already used at %s by %s (run %s): a signed request runs once"
-            % (
-                request_id[:12],
-                before.get("consumed_at", "?"),
-                before.get("executed_by", "?"),
-                before.get("run_id", "?"),
-            )
-        ) from None
+        raise _used(request_id, consumed(policy, request_id) or {}) from None
     with os.fdopen(fd, "w") as handle:
         json.dump(dict(entry, request_id=request_id), handle, sort_keys=True)
         handle.write("\n")
         handle.flush()
         os.fsync(handle.fileno())
     return path
+
+
+def check_unused(policy, request_id):
+    """consume's refusal without recording anything (check mode)."""
+    before = consumed(policy, request_id)
+    if before is not None:
+        raise _used(request_id, before)
+
+
+def _used(request_id, before):
+    return PolicyError(
+        "request %s was already used at %s by %s (run %s): a signed request runs once"
+        % (
+            request_id[:12],
+            before.get("consumed_at", "?"),
+            before.get("executed_by", "?"),
+            before.get("run_id", "?"),
+        )
+    )
 
 
 def consumed(policy, request_id):

@@ -211,13 +211,10 @@ def cmd_approve(args: argparse.Namespace) -> int:
 def audit_list(index: Path, last: int | None = None) -> list[str]:
     """One line per recorded run in an audit index (artifact digests, torn lines skipped);
     a run opened and never closed shows as open."""
+    from knowngood.modutils import module_utils
+
     lines, closed = [], set()
-    entries = []
-    for raw in index.read_bytes().split(b"\n"):
-        try:
-            entries.append(json.loads(raw))
-        except ValueError:
-            continue
+    entries = module_utils("audit_chain").entries(str(index.parent))
     for entry in entries:
         if entry.get("kind", "record") == "record":
             closed.add(entry.get("run_id"))

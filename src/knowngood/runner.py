@@ -233,7 +233,6 @@ def run(request: RunRequest) -> RunResult:
             trail["witness"],
         )
     )
-    record_path = audit_dir / f"{run_id}.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     return RunResult(run_id, result.status, result.rc, duration, record_path, record)
 

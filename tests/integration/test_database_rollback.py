@@ -278,6 +278,17 @@ def test_every_planner_refusal_stops_before_writes_stop_with_service_and_data_un
     assert len(seen) == len(cases)
 
 
+def release_aside(lab, aside: Path, reason: str):
+    """rollback-database.yml asked to delete the data directory a rollback kept."""
+    return lab.playbook(
+        "rollback-database",
+        db_release_aside=True,
+        aside_dir=str(aside),
+        confirm=cluster(lab),
+        rollback_reason=reason,
+    )
+
+
 def test_release_deletes_only_this_clusters_own_recorded_aside_copy(lab, tmp_path):
     """db_release_aside with a directory no rollback of this cluster kept (a stopped data
     directory of another cluster beside the live one), a symlink to it, the live data
@@ -298,13 +309,7 @@ def test_release_deletes_only_this_clusters_own_recorded_aside_copy(lab, tmp_pat
             (link, "is a symlink"),
             (data_dir, "is or holds the live data directory"),
         ):
-            run = lab.playbook(
-                "rollback-database",
-                db_release_aside=True,
-                aside_dir=str(aside),
-                confirm=cluster(lab),
-                rollback_reason="free the disk",
-            )
+            run = release_aside(lab, aside, "free the disk")
             assert run.rc != 0, run.output[-3000:]
             assert why in run.output and "nothing was changed" in run.output, run.output[-3000:]
             assert (foreign / "PG_VERSION").read_text() == "15\n"
@@ -431,12 +436,6 @@ def test_pitr_to_deploy_restore_point_stops_writes_and_reseeds_standby(lab, back
     # The kept directory goes only when asked.
     aside = Path(rep["aside_dir"])
     assert aside.exists()
-    released = lab.playbook(
-        "rollback-database",
-        db_release_aside=True,
-        aside_dir=str(aside),
-        confirm=cluster(lab),
-        rollback_reason="rollback verified",
-    )
+    released = release_aside(lab, aside, "rollback verified")
     assert released.rc == 0, released.output
     assert not aside.exists()
