@@ -22,6 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 # Unit tests import the collection's plugins the way Ansible does: ansible_collections.knowngood.
 sys.path.insert(0, str(REPO / "collections"))
 BIN = Path(sys.executable).parent
+# `make test` runs the integration tests on two pytest-xdist workers, each with a lab of its own:
+# worker N takes the lab directory <root>-gwN and the ports <base> + 1000 * N. Set here, before
+# any test module reads them. The demo's lab (25000, /var/lib/knowngood-lab) is never touched.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER.startswith("gw"):
+    os.environ["KNOWNGOOD_TEST_LAB"] = (
+        os.environ.get("KNOWNGOOD_TEST_LAB", "/tmp/knowngood-test-lab") + "-" + _WORKER
+    )
+    os.environ["KNOWNGOOD_TEST_BASE_PORT"] = str(
+        int(os.environ.get("KNOWNGOOD_TEST_BASE_PORT", "27000")) + 1000 * int(_WORKER[2:])
+    )
 TEST_LAB_ROOT = Path(os.environ.get("KNOWNGOOD_TEST_LAB", "/tmp/knowngood-test-lab"))
 TEST_BASE_PORT = int(os.environ.get("KNOWNGOOD_TEST_BASE_PORT", "27000"))
 
@@ -67,6 +78,10 @@ def pytest_collection_modifyitems(config, items):
         names = EXTENDED.get(item.path.name, ())
         if names is None or item.originalname in names:
             item.add_marker(pytest.mark.extended)
+        # Busy loops on every core would load the other worker's lab too: `make test` runs
+        # these tests after the parallel ones, on their own.
+        if "cpu_hogs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.hogs)
 
 
 @dataclass
@@ -268,6 +283,27 @@ def lab_session() -> Lab:
 def lab(lab_session: Lab) -> Lab:
     lab_session.reset()
     return lab_session
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture
+def cpu_hogs():
+    """Two busy loops, as many as this machine's cores, for the whole test: the loaded
+    controller a verdict must not confuse with a slow service. At the end each loop must have
+    had at least a quarter of a core, or the test did not run under load."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _core in range(2)]
+    started = time.monotonic()
+    yield hogs
+    elapsed = time.monotonic() - started
+    used = [_cpu_seconds(hog.pid) for hog in hogs]
+    for hog in hogs:
+        hog.kill()
+        hog.wait()
+    assert all(seconds >= 0.25 * elapsed for seconds in used), (used, elapsed)
 
 
 # Real PostgreSQL clusters of the tests' own (tests/pgcluster.py), on ports past the lab's block.

@@ -92,6 +92,9 @@ KEPT_KEYS = (
     "fired",
     "inconclusive",
     "baseline",
+    # a probe's verdict: the measured latency, what it was judged against, the tolerance
+    "latency",
+    "breaches",
     "query_errors",
     "evaluated_at",
     "baseline_at",

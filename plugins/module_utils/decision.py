@@ -14,6 +14,7 @@ import time
 
 from ansible.module_utils.six.moves.urllib.parse import urlencode
 from ansible.module_utils.urls import open_url
+from ansible_collections.knowngood.runbooks.plugins.module_utils import latency
 
 SEVERITIES = ("none", "low", "medium", "high")
 DECLARED_TRIGGERS = ("security", "data_integrity", "ux_disruption")
@@ -47,9 +48,10 @@ DEFAULT_THRESHOLDS = {
     "error_ratio": {"low": 0.001, "medium": 0.01, "high": 0.05},
     # section 2.1: performance degradation above 30% is an immediate trigger; smaller changes
     # are within what a healthy service drifts by
-    "degradation_pct": {"high": 30.0},
-    # a latency rise smaller than this is noise, whatever its percentage (3 ms -> 5 ms)
-    "min_latency_delta_ms": 20.0,
+    "degradation_pct": {"high": latency.TOLERANCE * 100.0},
+    # a latency rise smaller than this is noise, whatever its percentage (3 ms -> 5 ms); the
+    # verification's probes use the same floor (latency.judge)
+    "min_latency_delta_ms": latency.MIN_DELTA_MS,
     # below this baseline rate a throughput comparison says nothing
     "min_baseline_rps": 0.5,
     # any scrape target down is a critical system error

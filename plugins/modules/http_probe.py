@@ -5,13 +5,23 @@
 DOCUMENTATION = r"""
 ---
 module: http_probe
-short_description: Send a burst of HTTP requests and judge error rate, latency and release
+short_description: Send a burst of HTTP requests and judge errors, release and latency
 version_added: "0.1.0"
 description:
   - The health gate of a deploy and the stability check of a rollback. Sends I(requests)
     requests with I(concurrency) workers, then fails if the share of failed requests exceeds
-    I(max_error_ratio), the 95th percentile latency exceeds I(max_p95_ms), or a response names
-    a release other than I(expect_release).
+    I(max_error_ratio), a response names a release other than I(expect_release), or the 95th
+    percentile latency is worse than its baseline.
+  - Latency is judged against a baseline measured the same way on the same machine, never
+    against an absolute number; a shared machine's load is not the service's regression.
+    The baseline is I(baseline) (an earlier result of this module, e.g. the service before
+    the change) or I(baseline_url) (the release being replaced, probed in alternating rounds
+    with I(url), so both see the same moments of the machine). It fails a p95 more than
+    I(latency_tolerance) above the baseline's and also more than the larger of
+    I(latency_min_delta_ms) and the baseline's own p95-p50 spread above it.
+  - Without a usable baseline (none given, or one that failed more than half its requests,
+    an outage) latency is not judged and the result says C(no baseline); errors and the
+    release still are. I(max_p95_ms) is the operator's SLO, a cap that fails on its own.
   - Read-only; runs the same in check mode.
 options:
   url:
@@ -35,9 +45,39 @@ options:
     type: float
     default: 0.01
   max_p95_ms:
-    description: Highest acceptable 95th percentile latency in milliseconds.
+    description:
+      - The SLO cap on the 95th percentile latency in milliseconds; C(0) turns it off.
+      - Fails on its own, whatever the baseline says.
     type: float
-    default: 100
+    default: 0
+  baseline:
+    description:
+      - An earlier result of this module (or any mapping with C(requests), C(errors),
+        C(p50_ms), C(p95_ms)) measured the same way, typically before the change.
+    type: dict
+  baseline_url:
+    description:
+      - URL of the release being replaced, probed in alternating rounds with I(url) in this
+        same run; its result is the baseline and wins over I(baseline).
+    type: str
+  baseline_label:
+    description: What the baseline is, as the verdict names it.
+    type: str
+    default: the baseline
+  latency_tolerance:
+    description: Share by which the p95 may exceed the baseline's (strategy 2.1's 30%).
+    type: float
+    default: 0.3
+  latency_min_delta_ms:
+    description: A rise smaller than this (ms) never fails, whatever the share.
+    type: float
+    default: 20
+  confirm:
+    description:
+      - When latency alone fails, probe again with twice the requests (the baseline URL too)
+        and judge only the second probe. One slow sample on a busy host is not a regression.
+    type: bool
+    default: true
   expect_release:
     description: Every response must name this release (JSON key C(release) or X-Release).
     type: str
@@ -65,13 +105,26 @@ author:
 """
 
 EXAMPLES = r"""
-- name: Gate the canary on error rate and latency
+- name: Gate a rolled-back blue/green pool against the release it replaced
   knowngood.runbooks.http_probe:
-    url: http://127.0.0.1:25100/
-    requests: 40
-    max_error_ratio: 0.05
-    max_p95_ms: 80
-    expect_release: v42
+    url: http://127.0.0.1:25101/
+    baseline_url: http://127.0.0.1:25100/
+    baseline_label: the replaced release v2
+    expect_release: v1
+    max_error_ratio: 0.01
+
+- name: Probe before the change, to judge the same probe after it
+  knowngood.runbooks.http_probe:
+    url: http://127.0.0.1:25080/
+    fail_on_breach: false
+  register: before
+
+- name: Probe after the change against it, with the SLO as a cap
+  knowngood.runbooks.http_probe:
+    url: http://127.0.0.1:25080/
+    baseline: "{{ before }}"
+    baseline_label: the service before the change
+    max_p95_ms: 800
 """
 
 RETURN = r"""
@@ -99,6 +152,28 @@ p95_ms:
   description: 95th percentile latency.
   returned: always
   type: float
+latency:
+  description:
+    - The latency verdict; C(judged) is C(baseline) or C(no baseline), C(detail) names the
+      measured value, the baseline and the tolerance.
+  returned: always
+  type: dict
+  sample:
+    held: true
+    judged: baseline
+    p95_ms: 12.1
+    baseline_p95_ms: 10.4
+    limit_ms: 35.4
+    detail: "p95 12.1 ms vs the replaced release 10.4 ms (+16%; tolerance 30% or 20 ms,
+      limit 35.4 ms)"
+baseline:
+  description: The baseline judged against (requests, errors, p50_ms, p95_ms), or null.
+  returned: always
+  type: dict
+confirmed:
+  description: The first probe's latency verdict when latency alone failed and was probed again.
+  returned: always
+  type: dict
 releases:
   description: Count of responses per release named.
   returned: always
@@ -114,117 +189,78 @@ breaches:
   elements: str
 """
 
-import json
-import threading
-import time
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.six.moves.urllib.error import HTTPError
-from ansible.module_utils.urls import Request, make_context
+from ansible_collections.knowngood.runbooks.plugins.module_utils import latency
 
 
-def one_request(url, timeout, context):
-    """(status, release, milliseconds, host) of one GET; status None when nothing answered."""
-    started = time.time()
-    headers = {}
-    try:
-        # A fresh Request per call keeps the probes independent (no shared cookie jar), like a
-        # plain urlopen; the TLS context comes ready-made because building one takes longer
-        # than a request and would count as latency.
-        response = Request(use_netrc=False, context=context).open("GET", url, timeout=timeout)
-        code = response.getcode()
-        body = response.read()
-        headers = response.headers
-    except HTTPError as exc:
-        code = exc.code
-        body = exc.read()
-        headers = exc.headers or {}
-    except Exception:
-        return None, None, (time.time() - started) * 1000.0, None
-    release = headers.get("X-Release")
-    if release is None:
-        try:
-            release = json.loads(body).get("release")
-        except (ValueError, AttributeError):
-            release = None
-    return code, release, (time.time() - started) * 1000.0, headers.get("X-Host")
+def failed(answer):
+    return answer.status is None or answer.status >= 500
 
 
-def percentile(values, share):
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))
-    return round(ordered[index], 2)
-
-
-def probe(url, total, concurrency, timeout):
-    results = []
-    lock = threading.Lock()
-    remaining = [total]
-    context = make_context()
-
-    def worker():
-        while True:
-            with lock:
-                if remaining[0] <= 0:
-                    return
-                remaining[0] -= 1
-            started = time.time()
-            try:
-                outcome = one_request(url, timeout, context)
-            except Exception:  # a probe that breaks counts as a failed request, never as none
-                outcome = (None, None, (time.time() - started) * 1000.0, None)
-            with lock:
-                results.append(outcome)
-
-    threads = [threading.Thread(target=worker) for _index in range(max(1, concurrency))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
-
-
-def judge(results, params):
+def judge(answers, params, baseline=None):
+    """The verdict on one probe's answers, latency against `baseline` (a measure or None)."""
     excluded = {}
     if params["only_hosts"]:
         # Hosts outside the run (unreachable ones) are reported, not judged: their release
         # is exactly what the run could not change.
-        for _code, rel, _ms, host in results:
+        kept = []
+        for answer in answers:
+            host = answer.headers.get("X-Host")
             if host and host not in params["only_hosts"]:
+                rel = latency.release_of(answer) or "unknown"
                 excluded.setdefault(host, {})
-                excluded[host][rel or "unknown"] = excluded[host].get(rel or "unknown", 0) + 1
-        results = [r for r in results if not r[3] or r[3] in params["only_hosts"]]
-    latencies = [r[2] for r in results]
-    errors = sum(1 for code, _rel, _ms, _host in results if code is None or code >= 500)
+                excluded[host][rel] = excluded[host].get(rel, 0) + 1
+            else:
+                kept.append(answer)
+        answers = kept
+    errors = sum(1 for answer in answers if failed(answer))
     releases = {}
-    for code, rel, _ms, _host in results:
-        if code is None:
+    for answer in answers:
+        if answer.status is None:
             continue  # nothing answered: already an error, it names no release
-        key = rel or "unknown"
+        key = latency.release_of(answer) or "unknown"
         releases[key] = releases.get(key, 0) + 1
-    ratio = float(errors) / len(results) if results else 1.0
-    p95 = percentile(latencies, 0.95)
+    ratio = float(errors) / len(answers) if answers else 1.0
+    numbers = latency.measure([answer.ms for answer in answers], errors)
+    slow = latency.judge(
+        numbers["p95_ms"],
+        baseline,
+        label=params["baseline_label"],
+        tolerance=params["latency_tolerance"],
+        min_delta_ms=params["latency_min_delta_ms"],
+        cap_ms=params["max_p95_ms"],
+    )
     breaches = []
     if ratio > params["max_error_ratio"]:
         breaches.append("error ratio %.3f > %.3f" % (ratio, params["max_error_ratio"]))
-    if p95 > params["max_p95_ms"]:
-        breaches.append("p95 latency %.1f ms > %.1f ms" % (p95, params["max_p95_ms"]))
     expected = params["expect_release"]
     if expected and set(releases) != set([expected]):
         breaches.append("responses from %s, expected only %s" % (releases, expected))
-    return {
-        "passed": not breaches,
-        "requests": len(results),
-        "errors": errors,
-        "error_ratio": round(ratio, 4),
-        "p50_ms": percentile(latencies, 0.5),
-        "p95_ms": p95,
-        "releases": releases,
-        "breaches": breaches,
-        "excluded_hosts": excluded,
-    }
+    if not slow["held"]:
+        breaches.append(slow["detail"])
+    return dict(
+        numbers,
+        passed=not breaches,
+        error_ratio=round(ratio, 4),
+        releases=releases,
+        breaches=breaches,
+        excluded_hosts=excluded,
+        latency=slow,
+        baseline=baseline,
+        latency_only=bool(breaches) and breaches == [slow["detail"]],
+    )
+
+
+def run_probe(params, total):
+    urls = [params["url"]] + ([params["baseline_url"]] if params["baseline_url"] else [])
+    answers = latency.probe(urls, total, params["concurrency"], params["timeout"])
+    baseline = params["baseline"]
+    if params["baseline_url"]:
+        theirs = answers[1]
+        baseline = latency.measure(
+            [answer.ms for answer in theirs], sum(1 for answer in theirs if failed(answer))
+        )
+    return judge(answers[0], params, baseline)
 
 
 def main():
@@ -235,7 +271,13 @@ def main():
             concurrency=dict(type="int", default=4),
             timeout=dict(type="float", default=5),
             max_error_ratio=dict(type="float", default=0.01),
-            max_p95_ms=dict(type="float", default=100),
+            max_p95_ms=dict(type="float", default=0),
+            baseline=dict(type="dict"),
+            baseline_url=dict(type="str"),
+            baseline_label=dict(type="str", default="the baseline"),
+            latency_tolerance=dict(type="float", default=latency.TOLERANCE),
+            latency_min_delta_ms=dict(type="float", default=latency.MIN_DELTA_MS),
+            confirm=dict(type="bool", default=True),
             expect_release=dict(type="str"),
             only_hosts=dict(type="list", elements="str"),
             fail_on_breach=dict(type="bool", default=True),
@@ -245,10 +287,15 @@ def main():
     params = module.params
     if params["requests"] < 1:
         module.fail_json(msg="requests must be at least 1")
-    verdict = judge(
-        probe(params["url"], params["requests"], params["concurrency"], params["timeout"]), params
-    )
-    verdict["url"] = params["url"]
+    if params["latency_tolerance"] < 0 or params["latency_min_delta_ms"] < 0:
+        module.fail_json(msg="latency_tolerance and latency_min_delta_ms must not be negative")
+    verdict = run_probe(params, params["requests"])
+    first = None
+    if verdict.pop("latency_only") and params["confirm"]:
+        first = verdict["latency"]
+        verdict = run_probe(params, 2 * params["requests"])
+        verdict.pop("latency_only")
+    verdict.update(url=params["url"], confirmed=first)
     if not verdict["passed"] and params["fail_on_breach"]:
         module.fail_json(
             msg="%s failed its gate: %s" % (params["url"], "; ".join(verdict["breaches"])),

@@ -19,7 +19,11 @@ description:
   - C(data) runs pg_amcheck, looks for checksum failures since I(since), counts rows and
     evaluates sentinel queries.
   - C(ux) sends smoke requests to I(pages) under I(base_url) and judges status, content and
-    the p95 latency budget.
+    p95 latency; the latency against I(ux_baseline), the same pages measured the same way
+    before the change (C(ux_measures) of an earlier call). Without a usable baseline (none,
+    or a complete outage) latency is not judged and the check says C(no baseline).
+  - Latency is never judged against an absolute number; I(max_p95_ms) is the operator's SLO,
+    a cap that fails on its own.
   - Read-only; runs the same in check mode.
 options:
   checks:
@@ -67,10 +71,28 @@ options:
     default: 0.01
   max_p95_ms:
     description:
-      - p95 latency in milliseconds that always passes (metrics), and the default budget of a
-        page (ux).
+      - The SLO cap on p95 latency in milliseconds (metrics, and each page unless it has its
+        own C(max_p95_ms)); C(0) turns it off. It fails on its own, whatever the baseline says.
     type: float
-    default: 500
+    default: 0
+  latency_tolerance:
+    description:
+      - Share by which a p95 may exceed its baseline's (strategy 2.1's 30%), provided it also
+        exceeds it by more than I(latency_min_delta_ms) and the baseline's own p95-p50 spread.
+    type: float
+    default: 0.3
+  latency_min_delta_ms:
+    description: A latency rise smaller than this (ms) never fails.
+    type: float
+    default: 20
+  metrics_speed_decides:
+    description:
+      - Whether a latency or throughput breach measured against the baseline window fails
+        (C(true)) or is reported C(inconclusive) with its numbers (C(false)). Turn it off
+        where the service shares its machine with the controller (the lab), since another
+        minute's window then measures the machine's load as much as the service.
+    type: bool
+    default: true
   min_throughput_share:
     description: Smallest share of the baseline throughput that passes (metrics).
     type: float
@@ -135,6 +157,22 @@ options:
     type: list
     elements: dict
     default: []
+  ux_baseline:
+    description:
+      - Per page name, the same page measured before the change (C(requests), C(errors),
+        C(p50_ms), C(p95_ms)), as the C(ux_measures) an earlier call returned.
+    type: dict
+    default: {}
+  ux_baseline_label:
+    description: What I(ux_baseline) is, as the verdict names it.
+    type: str
+    default: the page before the change
+  confirm:
+    description:
+      - When a page fails on latency alone, probe it again with twice the requests and judge
+        only the second probe (ux).
+    type: bool
+    default: true
   requests:
     description: Requests per page (ux).
     type: int
@@ -179,6 +217,22 @@ EXAMPLES = r"""
     base_url: http://lb.internal
     pages:
       - {path: /, expect: orders, max_p95_ms: 300}
+
+- name: Measure the pages before a change
+  knowngood.runbooks.service_verify:
+    checks: [ux]
+    since: "2026-11-28T14:05:00+00:00"
+    base_url: http://lb.internal
+    pages: [{name: home, path: /, expect: orders}]
+  register: before
+
+- name: Judge the same pages after it against that baseline
+  knowngood.runbooks.service_verify:
+    checks: [ux]
+    since: "2026-11-28T14:05:00+00:00"
+    base_url: http://lb.internal
+    pages: [{name: home, path: /, expect: orders}]
+    ux_baseline: "{{ before.ux_measures }}"
 """
 
 RETURN = r"""
@@ -197,6 +251,10 @@ summary:
   description: Number of checks per status.
   returned: always
   type: dict
+ux_measures:
+  description: Per smoke page, its requests, errors, p50_ms and p95_ms (a later ux_baseline).
+  returned: always
+  type: dict
 window:
   description: The judged and the baseline window, ISO-8601.
   returned: always
@@ -211,6 +269,7 @@ import datetime
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.knowngood.runbooks.plugins.module_utils import latency
 from ansible_collections.knowngood.runbooks.plugins.module_utils import service_verify as sv
 
 
@@ -238,7 +297,10 @@ def main():
             selector=dict(type="str", default=""),
             scrape_seconds=dict(type="float", default=0),
             max_error_ratio=dict(type="float", default=0.01),
-            max_p95_ms=dict(type="float", default=500),
+            max_p95_ms=dict(type="float", default=0),
+            latency_tolerance=dict(type="float", default=latency.TOLERANCE),
+            latency_min_delta_ms=dict(type="float", default=latency.MIN_DELTA_MS),
+            metrics_speed_decides=dict(type="bool", default=True),
             min_throughput_share=dict(type="float", default=0.5),
             min_window_seconds=dict(type="float", default=30),
             log_files=dict(type="list", elements="str", default=[]),
@@ -253,6 +315,9 @@ def main():
             sentinels=dict(type="list", elements="dict", default=[]),
             base_url=dict(type="str"),
             pages=dict(type="list", elements="dict", default=[]),
+            ux_baseline=dict(type="dict", default={}),
+            ux_baseline_label=dict(type="str", default="the page before the change"),
+            confirm=dict(type="bool", default=True),
             requests=dict(type="int", default=20),
             concurrency=dict(type="int", default=4),
             timeout=dict(type="float", default=5),
@@ -312,6 +377,7 @@ def main():
         verdict=sv.verdict(results),
         checks=results,
         summary=sv.summary(results),
+        ux_measures=sv.ux_measures(results, params["pages"]),
         window={
             "since": judged[0].isoformat(),
             "until": judged[1].isoformat(),

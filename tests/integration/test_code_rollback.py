@@ -81,7 +81,20 @@ def test_slow_release_inside_the_absolute_limit_is_stopped_by_the_decision(lab):
     print("\nMEASURED deploy gate on v1.2: " + run.output.split("fired ", 1)[1].split(";")[0])
 
 
-def test_rollback_under_load_has_zero_failed_requests(lab):
+def host_probes(lab) -> dict[str, dict]:
+    """The post-switch probe of each host, from the newest run's audit record."""
+    records = sorted((Path(lab.root) / "audit").glob("kg-*.json"), key=os.path.getmtime)
+    events = json.loads(records[-1].read_text())["events"]
+    return {
+        e["host"]: e["result"]
+        for e in events
+        if e["task"].endswith(": Probe the live instance on this host")
+    }
+
+
+def test_rollback_under_load_has_zero_failed_requests(lab, cpu_hogs):
+    """Traffic through the load balancer and both cores busy: the rollback is judged against
+    the release it replaced, probed the same way on the same machine, and passes."""
     lab.seed("v1", "v1.1")
     with LoadClient(lab.status["lb_url"] + "/", threads=4) as load:
         time.sleep(0.5)
@@ -105,6 +118,29 @@ def test_rollback_under_load_has_zero_failed_requests(lab):
     for i, host in enumerate(lab.status["hosts"]):
         assert os.readlink(Path(host["root"]) / "slots" / "blue").endswith("releases/v1")
         assert not (Path(host["root"]) / ".knowngood" / "lock").exists(), i
+    probes = host_probes(lab)
+    assert set(probes) == {"app1", "app2", "app3"}
+    for probe in probes.values():
+        assert probe["latency"]["judged"] == "baseline", probe["latency"]
+        assert "the replaced release v1.1 probed before the switch" in probe["latency"]["detail"]
+    print(
+        "\nMEASURED rollback under load: "
+        + "; ".join(p["latency"]["detail"] for p in probes.values())
+    )
+
+
+def test_rollback_onto_a_slower_release_fails_against_the_one_it_replaced_and_reverts(lab):
+    """v1.2 answers 150 ms slower with no errors: judged against v1 probed before the switch
+    (and confirmed by a second probe), the rollback onto it fails and v1 is put back."""
+    lab.seed("v1.2", "v1")
+    run = rollback(lab, release_id="v1.2")
+    assert run.rc != 0
+    assert "exceeds the replaced release v1 probed before the switch" in run.output, run.output[
+        -3000:
+    ]
+    assert 'failed at "Refuse unless every host passed its probe"' in run.output
+    assert lab.live_releases() == {"v1"}
+    assert all(r == "v1" for r in lab.serving() if r)
 
 
 def test_rolled_back_release_is_never_picked_again_automatically(lab):
@@ -137,6 +173,12 @@ def test_blue_green_rollback_flips_back_to_the_idle_pool_under_load(lab):
     assert {r[2] for r in load.responses if r[0] > finished} == {"v1"}
     live_file = Path(lab.root) / "nginx" / "live_pool.conf"
     assert "knowngood-pool: blue" in live_file.read_text()
+    # judged against the replaced release, still running on green, in the same rounds
+    probes = host_probes(lab)
+    assert set(probes) == {"app1", "app2", "app3"}
+    for probe in probes.values():
+        assert probe["latency"]["judged"] == "baseline", probe["latency"]
+        assert "v1.1 on pool green, probed in the same rounds" in probe["latency"]["detail"]
 
 
 def test_flip_refused_when_target_pool_config_fails_its_test(lab):

@@ -12,7 +12,7 @@ from conftest import Lab, http_json, knowngood
 pytestmark = pytest.mark.lab
 
 SSH_ROOT = Path(os.environ.get("KNOWNGOOD_TEST_SSH_LAB", "/tmp/knowngood-test-ssh-lab"))
-SSH_BASE_PORT = os.environ.get("KNOWNGOOD_TEST_SSH_BASE_PORT", "28000")
+SSH_BASE_PORT = os.environ.get("KNOWNGOOD_TEST_SSH_BASE_PORT", "30000")
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ POOLS = ("blue", "green")
 # Not an app pool: the load balancer's own 503 page, made live while a database rollback has
 # writes stopped (lb_pool pool=maintenance), like any other pool.
 MAINTENANCE_POOL = "maintenance"
-LAB_P95_MS = 400
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
@@ -447,11 +446,11 @@ def inventory(cfg: LabConfig) -> dict:
                 "knowngood_log_files": [str(cfg.log_dir / "*.log"), str(cfg.pg_dir / "*.log")],
                 "knowngood_db_dsn": pg["primary_dsn"],
                 "knowngood_db_cluster": pg["name"],
-                # The lab shares two cores with whatever else runs (tests, benchmarks): a latency
-                # gate tuned for a dedicated host would fail healthy releases here. Errors stay
-                # strict, and v2's errors are what its gate catches.
-                "code_verify_max_p95_ms": LAB_P95_MS,
-                "code_flag_max_p95_ms": LAB_P95_MS,
+                # The lab's services share two cores with the controller and whatever else runs:
+                # Prometheus latency and throughput of another minute's window measure that
+                # load as much as the service, so here they report rather than decide. Every
+                # probe is still judged against a baseline taken in the same run.
+                "verify_metrics_speed_decides": False,
                 "knowngood_flag_service_url": f"http://127.0.0.1:{cfg.flag_service_port}",
                 "knowngood_flag_service_token_file": str(flag_token_file(cfg)),
                 **governance.inventory_vars(cfg),  # decision matrix, approvers, contacts

@@ -114,8 +114,9 @@ def inventory_vars(cfg: LabConfig) -> dict:
     decision = module_utils("decision")
     return {
         "knowngood_decision_matrix": decision.DEFAULT_MATRIX,
-        # Two shared cores make a healthy release's p95 jump by tens of milliseconds; a latency
-        # rise counts only past 60 ms here (v2's regression adds 120 ms).
+        # Two shared cores make a healthy release's p95 jump by tens of milliseconds from one
+        # probe to the next; a latency rise counts only past 60 ms here, in the rollback
+        # decision and in every runbook's probe (v1.2 adds 150 ms, v2 120 ms and errors).
         "knowngood_decision_thresholds": {"min_latency_delta_ms": 60.0},
         "knowngood_approvers": lab_approvers(),
         "knowngood_contacts": {

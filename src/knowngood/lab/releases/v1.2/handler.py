@@ -1,7 +1,7 @@
 """Release v1.2: v1.1 with a slower orders page (150 ms more, no errors).
 
-Inside the lab's absolute p95 limit (400 ms, loose because the lab shares two cores): only the
-comparison with the release it replaces (the deploy gate's rollback_decision) catches it."""
+No errors, and the lab sets no absolute latency cap: only the comparison with the release it
+replaces (the deploy gate's rollback_decision, a rollback's probe) catches it."""
 
 import time
 
