@@ -263,46 +263,53 @@ def run_probe(params, total):
     return judge(answers[0], params, baseline)
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            url=dict(type="str", required=True),
-            requests=dict(type="int", default=40),
-            concurrency=dict(type="int", default=4),
-            timeout=dict(type="float", default=5),
-            max_error_ratio=dict(type="float", default=0.01),
-            max_p95_ms=dict(type="float", default=0),
-            baseline=dict(type="dict"),
-            baseline_url=dict(type="str"),
-            baseline_label=dict(type="str", default="the baseline"),
-            latency_tolerance=dict(type="float", default=latency.TOLERANCE),
-            latency_min_delta_ms=dict(type="float", default=latency.MIN_DELTA_MS),
-            confirm=dict(type="bool", default=True),
-            expect_release=dict(type="str"),
-            only_hosts=dict(type="list", elements="str"),
-            fail_on_breach=dict(type="bool", default=True),
-        ),
-        supports_check_mode=True,
-    )
-    params = module.params
+ARGUMENT_SPEC = dict(
+    url=dict(type="str", required=True),
+    requests=dict(type="int", default=40),
+    concurrency=dict(type="int", default=4),
+    timeout=dict(type="float", default=5),
+    max_error_ratio=dict(type="float", default=0.01),
+    max_p95_ms=dict(type="float", default=0),
+    baseline=dict(type="dict"),
+    baseline_url=dict(type="str"),
+    baseline_label=dict(type="str", default="the baseline"),
+    latency_tolerance=dict(type="float", default=latency.TOLERANCE),
+    latency_min_delta_ms=dict(type="float", default=latency.MIN_DELTA_MS),
+    confirm=dict(type="bool", default=True),
+    expect_release=dict(type="str"),
+    only_hosts=dict(type="list", elements="str"),
+    fail_on_breach=dict(type="bool", default=True),
+)
+
+
+def run(params):
+    """(failed, result) of one probe; the module and its in-process action both call this."""
     if params["requests"] < 1:
-        module.fail_json(msg="requests must be at least 1")
+        return True, {"msg": "requests must be at least 1", "changed": False}
     if params["latency_tolerance"] < 0 or params["latency_min_delta_ms"] < 0:
-        module.fail_json(msg="latency_tolerance and latency_min_delta_ms must not be negative")
+        return True, {
+            "msg": "latency_tolerance and latency_min_delta_ms must not be negative",
+            "changed": False,
+        }
     verdict = run_probe(params, params["requests"])
     first = None
     if verdict.pop("latency_only") and params["confirm"]:
         first = verdict["latency"]
         verdict = run_probe(params, 2 * params["requests"])
         verdict.pop("latency_only")
-    verdict.update(url=params["url"], confirmed=first)
+    verdict.update(url=params["url"], confirmed=first, changed=False)
     if not verdict["passed"] and params["fail_on_breach"]:
-        module.fail_json(
-            msg="%s failed its gate: %s" % (params["url"], "; ".join(verdict["breaches"])),
-            changed=False,
-            **verdict,
-        )
-    module.exit_json(changed=False, **verdict)
+        verdict["msg"] = "%s failed its gate: %s" % (params["url"], "; ".join(verdict["breaches"]))
+        return True, verdict
+    return False, verdict
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    failed, result = run(module.params)
+    if failed:
+        module.fail_json(**result)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":
