@@ -48,8 +48,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# STORIES=code,flag tells only those stories (and what they need); see knowngood.demo.STORIES.
 demo: system-deps venv
-	$(PY) -m knowngood.demo
+	$(PY) -m knowngood.demo $(if $(STORIES),--stories $(STORIES))
 
 lab-up: system-deps venv
 	$(BIN)/knowngood lab up
@@ -82,11 +83,15 @@ integration: system-deps venv
 	$(BIN)/pytest -q tests/integration
 
 # Lint, sanity and the unit tests are single-threaded and need no lab: on two cores they run
-# two at a time, then the integration tests on the lab. The slower proofs marked `extended`
-# (tests/conftest.py) run with `make test-extended`.
+# two at a time. The integration tests mostly wait on playbooks and services, so they run on
+# TEST_WORKERS pytest-xdist workers, each with a lab of its own (tests/conftest.py), a file per
+# worker; then the tests that load every core (cpu_hogs) run alone. The slower proofs marked
+# `extended` (tests/conftest.py) run with `make test-extended`.
+TEST_WORKERS ?= 2
 test: system-deps venv
 	$(MAKE) --no-print-directory -j2 -O lint-drills lint-runbooks sanity unit
-	$(BIN)/pytest -q --durations=25 -m "not extended" tests/integration
+	$(BIN)/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile -m "not extended and not hogs" tests/integration
+	$(BIN)/pytest -q --durations=10 -m "hogs and not extended" tests/integration
 
 test-extended: system-deps venv
 	$(BIN)/pytest -q --durations=25 -m extended

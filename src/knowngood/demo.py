@@ -11,14 +11,19 @@ failure: app2 and the primary killed under traffic, recovered, RTO and RPO print
 governance: a decision, a request signed by the lab's CTO and Infrastructure Lead, the
 rollback through `knowngood run` behind its gate, notices, `knowngood audit verify`, the HTML
 incident report -> the audit trail.
+
+Each part is a story (STORIES) that can be told on its own with what it needs:
+`make demo STORIES=database` or `python -m knowngood.demo --stories flag,config`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from knowngood import demo_config, demo_governance, demo_recovery, runner
@@ -160,14 +165,7 @@ def database_story(cfg: LabConfig, lb: str) -> None:
     run(cfg, "rollback-code", release_id="v1", rollback_reason="back on schema 0001")
 
 
-def main() -> int:
-    root = Path(os.environ.get("KNOWNGOOD_LAB_DIR", str(DEFAULT_ROOT)))
-    say(f"bringing up the lab in {root}")
-    cfg = LabConfig.load(root) if (root / "lab.json").exists() else LabConfig(root=root)
-    status = core.up(cfg, progress=lambda m: print("    " + m, flush=True))
-    core.reset(cfg)
-    lb = status["lb_url"]
-
+def deploy_story(cfg: LabConfig, lb: str) -> None:
     say("deploy v1, gradually: canary first, then half, then all, each batch behind a gate")
     run(cfg, "deploy-code", release_id="v1", ticket="CHG-1")
 
@@ -177,6 +175,8 @@ def main() -> int:
     say("deploy v1.1 (good)")
     run(cfg, "deploy-code", release_id="v1.1", ticket="CHG-3")
 
+
+def code_story(cfg: LabConfig, lb: str) -> None:
     say("incident: roll v1.1 back to the last known-good release, under live traffic")
     with Traffic(lb + "/") as traffic:
         time.sleep(0.5)
@@ -184,6 +184,8 @@ def main() -> int:
         time.sleep(0.5)
     print("    traffic during the rollback: " + traffic.report())
 
+
+def flag_story(cfg: LabConfig, lb: str) -> None:
     say("a risky code path behind a feature flag goes on, errors follow")
     run(
         cfg,
@@ -204,17 +206,12 @@ def main() -> int:
     )
     sample_traffic(lb, "with the flag off")
 
+
+def config_story(cfg: LabConfig, lb: str) -> None:
     demo_config.config_story(cfg, lb)
 
-    say("what happened: the release ledger of app1")
-    ledger = cfg.host_root(0) / ".knowngood" / "ledger.jsonl"
-    for line in ledger.read_text().splitlines():
-        event = json.loads(line)
-        print(
-            f"    {event['ts']}  {event['release_id']:<5} {event['status']:<12} "
-            f"{event.get('reason', '')} {event.get('ticket', '')}"
-        )
 
+def backups_story(cfg: LabConfig, lb: str) -> None:
     say("backups: archive WAL to two local disks, two S3 regions, cold storage and an export")
     run(cfg, "setup-backups")
     say("take a full backup to every location")
@@ -224,16 +221,89 @@ def main() -> int:
     say("the backup catalog")
     print_catalog(cfg)
 
-    database_story(cfg, lb)
 
+def recovery_story(cfg: LabConfig, lb: str) -> None:
     demo_recovery.recovery_story(cfg, lb, run=run, say=say)
 
-    report = demo_governance.run(cfg, say)
 
+def governance_story(cfg: LabConfig, lb: str) -> None:
+    report = demo_governance.run(cfg, say)
+    print(f"    incident report (HTML, one file): {report}")
+
+
+# Each story, in the order the demo tells them, with the stories it needs told first.
+STORIES: dict[str, tuple[Callable[[LabConfig, str], None], tuple[str, ...]]] = {
+    "deploy": (deploy_story, ()),
+    "code": (code_story, ("deploy",)),
+    "flag": (flag_story, ("deploy",)),
+    "config": (config_story, ("deploy",)),
+    "backups": (backups_story, ()),
+    "database": (database_story, ("deploy", "backups")),
+    "recovery": (recovery_story, ("deploy", "backups")),
+    "governance": (governance_story, ()),
+}
+
+
+def plan(wanted: list[str]) -> list[str]:
+    """The stories to tell for `wanted`, with what they need, in the demo's order."""
+    unknown = sorted(set(wanted) - set(STORIES))
+    if unknown:
+        raise SystemExit(f"unknown stories: {', '.join(unknown)}; choose from {', '.join(STORIES)}")
+    chosen: set[str] = set()
+    todo = list(wanted)
+    while todo:
+        name = todo.pop()
+        if name not in chosen:
+            chosen.add(name)
+            todo.extend(STORIES[name][1])
+    return [name for name in STORIES if name in chosen]
+
+
+def print_trail(cfg: LabConfig) -> None:
+    """What happened: the release ledger of app1 and the newest audit records."""
+    ledger = cfg.host_root(0) / ".knowngood" / "ledger.jsonl"
+    if ledger.exists():
+        say("what happened: the release ledger of app1")
+        for line in ledger.read_text().splitlines():
+            event = json.loads(line)
+            print(
+                f"    {event['ts']}  {event['release_id']:<5} {event['status']:<12} "
+                f"{event.get('reason', '')} {event.get('ticket', '')}"
+            )
     say(f"the audit trail ({cfg.root / 'audit'})")
     for line in audit_list(cfg.root / "audit" / "index.jsonl", last=6):
         print("    " + line)
-    print(f"\nIncident report (HTML, one file): {report}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="knowngood.demo", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--stories",
+        default=",".join(STORIES),
+        help=f"comma-separated stories to tell (with what they need): {', '.join(STORIES)}",
+    )
+    parser.add_argument(
+        "--only",
+        action="store_true",
+        help="tell exactly these stories: the lab already holds what they need",
+    )
+    args = parser.parse_args(argv)
+    wanted = [name for name in args.stories.split(",") if name]
+    stories = [name for name in plan(wanted) if name in wanted] if args.only else plan(wanted)
+    root = Path(os.environ.get("KNOWNGOOD_LAB_DIR", str(DEFAULT_ROOT)))
+    say(f"bringing up the lab in {root}")
+    cfg = LabConfig.load(root) if (root / "lab.json").exists() else LabConfig(root=root)
+    status = core.up(cfg, progress=lambda m: print("    " + m, flush=True))
+    if not args.only:
+        core.reset(cfg)
+    lb = status["lb_url"]
+    timings = []
+    for name in stories:
+        started = time.monotonic()
+        STORIES[name][0](cfg, lb)
+        timings.append(f"{name} {time.monotonic() - started:.0f}s")
+    print_trail(cfg)
+    print(f"\nStories told: {', '.join(timings)}")
     print("Drills with measured RTO/RPO: `make drill` (or `knowngood drill run primary_failover`).")
     print("The lab keeps running: `knowngood lab status`, `knowngood lab down` to remove it.")
     return 0
