@@ -410,26 +410,34 @@ def _store_one(cfg, location, name, encoded, until, outcome):
         outcome["notes"] = notes
 
 
+def _prepare(cfg, locations):
+    """Import and build on this thread what worker threads would on first use; returns
+    {location name: error} for those that cannot be prepared.
+
+    Two workers' first imports (botocore's through six.moves' finder, which imports
+    http.client under the global import lock, and cryptography's x509, holding email's module
+    locks) deadlocked, and a push hung for good."""
+    preload(cfg.compression, any(loc.encrypt for loc in locations))
+    errors = {}
+    for location in locations:
+        try:
+            location.prepare()
+        except Exception as err:  # noqa: BLE001 - the caller's to judge
+            errors[location.name] = err
+    return errors
+
+
 def _store_everywhere(cfg, locations, name, encoded):
     """{location name: outcome}, each location in a daemon thread of its own, waited for
     until its deadline. An outcome has "status" (and "backfill"), or "error"; a location
     that did not answer in time gets an error and its worker is left behind (daemon threads
-    end with the process).
-
-    Whatever a worker would import or build on first use is done here first: two workers'
-    first imports (botocore through six.moves, cryptography's x509) once deadlocked on the
-    import locks, and a push hung for good."""
-    preload(cfg.compression, any(loc.encrypt for loc in locations))
-    outcomes, ready = {}, []
-    for location in locations:
-        outcomes[location.name] = {}
-        try:
-            location.prepare()
-            ready.append(location)
-        except Exception as err:  # noqa: BLE001 - judged by push()
-            outcomes[location.name]["error"] = err
+    end with the process)."""
+    unprepared = _prepare(cfg, locations)
+    outcomes = {loc.name: {} for loc in locations}
+    for loc_name, err in unprepared.items():
+        outcomes[loc_name]["error"] = err
     workers = []
-    for location in ready:
+    for location in (loc for loc in locations if loc.name not in unprepared):
         limit = REQUIRED_DEADLINE if location.required else OPTIONAL_DEADLINE
         deadline = time.monotonic() + limit
         worker = threading.Thread(
@@ -786,6 +794,7 @@ def prefetch(cfg, after, count=None, follow=False, idle_timeout=PREFETCH_IDLE_TI
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=PREFETCH_WORKERS)
     try:
         locations = open_locations(cfg)
+        _prepare(cfg, locations)  # a location it fails for fails again in _find, reported
         while True:
             consumed = [s for s in waiting if not os.path.exists(os.path.join(spool, s + ".json"))]
             if consumed:
