@@ -510,8 +510,11 @@ def push(cfg, path):
             if location.required:
                 statuses[location.name] = "failed"
                 continue
-            # Non-required: keep a copy in the spool, copied by a later push's worker.
-            _mark_down(cfg, location.name)
+            # Non-required: keep a copy in the spool, copied by a later push's worker. Only a
+            # location that was tried is marked down again: re-marking the skipped ones kept a
+            # location down for good while pushes came faster than the hold.
+            if location in todo:
+                _mark_down(cfg, location.name)
             try:
                 plain_file, result = encoded.get(None)
                 _record_pending(cfg, location, name, plain_file, result.sha256, err)
