@@ -41,8 +41,9 @@ TEST_BASE_PORT = int(os.environ.get("KNOWNGOOD_TEST_BASE_PORT", "27000"))
 # `make test-extended` (and before a release). Each is backed by a faster test in `make test` or
 # by a drill: pgBackRest is the optional engine; the native engine's failure classes, SSH mode,
 # the rebuild from region B (drill disaster_recovery), the corruption repair, the PITR runbook
-# end to end (test_pitr proves every target in make test; drill database_pitr) and a region
-# down during a backup (test_wal proves the pending copies in make test).
+# end to end (test_pitr proves every target in make test; drill database_pitr), a region down
+# during a backup (test_wal proves the pending copies in make test) and the WAL soak (test_wal
+# proves a black-holed location's bound and the watchdog's exit status in make test).
 EXTENDED = {
     "test_database_rollback.py": {
         "test_pitr_to_deploy_restore_point_stops_writes_and_reseeds_standby",
@@ -62,6 +63,9 @@ EXTENDED = {
         "test_local_location_defers_fsync_until_flush",
     },
     "test_ssh_mode.py": None,
+    "test_wal.py": {
+        "test_soak_with_a_region_down_and_a_black_hole_never_hangs_and_loses_nothing",
+    },
     "test_recovery.py": {
         "test_complete_outage_with_region_a_down_is_rebuilt_in_order_from_region_b",
         "test_corrupted_table_is_detected_by_verify_and_repaired_by_a_table_restore",

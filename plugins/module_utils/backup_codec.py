@@ -146,6 +146,19 @@ def _compressor(compression, level, size_hint=-1):
     raise BackupError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
 
 
+def preload(compression, encrypt):
+    """Import now, on the calling thread, what encoding imports lazily.
+
+    For callers about to encode in worker threads: two threads' first imports deadlocked
+    on the import locks once (cryptography importing email.utils while botocore, through
+    six.moves, imported http.client). A missing library is not an error here; encoding
+    names it where it is needed."""
+    with contextlib.suppress(BackupError):
+        _compressor(compression, 1)
+        if encrypt:
+            _aesgcm(bytes(KEY_SIZE))
+
+
 class _Identity:
     eof = None
 

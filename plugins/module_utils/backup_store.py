@@ -11,6 +11,7 @@ thing?" does not need a download; the stored bytes are verified while they are w
 Standard library + boto3 (imported lazily: only S3 locations need it).
 """
 
+import codecs
 import contextlib
 import ctypes
 import datetime
@@ -170,6 +171,10 @@ class Location:
     def describe(self):
         """Where it is, for messages (no secrets)."""
         raise NotImplementedError
+
+    def prepare(self):
+        """Import and build now, on the calling thread, what the first request would: for
+        callers about to use the location from a worker thread (see backup_codec.preload)."""
 
     def exists(self, key):
         return self.head(key) is not None
@@ -630,11 +635,16 @@ class S3Location(Location):
 
     @property
     def client(self):
+        self.prepare()
+        return self._client
+
+    def prepare(self):
+        # The first connection imports the idna codec: getaddrinfo encodes the host name.
+        codecs.lookup("idna")
         if self._client is None:
             with _CLIENT_LOCK:
                 if self._client is None:
                     self._client = self._make_client()
-        return self._client
 
     def _make_client(self):
         try:

@@ -4,10 +4,12 @@
 and the installer of the standalone tool PostgreSQL runs (`kg-wal push %p`).
 
 push: the segment is compressed (and encrypted) once, then sent to every location in
-parallel. An object already there with the same content sha256 is success (PostgreSQL retries
-after a crash); different content is refused with an ALERT line. Exit 0 only when every
-required location holds the segment; a non-required location that fails is recorded as a
-pending copy under <spool>/pending/ and retried (time-bounded) at the start of the next push.
+parallel, each location in a worker thread with a deadline. An object already there with the
+same content sha256 is success (PostgreSQL retries after a crash); different content is
+refused with an ALERT line. Exit 0 only when every required location holds the segment; a
+non-required location that fails or does not answer in time is marked down and the segment
+recorded as a pending copy under <spool>/pending/, copied by the location's worker in a later
+push once it answers.
 
 fetch: from <spool>/prefetch/ when the prefetcher already brought it (checksum verified,
 renamed into place, no network); else from the first location that has it (config order; a
@@ -19,6 +21,7 @@ Standard library + our backup_* siblings (boto3 etc. only through them, lazily).
 
 import concurrent.futures
 import contextlib
+import faulthandler
 import json
 import os
 import shutil
@@ -32,12 +35,14 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_codec im
     decode_file,
     encode_file,
     parse_suffix,
+    preload,
     suffix,
 )
 from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
     WAL_NAME_RE,
     WAL_SEGMENT_RE,
     BackupError,
+    LocationUnavailable,
     dump_json,
     iso,
     next_segment,
@@ -57,7 +62,14 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_store im
     open_locations,
 )
 
-PENDING_BUDGET = 15.0  # seconds a push may spend backfilling pending copies
+PENDING_BUDGET = 15.0  # seconds backfill_pending may spend
+# A push waits this long for each location, then leaves its worker behind: an optional
+# location gets a pending copy and is marked down, a required one fails the push and
+# PostgreSQL retries it. Both well inside the watchdog's minute; the required ones have room
+# for a few retries of a slow region.
+OPTIONAL_DEADLINE = 10.0
+REQUIRED_DEADLINE = 45.0
+BACKFILL_MARGIN = 2.0  # a push's backfill stops this long before its location's deadline
 DOWN_HOLD_MAX = 30.0  # a non-required location that just failed is skipped for a while
 TOOL_NAME = "kg-wal"
 PREFETCH_POLL = 0.05  # seconds between looks at what recovery consumed
@@ -66,6 +78,7 @@ PREFETCH_WORKERS = 2
 # Seconds before the tool gives up and PostgreSQL retries. A push to every location takes
 # under a second to seconds; a stuck one must not hold the archiver (and every backup waiting
 # on it) for long: 60 s leaves a backup's stop_timeout (120 s) room for the archiver's retry.
+# KG_WAL_WATCHDOG may shorten it, never lengthen it.
 WATCHDOG = {"push": 60, "fetch": 120}
 MODULES = (
     "backup_common",
@@ -208,22 +221,34 @@ def _mark_down(cfg, location_name, up=False):
         write_atomic(marker, iso(utcnow()) + "\n", mode=0o600)
 
 
-def _record_pending(cfg, location, name, key, stored_file, sha256, error):
+def _record_pending(cfg, location, name, plain_file, sha256, error):
+    """Keep the segment for a later copy. The spool keeps the unencrypted form: the key of a
+    location that was down since the first push was never read, so the copy is encrypted
+    when it is made (_copy_pending)."""
     directory = _pending_dir(cfg, location.name)
-    data = os.path.join(directory, os.path.basename(key))
-    if not os.path.exists(data):
-        shutil.copyfile(stored_file, data + ".tmp")
-        os.replace(data + ".tmp", data)
+    data = os.path.join(directory, os.path.basename(wal_key(name, cfg.compression, False)))
     record = {
         "name": name,
-        "key": key,
         "file": os.path.basename(data),
         "sha256": sha256,
         "location": location.name,
         "since": iso(utcnow()),
         "error": str(error),
     }
-    write_atomic(os.path.join(directory, name + ".json"), dump_json(record), mode=0o600)
+    try:
+        if not os.path.exists(data):
+            shutil.copyfile(plain_file, data + ".tmp")
+            os.replace(data + ".tmp", data)
+        write_atomic(os.path.join(directory, name + ".json"), dump_json(record), mode=0o600)
+    except OSError as err:
+        raise BackupError(f"spool {directory}: {err.strerror}") from None
+
+
+def _pending_names(directory):
+    try:
+        return sorted(f[: -len(".json")] for f in os.listdir(directory) if f.endswith(".json"))
+    except OSError:
+        return []
 
 
 def pending_copies(cfg):
@@ -233,9 +258,7 @@ def pending_copies(cfg):
     if not os.path.isdir(base):
         return out
     for loc in sorted(os.listdir(base)):
-        names = sorted(
-            f[: -len(".json")] for f in os.listdir(os.path.join(base, loc)) if f.endswith(".json")
-        )
+        names = _pending_names(os.path.join(base, loc))
         if names:
             out[loc] = names
     return out
@@ -249,11 +272,11 @@ def _put_one(cfg, location, name, encoded):
     if head is not None:
         sha = encoded.sha256()
         if head.get("sha256") == sha:
-            return "exists", key
+            return "exists"
         raise _Conflict(location.name, key, head.get("sha256"), sha)
     stored_file, result = encoded.get(location.key)
     location.put_file(key, stored_file, sha256=result.sha256, meta={"wal": name})
-    return "stored", key
+    return "stored"
 
 
 class _Conflict(BackupError):
@@ -265,54 +288,95 @@ class _Conflict(BackupError):
         )
 
 
+def _copy_pending(cfg, location, data, record, stored_as):
+    """Copy one spooled WAL file; False when the location holds different content."""
+    compression, encrypted = stored_as
+    ensure_repo(location, cfg, cache_dir=_repo_cache(cfg))
+    # Spooled encrypted (by an earlier version of this tool): copied as it is.
+    seal = location.key is not None and not encrypted
+    key = wal_key(record["name"], compression, encrypted or seal)
+    head = location.head(key)
+    if head is not None:
+        return head.get("sha256") == record["sha256"]
+    meta = {"wal": record["name"]}
+    if not seal:
+        location.put_file(key, data, sha256=record["sha256"], meta=meta)
+        return True
+    fd, plain = tempfile.mkstemp(dir=_spool(cfg, "staging"), prefix="backfill-")
+    os.close(fd)
+    try:
+        decode_file(data, plain, compression=compression, expect_sha256=record["sha256"])
+        encode_file(
+            plain,
+            plain + ".enc",
+            compression=compression,
+            level=cfg.compression_level,
+            key=location.key,
+        )
+        location.put_file(key, plain + ".enc", sha256=record["sha256"], meta=meta)
+    finally:
+        for path in (plain, plain + ".enc"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    return True
+
+
+def _backfill_location(cfg, location, until, say):
+    """Copy one location's pending WAL files, oldest first, until `until` (monotonic).
+
+    `say` takes the lines for the log. Returns {"copied": [...], "left": [...]}."""
+    directory = _pending_dir(cfg, location.name)
+    names = _pending_names(directory)
+    entry = {"copied": [], "left": list(names)}
+    for name in names:
+        if time.monotonic() > until:
+            break
+        try:
+            with open(os.path.join(directory, name + ".json")) as handle:
+                record = json.load(handle)
+            data = os.path.join(directory, record["file"])
+            stored_as = parse_suffix(record["file"])
+            if stored_as is None:
+                raise ValueError(f"unknown file type {record['file']}")
+        except (OSError, ValueError, KeyError) as err:
+            say(f"pending copy {name} -> {location.name}: unreadable record ({err}); dropped")
+            _drop_pending(directory, name)
+            entry["left"].remove(name)
+            continue
+        try:
+            same = _copy_pending(cfg, location, data, record, stored_as)
+        except Exception as err:  # noqa: BLE001 - location failure: keep it pending
+            _mark_down(cfg, location.name)
+            say(f"pending copy {name} -> {location.name} still failing: {_safe(err)}")
+            break
+        if not same:
+            say(
+                f"ALERT pending copy of {name} to {location.name}: the location holds "
+                "different content; leaving the pending copy for an operator"
+            )
+            continue
+        _drop_pending(directory, name, record["file"])
+        entry["copied"].append(name)
+        entry["left"].remove(name)
+    if entry["copied"]:
+        _mark_down(cfg, location.name, up=True)
+        say(f"backfilled {len(entry['copied'])} pending WAL file(s) to {location.name}")
+    return entry
+
+
 def backfill_pending(cfg, locations=None, budget=PENDING_BUDGET):
     """Copy pending WAL files to their locations, oldest first, for at most `budget` seconds.
 
     Returns {location: {"copied": [...], "left": [...]}}."""
-    start = time.monotonic()
+    until = time.monotonic() + budget
     report = {}
     by_name = {loc.name: loc for loc in (locations or open_locations(cfg))}
     for loc_name, names in pending_copies(cfg).items():
         location = by_name.get(loc_name)
-        entry = report.setdefault(loc_name, {"copied": [], "left": list(names)})
         if location is None or _recently_down(cfg, loc_name):
+            report[loc_name] = {"copied": [], "left": names}
             continue
-        directory = _pending_dir(cfg, loc_name)
-        for name in names:
-            if time.monotonic() - start > budget:
-                return report
-            record_path = os.path.join(directory, name + ".json")
-            try:
-                with open(record_path) as handle:
-                    record = json.load(handle)
-                data = os.path.join(directory, record["file"])
-                ensure_repo(location, cfg, cache_dir=_repo_cache(cfg))
-                head = location.head(record["key"])
-                if head is None:
-                    location.put_file(
-                        record["key"], data, sha256=record["sha256"], meta={"wal": name}
-                    )
-                elif head.get("sha256") != record["sha256"]:
-                    log(
-                        f"ALERT pending copy of {name} to {loc_name}: the location holds "
-                        "different content; leaving the pending copy for an operator"
-                    )
-                    continue
-            except (OSError, ValueError, KeyError) as err:
-                log(f"pending copy {name} -> {loc_name}: unreadable record ({err}); dropped")
-                _drop_pending(directory, name)
-                entry["left"].remove(name)
-                continue
-            except Exception as err:  # noqa: BLE001 - location failure: keep it pending
-                _mark_down(cfg, loc_name)
-                log(f"pending copy {name} -> {loc_name} still failing: {_safe(err)}")
-                break
-            _drop_pending(directory, name, record.get("file"))
-            entry["copied"].append(name)
-            entry["left"].remove(name)
-        if entry["copied"]:
-            _mark_down(cfg, loc_name, up=True)
-            log(f"backfilled {len(entry['copied'])} pending WAL file(s) to {loc_name}")
+        report[loc_name] = _backfill_location(cfg, location, until, log)
     return report
 
 
@@ -331,11 +395,81 @@ def _safe(err):
     return type(err).__name__
 
 
+def _store_one(cfg, location, name, encoded, until, outcome):
+    """A location's worker: the segment, then the location's pending copies while time is
+    left. It only fills `outcome`: a worker left behind at its deadline must not be writing
+    to stderr when the interpreter exits."""
+    try:
+        outcome["status"] = _put_one(cfg, location, name, encoded)
+    except Exception as err:  # noqa: BLE001 - judged by push()
+        outcome["error"] = err
+        return
+    if _pending_names(os.path.join(cfg.spool_dir, "pending", location.name)):
+        notes = []
+        outcome["backfill"] = _backfill_location(cfg, location, until, notes.append)
+        outcome["notes"] = notes
+
+
+def _prepare(cfg, locations):
+    """Import and build on this thread what worker threads would on first use; returns
+    {location name: error} for those that cannot be prepared.
+
+    Two workers' first imports (botocore's through six.moves' finder, which imports
+    http.client under the global import lock, and cryptography's x509, holding email's module
+    locks) deadlocked, and a push hung for good."""
+    preload(cfg.compression, any(loc.encrypt for loc in locations))
+    errors = {}
+    for location in locations:
+        try:
+            location.prepare()
+        except Exception as err:  # noqa: BLE001 - the caller's to judge
+            errors[location.name] = err
+    return errors
+
+
+def _store_everywhere(cfg, locations, name, encoded):
+    """{location name: outcome}, each location in a daemon thread of its own, waited for
+    until its deadline. An outcome has "status" (and "backfill"), or "error"; a location
+    that did not answer in time gets an error and its worker is left behind (daemon threads
+    end with the process)."""
+    unprepared = _prepare(cfg, locations)
+    outcomes = {loc.name: {} for loc in locations}
+    for loc_name, err in unprepared.items():
+        outcomes[loc_name]["error"] = err
+    workers = []
+    for location in (loc for loc in locations if loc.name not in unprepared):
+        limit = REQUIRED_DEADLINE if location.required else OPTIONAL_DEADLINE
+        deadline = time.monotonic() + limit
+        worker = threading.Thread(
+            target=_store_one,
+            args=(
+                cfg,
+                location,
+                name,
+                encoded,
+                deadline - BACKFILL_MARGIN,
+                outcomes[location.name],
+            ),
+            name=f"kg-wal {location.name}",
+            daemon=True,
+        )
+        worker.start()
+        workers.append((location, worker, deadline, limit))
+    results = {loc: outcome for loc, outcome in outcomes.items() if outcome}
+    for location, worker, deadline, limit in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        results[location.name] = dict(outcomes[location.name]) or {
+            "error": LocationUnavailable(f"location {location.name}: no answer within {limit:g}s")
+        }
+    return results
+
+
 def push(cfg, path):
     """Archive one WAL file (segment, .history, .backup, .partial) to every location.
 
     Returns {name, sha256, size, locations: {name: status}, pending, duration_ms}; raises
-    BackupError when a required location does not hold it (or on a conflict)."""
+    BackupError when a required location does not hold it, an optional one has neither the
+    segment nor a pending copy, or on a conflict."""
     start = time.monotonic()
     name = os.path.basename(path)
     if not WAL_NAME_RE.match(name):
@@ -343,11 +477,11 @@ def push(cfg, path):
     if not os.path.isfile(path):
         raise BackupError(f"WAL file {path} does not exist")
     locations = open_locations(cfg)
-    backfill = backfill_pending(cfg, locations) if pending_copies(cfg) else {}
     encoded = _Encoded(cfg, path, name, _spool(cfg, "staging"))
     statuses = {}
     errors = {}
     conflicts = []
+    backfill = {}
     try:
         todo = []
         for location in locations:
@@ -357,20 +491,18 @@ def push(cfg, path):
                 )
             else:
                 todo.append(location)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
-            futures = {
-                pool.submit(_put_one, cfg, location, name, encoded): location for location in todo
-            }
-            for future in concurrent.futures.as_completed(futures):
-                location = futures[future]
-                try:
-                    statuses[location.name] = future.result()[0]
-                except _Conflict as err:
-                    conflicts.append(err)
-                    statuses[location.name] = "conflict"
-                except Exception as err:  # noqa: BLE001 - reported per location below
-                    errors[location.name] = err
-        sha = None
+        for loc_name, outcome in _store_everywhere(cfg, todo, name, encoded).items():
+            for note in outcome.get("notes", ()):
+                log(note)
+            if "status" in outcome:
+                statuses[loc_name] = outcome["status"]
+                if "backfill" in outcome:
+                    backfill[loc_name] = outcome["backfill"]
+            elif isinstance(outcome["error"], _Conflict):
+                conflicts.append(outcome["error"])
+                statuses[loc_name] = "conflict"
+            else:
+                errors[loc_name] = outcome["error"]
         for location in locations:
             if location.name not in errors:
                 continue
@@ -378,18 +510,14 @@ def push(cfg, path):
             if location.required:
                 statuses[location.name] = "failed"
                 continue
-            # Non-required: keep a copy in the spool, retried at the start of later pushes.
-            _mark_down(cfg, location.name)
+            # Non-required: keep a copy in the spool, copied by a later push's worker. Only a
+            # location that was tried is marked down again: re-marking the skipped ones kept a
+            # location down for good while pushes came faster than the hold.
+            if location in todo:
+                _mark_down(cfg, location.name)
             try:
-                key_bytes = location.key
-                if key_bytes is None and location.encrypt:
-                    repo_file = os.path.join(_repo_cache(cfg), f"repo-{location.name}.json")
-                    with open(repo_file) as handle:
-                        salt = json.load(handle)["encryption"]["salt"]
-                    key_bytes = location_key(cfg, salt)
-                stored_file, result = encoded.get(key_bytes)
-                key = wal_key(name, cfg.compression, key_bytes is not None)
-                _record_pending(cfg, location, name, key, stored_file, result.sha256, err)
+                plain_file, result = encoded.get(None)
+                _record_pending(cfg, location, name, plain_file, result.sha256, err)
                 statuses[location.name] = "pending"
             except Exception as perr:  # noqa: BLE001 - cannot even spool: that is a failure
                 statuses[location.name] = "failed"
@@ -406,15 +534,12 @@ def push(cfg, path):
         for err in conflicts:
             log(f"ALERT push {name}: {err}")
         raise BackupError(f"push {name} refused: {conflicts[0]}")
-    failed = [
-        loc
-        for loc in locations
-        if loc.required and statuses.get(loc.name) not in ("stored", "exists")
-    ]
+    held = {True: ("stored", "exists"), False: ("stored", "exists", "pending")}
+    failed = [loc for loc in locations if statuses.get(loc.name) not in held[loc.required]]
     if failed:
         detail = "; ".join(_safe(errors.get(loc.name, "failed")) for loc in failed)
         log(f"push {name} FAILED in {_ms(start)}ms: {summary}: {detail}")
-        raise BackupError(f"push {name}: required location(s) failed: {detail}")
+        raise BackupError(f"push {name}: location(s) failed: {detail}")
     waiting = sum(len(v) for v in pending.values())
     log(
         f"push {name} ok in {_ms(start)}ms: {summary}"
@@ -672,6 +797,7 @@ def prefetch(cfg, after, count=None, follow=False, idle_timeout=PREFETCH_IDLE_TI
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=PREFETCH_WORKERS)
     try:
         locations = open_locations(cfg)
+        _prepare(cfg, locations)  # a location it fails for fails again in _find, reported
         while True:
             consumed = [s for s in waiting if not os.path.exists(os.path.join(spool, s + ".json"))]
             if consumed:
@@ -1040,6 +1166,16 @@ def _scheduled_job(cfg, args):
     return 0 if outcome.get("ok") else 1
 
 
+def watchdog_limit(cmd, environ):
+    """Seconds the watchdog gives `cmd`: WATCHDOG's, or fewer when KG_WAL_WATCHDOG asks."""
+    limit = WATCHDOG[cmd]
+    try:
+        wanted = float(environ.get("KG_WAL_WATCHDOG", ""))
+    except ValueError:
+        return limit
+    return wanted if 0 < wanted < limit else limit
+
+
 def tool_main(argv, default_config=None):
     import argparse
 
@@ -1061,17 +1197,15 @@ def tool_main(argv, default_config=None):
     args = parser.parse_args(argv)
     if not args.config:
         parser.error("--config is required")
-    if args.cmd in WATCHDOG:
+    watched = args.cmd in WATCHDOG
+    if watched:
         # archive_command and restore_command must never hang: PostgreSQL waits on them, and
-        # a push that never returns stops archiving for good. SIGALRM ends the process; it
-        # exits non-zero and PostgreSQL retries.
-        import signal
-
-        # PostgreSQL's archiver ignores SIGALRM, and an ignored signal stays ignored across
-        # exec: without the default disposition back, the alarm did nothing and a stuck push
-        # hung archiving for good (seen: a push waiting on locks for over 5 minutes).
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.alarm(WATCHDOG[args.cmd])
+        # a push that never returns stops archiving for good. faulthandler's watchdog is a C
+        # thread, so it fires even while a stuck thread holds the GIL or an import lock: it
+        # writes every thread's stack to the server log and exits with status 1, a failed
+        # attempt PostgreSQL counts and retries. Not a signal: an archive_command killed by
+        # one restarts the archiver uncounted, a restore_command killed by one aborts recovery.
+        faulthandler.dump_traceback_later(watchdog_limit(args.cmd, os.environ), exit=True)
     try:
         cfg = load_config(args.config)
         if args.cmd == "push":
@@ -1089,6 +1223,9 @@ def tool_main(argv, default_config=None):
     except Exception as err:  # noqa: BLE001 - never a traceback with locals into the PG log
         log(f"{args.cmd}: unexpected {type(err).__name__}")
         return 1
+    finally:
+        if watched:
+            faulthandler.cancel_dump_traceback_later()
 
 
 __all__ = [

@@ -274,6 +274,11 @@ def main():
         time.sleep(0.2 if changes else 0)
         result["settings"] = _current(conn)
         if params["verify"] and not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+            # A switch with no WAL since the last one does nothing and names the segment
+            # before, archived under the old settings; a backup's .backup file then sorts after
+            # it and passed for the proof. A commit record first makes the switch real.
+            conn.execute("SELECT pg_current_xact_id()")
+            result["queries"].append("SELECT pg_current_xact_id()")
             name = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
             result["queries"].append("SELECT pg_walfile_name(pg_switch_wal())")
             _wait_archived(conn, name, params["wait_timeout"])

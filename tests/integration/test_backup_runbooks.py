@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -62,16 +63,27 @@ def test_setup_archives_wal_to_every_location_and_converges(lab_session, archivi
     )
 
     cfg = open_config(lab_session)
+    # The segment the run switched and saw archived; pg_stat_archiver's last_archived_wal can
+    # be a .backup or .history file, which list_segments leaves out.
+    proof = re.search(r"proof segment ([0-9A-F]{24})", archiving.output)
+    assert proof, archiving.output
+    segment = proof.group(1)
     with pg_conn(lab_session) as conn:
-        segment = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
         command = conn.execute("SHOW archive_command").fetchone()[0]
     assert "kg-wal" in command and "push" in command
     holders = [loc.name for loc in open_locations(cfg) if segment in backup_wal.list_segments(loc)]
     assert holders == [loc.name for loc in cfg.locations], (segment, holders)
     cron = Path(backup_settings(lab_session)["knowngood_backup_cron_file"]).read_text()
     assert "kg-wal backup full" in cron and "kg-wal backup incremental" in cron
+    # Right after a backup no WAL may be written before the next proof: its switch must still
+    # archive a new segment, not name the one before the backup's .backup file.
+    with pg_conn(lab_session) as conn:
+        conn.execute("SELECT pg_backup_start('proof after a backup', true)")
+        conn.execute("SELECT pg_backup_stop(true)")  # returns once the .backup is archived
+        after_backup = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()[0]
     again = lab_session.playbook("setup-backups")
     assert again.rc == 0, again.output
+    assert re.search(r"proof segment ([0-9A-F]{24})", again.output).group(1) > after_backup[:24]
     # Only the proof segment switch may report; settings, tool and cron entries converge.
     assert "changed=0" in again.output.split("PLAY RECAP")[-1], again.output
 

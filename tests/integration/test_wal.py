@@ -5,20 +5,28 @@ lab SeaweedFS S3 region (encrypted).
 What matters: every segment PostgreSQL archives is in every location with identical content;
 a retry of the same segment is fine, different content under the same name is refused loudly;
 a required region that is down stops archiving (PostgreSQL keeps the WAL and retries) and it
-catches up when the region is back; a non-required one is backfilled later; restore_command
-serves prefetched segments from the spool and says "not here" fast; gaps are named.
+catches up when the region is back; a non-required one is backfilled later; a location that
+accepts connections and never answers costs a push its deadline at most; a stuck push ends
+with a failed attempt PostgreSQL counts and retries; restore_command serves prefetched
+segments from the spool and says "not here" fast; gaps are named.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import json
 import os
 import pwd
+import re
 import shutil
+import statistics
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_store as store
@@ -33,6 +41,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config i
 )
 from conftest import BIN, REPO, TEST_LAB_ROOT
 from pgcluster import as_postgres, make_dirs_for_postgres
+from stalls import StallingEndpoint
 
 from knowngood.lab import infra
 from knowngood.lab.config import LabConfig
@@ -116,8 +125,26 @@ def content_sha(cfg: BackupConfig, location, name: str, tmp: Path) -> str:
     out = tmp / f"{location.name}-{name}"
     src = out.with_suffix(".stored")
     location.get_file(found[0], src)
-    decode_file(src, out, compression="lz4", key=location.key, expect_sha256=found[1]["sha256"])
-    return sha256_file(out)
+    try:
+        decode_file(src, out, compression="lz4", key=location.key, expect_sha256=found[1]["sha256"])
+        return sha256_file(out)
+    finally:
+        src.unlink()
+        out.unlink(missing_ok=True)
+
+
+def s3_spec(cfg: BackupConfig, name: str, **changes) -> dict:
+    """walenv's s3-region-a location, renamed and changed (another endpoint, optional...)."""
+    spec = next(loc for loc in cfg.to_dict()["locations"] if loc["name"] == "s3-region-a")
+    return {**spec, "name": name, **changes}
+
+
+def reconfigured(cfg: BackupConfig, locations: list[dict], **top) -> BackupConfig:
+    return BackupConfig.from_dict({**cfg.to_dict(), "locations": locations, **top})
+
+
+def push_times_ms(log: str) -> list[int]:
+    return [int(ms) for ms in re.findall(r"kg-wal: push \S+ ok in (\d+)ms", log)]
 
 
 def test_archive_to_every_location(pg_factory, walenv, tmp_path: Path) -> None:
@@ -348,3 +375,166 @@ def test_spool_directories_made_by_root_stay_usable_by_postgres(tmp_path):
         assert probe.returncode == 0, probe.stderr
     finally:
         shutil.rmtree(spool, ignore_errors=True)
+
+
+def test_black_holed_optional_location_costs_a_bounded_time_per_push(pg_factory, walenv) -> None:
+    """Accepts connections, never answers: a push waits for it its deadline (10 s) at most,
+    marks it down and keeps a pending copy; every segment reaches the required locations."""
+    base, config = walenv
+    plain = config()
+    with StallingEndpoint() as hole:
+        black_holed = s3_spec(plain, "hole", endpoint_url=hole.url, required=False)
+        cfg = reconfigured(plain, [*plain.to_dict()["locations"], black_holed])
+        pg, _ = start_archiving(pg_factory, cfg, base / "tool")
+        names = write_and_switch(pg, 3)
+        assert hole.accepted >= 1
+    took = push_times_ms(pg.log())
+    print(f"push times with a black-holed location: {took} ms")
+    assert max(took) >= wal.OPTIONAL_DEADLINE * 1000  # it was waited for, once at least
+    assert max(took) < 13000, took
+    pending = wal.pending_copies(cfg)["hole"]
+    assert set(names) <= set(pending)
+    record = json.loads((base / "spool" / "pending" / "hole" / f"{pending[0]}.json").read_text())
+    assert "no answer within 10s" in record["error"] or "less than" in record["error"]
+    for location in store.open_locations(cfg)[:3]:
+        assert set(names) <= set(wal.list_segments(location)), location.name
+
+
+def test_watchdog_exit_is_a_failed_attempt_postgresql_counts_and_retries(
+    pg_factory, walenv, labcfg: LabConfig
+) -> None:
+    """Region A's S3 stalls (connections accepted, no answer) under a required location: the
+    watchdog ends each push with exit status 1, PostgreSQL counts the failures and archives
+    the segment once the stall is gone. Never a signal: an archiver killed by one restarts
+    uncounted."""
+    base, config = walenv
+    plain = config()
+    endpoint = urlsplit(infra.s3_status(labcfg)["region-a"]["endpoint"])
+    with StallingEndpoint(upstream=(endpoint.hostname, endpoint.port)) as stall:
+        stalled = s3_spec(plain, "s3-region-a", endpoint_url=stall.url)
+        cfg = reconfigured(plain, [*plain.to_dict()["locations"][:2], stalled])
+        installed = wal.install_tool(cfg, str(base / "tool"))
+        pg = pg_factory(
+            "waltest",
+            archive_mode="on",
+            archive_command=f"KG_WAL_WATCHDOG=3 {installed['archive_command']}",
+        ).start()
+        pg.sql("CREATE TABLE t (i int, pad text)")
+        pg.sql("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 1000) g")
+        stuck = pg.scalar("SELECT pg_walfile_name(pg_switch_wal())")
+        wait_for(
+            lambda: pg.scalar("SELECT failed_count FROM pg_stat_archiver") > 0, 60, "a failure"
+        )
+        log = pg.log()
+        assert "failed with exit code 1" in log
+        assert "terminated by signal" not in log
+        assert "Timeout (0:00:03)!" in log and "Thread 0x" in log  # every thread's stack
+        stall.heal()
+        write_and_switch(pg, 1)  # wakes the archiver; the stuck segment goes first
+    assert pg.scalar("SELECT failed_count FROM pg_stat_archiver") > 0
+    for location in store.open_locations(plain):
+        assert stuck in wal.list_segments(location), location.name
+
+
+SOAK_PUSHES = 2000
+SOAK_PUSHERS = 3
+SEGMENT = 16 * 1024 * 1024
+
+
+def test_soak_with_a_region_down_and_a_black_hole_never_hangs_and_loses_nothing(
+    walenv, labcfg: LabConfig, tmp_path: Path
+) -> None:
+    """2,000 fresh `kg-wal push` processes (as postgres, as archive_command runs them), three
+    at a time, with region B down and an optional location black-holed. Zero hangs, zero
+    failures; then region B comes back, its pending copies are copied, and every copy in
+    every location decodes to the source's checksum; the black hole keeps a pending copy of
+    every segment."""
+    base, config = walenv
+    plain = config()
+    region_b = infra.s3_status(labcfg)["region-b"]
+    locations = plain.to_dict()["locations"]
+    runs: list[tuple[float, int, str]] = []
+    shas: dict[str, str] = {}
+    source = make_dirs_for_postgres(base / "pg_wal")
+    first = "000000010000000200000000"
+
+    def pusher(start: int) -> None:
+        for i in range(start, SOAK_PUSHES, SOAK_PUSHERS):
+            path = source / next_segment(first, i)
+            with open(path, "wb") as handle:
+                handle.write(path.name.encode() + os.urandom(64 * 1024))
+                handle.truncate(SEGMENT)
+            shas[path.name] = sha256_file(path)
+            t0 = time.monotonic()
+            try:
+                run = as_postgres([tool, "push", path], timeout=90, check=False)
+                outcome = (run.returncode, run.stderr)
+            except subprocess.TimeoutExpired:
+                outcome = (-1, "killed after 90s")
+            runs.append((time.monotonic() - t0, *outcome))
+            path.unlink()
+
+    with StallingEndpoint() as hole:
+        cfg = reconfigured(
+            plain,
+            [
+                locations[0],
+                locations[2],
+                s3_spec(
+                    plain,
+                    "s3-region-b",
+                    endpoint_url=region_b["endpoint"],
+                    region=region_b["region"],
+                    bucket=region_b["bucket"],
+                    required=False,
+                ),
+                s3_spec(plain, "hole", endpoint_url=hole.url, required=False),
+            ],
+            retries={"attempts": 4, "base_delay": 0.5, "max_delay": 8},
+        )
+        tool = wal.install_tool(cfg, str(base / "tool"))["tool"]
+        infra.s3_region_down(labcfg, 1)
+        started = time.monotonic()
+        try:
+            pushers = [threading.Thread(target=pusher, args=(n,)) for n in range(SOAK_PUSHERS)]
+            for thread in pushers:
+                thread.start()
+            for thread in pushers:
+                thread.join()
+        finally:
+            infra.s3_region_up(labcfg, lambda m: None, 1)
+    wall = time.monotonic() - started
+    times = sorted(took for took, _rc, _err in runs)
+    hangs = [err for _took, rc, err in runs if rc == -1 or "Timeout (" in err]
+    failures = [err for _took, rc, err in runs if rc != 0]
+    print(
+        f"soak: {len(runs)} pushes in {wall:.0f}s, {len(failures)} failed, {len(hangs)} hung; "
+        f"push time median {statistics.median(times):.2f}s, "
+        f"p95 {times[int(len(times) * 0.95) - 1]:.2f}s, max {times[-1]:.2f}s; "
+        f"{sum(took >= wal.OPTIONAL_DEADLINE for took in times)} waited for the black hole"
+    )
+    assert len(runs) == SOAK_PUSHES
+    assert hangs == [], hangs[0]
+    assert failures == [], failures[0]
+    assert times[-1] < 15, times[-1]
+    # Nothing lost: region B gets its pending copies; the black hole keeps one of each.
+    region_b_location = store.open_locations(cfg)[2]
+    wal._mark_down(cfg, "s3-region-b", up=True)
+    try:
+        give_up = time.monotonic() + 900
+        while wal.pending_copies(cfg).get("s3-region-b") and time.monotonic() < give_up:
+            if not wal.backfill_pending(cfg, [region_b_location])["s3-region-b"]["copied"]:
+                time.sleep(1)  # still coming up, or marked down for a few seconds
+        assert "s3-region-b" not in wal.pending_copies(cfg)
+        assert wal.pending_copies(cfg)["hole"] == sorted(shas)
+        for location in store.open_locations(cfg)[:3]:
+            assert set(wal.list_segments(location)) == set(shas), location.name
+            store.ensure_repo(location, cfg)
+            decode = functools.partial(content_sha, cfg, location, tmp=tmp_path)
+            with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+                decoded = dict(zip(shas, pool.map(decode, shas), strict=True))
+            wrong = [name for name in shas if decoded[name] != shas[name]]
+            assert wrong == [], (location.name, wrong[:5])
+    finally:
+        region_b_location.delete_prefix("wal")
+        region_b_location.delete_prefix("repo.json")
