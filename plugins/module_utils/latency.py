@@ -188,3 +188,24 @@ def judge(
     )
     verdict["detail"] = "; ".join(reasons)
     return verdict
+
+
+def latency_only(breaches, verdict):
+    """Whether `verdict` (judge's) is the only breach: the one a second probe may clear."""
+    return breaches == [verdict["detail"]]
+
+
+def confirmed(probe_once, requests, confirm=True):
+    """One probe, and a second when latency alone failed the first.
+
+    `probe_once(requests)` returns (outcome, breaches, latency verdict). One slow sample on a
+    busy machine is not a regression: when the latency verdict is the only breach and
+    `confirm` is set, a second probe with twice the requests decides. Returns (outcome,
+    breaches, verdict, first) of the probe that decides; `first` is the first probe's latency
+    verdict when there was a second, else None."""
+    outcome, breaches, verdict = probe_once(requests)
+    if not (confirm and latency_only(breaches, verdict)):
+        return outcome, breaches, verdict, None
+    first = verdict
+    outcome, breaches, verdict = probe_once(2 * requests)
+    return outcome, breaches, verdict, first

@@ -19,6 +19,7 @@ the two share it (the lab): metrics_speed_decides false reports such a breach as
 """
 
 import datetime
+import functools
 import glob
 import json
 import math
@@ -597,11 +598,12 @@ def page_name(page):
     return page.get("name") or page.get("path", "/").strip("/") or "root"
 
 
-def probe_page(url, page, params):
-    """(numbers, breaches, latency-only?) of one smoke page, latency against its baseline."""
+def probe_page(url, page, params, requests):
+    """(numbers, breaches, latency verdict) of `requests` GETs of one smoke page, latency
+    against its baseline."""
     want_status = int(page.get("status", 200))
     want_text = page.get("expect", "")
-    answers = latency.probe([url], params["requests"], params["concurrency"], params["timeout"])[0]
+    answers = latency.probe([url], requests, params["concurrency"], params["timeout"])[0]
     wrong_status = sum(1 for a in answers if a.status != want_status)
     wrong_body = sum(
         1
@@ -636,22 +638,20 @@ def probe_page(url, page, params):
         limit_ms=slow["limit_ms"],
         cap_ms=slow["cap_ms"],
     )
-    return numbers, breaches, slow, breaches == [slow["detail"]]
+    return numbers, breaches, slow
 
 
 def ux(params):
     out = []
     for page in params["pages"]:
         url = params["base_url"].rstrip("/") + page.get("path", "/")
-        numbers, breaches, slow, latency_only = probe_page(url, page, params)
-        if latency_only and params["confirm"]:
-            # One slow sample on a busy machine is not a regression: only a second probe with
-            # twice the requests decides, and the first one is reported beside it.
-            first = slow["detail"]
-            numbers, breaches, slow, _dummy = probe_page(
-                url, page, dict(params, requests=2 * params["requests"])
-            )
-            numbers["first_probe"] = first
+        numbers, breaches, slow, first = latency.confirmed(
+            functools.partial(probe_page, url, page, params),
+            params["requests"],
+            params["confirm"],
+        )
+        if first:
+            numbers["first_probe"] = first["detail"]  # reported beside the deciding probe
         out.append(
             result(
                 "ux_%s" % page_name(page),

@@ -189,6 +189,8 @@ breaches:
   elements: str
 """
 
+import functools
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.knowngood.runbooks.plugins.module_utils import latency
 
@@ -247,11 +249,12 @@ def judge(answers, params, baseline=None):
         excluded_hosts=excluded,
         latency=slow,
         baseline=baseline,
-        latency_only=bool(breaches) and breaches == [slow["detail"]],
+        latency_only=latency.latency_only(breaches, slow),
     )
 
 
 def run_probe(params, total):
+    """(verdict, breaches, latency verdict) of one probe of `total` requests per URL."""
     urls = [params["url"]] + ([params["baseline_url"]] if params["baseline_url"] else [])
     answers = latency.probe(urls, total, params["concurrency"], params["timeout"])
     baseline = params["baseline"]
@@ -260,7 +263,9 @@ def run_probe(params, total):
         baseline = latency.measure(
             [answer.ms for answer in theirs], sum(1 for answer in theirs if failed(answer))
         )
-    return judge(answers[0], params, baseline)
+    verdict = judge(answers[0], params, baseline)
+    verdict.pop("latency_only")
+    return verdict, verdict["breaches"], verdict["latency"]
 
 
 ARGUMENT_SPEC = dict(
@@ -291,12 +296,9 @@ def run(params):
             "msg": "latency_tolerance and latency_min_delta_ms must not be negative",
             "changed": False,
         }
-    verdict = run_probe(params, params["requests"])
-    first = None
-    if verdict.pop("latency_only") and params["confirm"]:
-        first = verdict["latency"]
-        verdict = run_probe(params, 2 * params["requests"])
-        verdict.pop("latency_only")
+    verdict, _breaches, _latency, first = latency.confirmed(
+        functools.partial(run_probe, params), params["requests"], params["confirm"]
+    )
     verdict.update(url=params["url"], confirmed=first, changed=False)
     if not verdict["passed"] and params["fail_on_breach"]:
         verdict["msg"] = "%s failed its gate: %s" % (params["url"], "; ".join(verdict["breaches"]))

@@ -178,3 +178,31 @@ def test_metrics_speed_against_another_window_reports_rather_than_decides_when_t
     assert reported["metrics_throughput"]["status"] == "inconclusive"
     assert "metrics_speed_decides is off" in reported["metrics_latency"]["detail"]
     assert reported["metrics_error_rate"]["status"] == "pass"
+
+
+def test_only_a_latency_only_breach_is_probed_again_with_twice_the_requests():
+    slow = latency.judge(90.0, {"requests": 20, "errors": 0, "p50_ms": 9.0, "p95_ms": 10.0})
+    fast = latency.judge(11.0, {"requests": 20, "errors": 0, "p50_ms": 9.0, "p95_ms": 10.0})
+    assert not slow["held"] and fast["held"]
+    asked = []
+
+    def probe_once(verdicts, other=()):
+        def once(requests):
+            asked.append(requests)
+            verdict = verdicts[len(asked) - 1]
+            breaches = list(other) + ([] if verdict["held"] else [verdict["detail"]])
+            return {"requests": requests}, breaches, verdict
+
+        return once
+
+    outcome, breaches, verdict, first = latency.confirmed(probe_once([slow, fast]), 20)
+    assert asked == [20, 40] and outcome == {"requests": 40}
+    assert breaches == [] and verdict is fast and first is slow
+    asked.clear()
+    *_rest, first = latency.confirmed(probe_once([slow]), 20, confirm=False)
+    assert asked == [20] and first is None
+    asked.clear()
+    _outcome, breaches, _verdict, first = latency.confirmed(
+        probe_once([slow], ["3/20 answered 500"]), 20
+    )
+    assert asked == [20] and first is None and len(breaches) == 2
