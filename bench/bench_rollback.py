@@ -428,7 +428,13 @@ def measure(
     result.rc = rc
     result.started_epoch = t0_epoch
     result.loadavg_1m = round(load_at_start, 2)
-    new_audit = sorted(set(lab.audit_dir.glob("*.json")) - audit_before) if target else []
+    # The run's closed record, <run_id>.json: not <run_id>.open.json, the opening the callback
+    # also leaves in the trail (no events), which sorts after it.
+    new_audit = [
+        p
+        for p in sorted(set(lab.audit_dir.glob("*.json")) - audit_before)
+        if target and not p.name.endswith(".open.json")
+    ]
     if new_audit:
         result.audit = json.loads(new_audit[-1].read_text())
     if rc != 0:
@@ -535,9 +541,9 @@ def print_breakdown(hosts: int, summary: dict, top: int = 8) -> None:
     tasks = [t for t in summary["tasks"] if t["before_switch"]]
     print(f"\nhosts={hosts}: where the runbook's time to mitigate goes (mean over repeats)")
     print(
-        f"  links swapped between {summary['switch_first_s']:.2f}s and "
-        f"{summary['switch_last_s']:.2f}s after process start; the LB served "
-        f"{TARGET_RELEASE} from every host at {summary['ttm_s']}s"
+        f"  links swapped between {fmt(summary['switch_first_s'])}s and "
+        f"{fmt(summary['switch_last_s'])}s after process start; the LB served "
+        f"{TARGET_RELEASE} from every host at {fmt(summary['ttm_s'], 3)}s"
     )
     print(
         f"  {'ansible-playbook startup (until the audit callback loads)':<70} "
