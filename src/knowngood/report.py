@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from knowngood.runner import KnowngoodError
+from knowngood.errors import KnowngoodError
 
 OPERATOR_FIELDS = ("description", "root_cause", "recommendations")
 SERIES = {

@@ -18,15 +18,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from knowngood.errors import KnowngoodError
+
 REPO = Path(__file__).resolve().parents[2]
 RUNBOOK_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 EXIT_CODES = {"successful": 0, "failed": 2, "timeout": 3, "canceled": 4}
 # Runner artifacts kept (and digested) with the record; env/ (extra vars, secrets) never is.
 KEPT_ARTIFACTS = ("stdout", "status", "rc", "command")
-
-
-class KnowngoodError(Exception):
-    """Base of every error the CLI reports without a traceback."""
 
 
 @dataclass

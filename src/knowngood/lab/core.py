@@ -21,9 +21,9 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from knowngood.errors import LabError
 from knowngood.lab import governance, infra
 from knowngood.lab.config import LabConfig
-from knowngood.lab.infra import LabError
 
 Progress = Callable[[str], None]
 RELEASES_SRC = Path(__file__).parent / "releases"

@@ -16,15 +16,12 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from knowngood.errors import FaultError
 from knowngood.lab import core, infra, pgswitch
 from knowngood.lab.config import LabConfig
 
 LOST = ".lost-by-drill"
 REGION_A_DISKS = ("local-a", "local-b")
-
-
-class FaultError(Exception):
-    """A failure cannot be injected as asked; the message says why."""
 
 
 def _kill_tree(pid: int) -> None:

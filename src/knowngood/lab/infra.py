@@ -33,15 +33,8 @@ from typing import Any
 
 import yaml
 
+from knowngood.errors import LabError
 from knowngood.lab.config import PG_BIN, LabConfig
-
-try:  # the lab may grow a shared errors module; use it when present so callers catch one type
-    from knowngood.lab.errors import LabError  # type: ignore[import-not-found]
-except ImportError:
-
-    class LabError(Exception):  # type: ignore[no-redef]
-        """A lab service could not be brought to the requested state."""
-
 
 Progress = Callable[[str], None]
 

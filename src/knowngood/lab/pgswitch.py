@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from knowngood.errors import LabError
 from knowngood.lab import infra
 from knowngood.lab.config import LabConfig
-from knowngood.lab.infra import LabError
 
 
 def _role(port: int) -> str:
