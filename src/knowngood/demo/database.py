@@ -12,9 +12,9 @@ from knowngood.traffic import Traffic
 
 def story(cfg: LabConfig, lb: str) -> None:
     """Strategy 3.2: the table strategy under live traffic, then a PITR to a restore point."""
-    from knowngood.lab import infra
+    from knowngood.lab import postgres
 
-    pg = infra.postgres_status(cfg)
+    pg = postgres.postgres_status(cfg)
     app = pg["primary_dsn"]
     say("database: someone runs DELETE FROM orders; a minute later a refund is logged")
     sql(app, "CREATE TABLE IF NOT EXISTS refunds (id serial PRIMARY KEY, note text)")
@@ -67,7 +67,7 @@ def story(cfg: LabConfig, lb: str) -> None:
     print(
         "    schema now "
         f"{sql(app, 'SELECT max(revision) FROM knowngood_schema_migrations')[0][0]}, "
-        f"standby streaming: {infra.postgres_status(cfg)['standby_streaming']}"
+        f"standby streaming: {postgres.postgres_status(cfg)['standby_streaming']}"
     )
     say("and the code follows the database back: roll back to v1")
     run(cfg, "rollback-code", release_id="v1", rollback_reason="back on schema 0001")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from knowngood.demo.story import run, say, sql
-from knowngood.lab import infra, pgswitch
+from knowngood.lab import pgswitch, postgres, process
 from knowngood.lab.config import LabConfig
 from knowngood.traffic import Traffic
 
@@ -57,14 +57,14 @@ def _sql(dsn: str, statement: str, params: tuple = ()) -> list:
 
 
 def _kill_tree(pid: int) -> None:
-    for victim in [pid, *infra.descendants(pid)]:
+    for victim in [pid, *process.descendants(pid)]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
 
 
 def story(cfg: LabConfig, lb: str) -> dict:
     """Kill app2 and the primary, recover, print RTO and RPO; returns the measured numbers."""
-    pg = infra.postgres_status(cfg)
+    pg = postgres.postgres_status(cfg)
     primary = f"host=127.0.0.1 port={cfg.pg_primary_port} user=postgres dbname=app"
     standby = f"host=127.0.0.1 port={cfg.pg_standby_port} user=postgres dbname=app"
     _sql(primary, "DROP TABLE IF EXISTS rpo_probe")

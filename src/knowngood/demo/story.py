@@ -53,9 +53,9 @@ def sql(dsn: str, statement: str, params: tuple = (), connect_timeout: int | Non
 
 def archive_now(cfg: LabConfig) -> None:
     """Close the current WAL segment and wait until it is archived: what the restore replays."""
-    from knowngood.lab import infra
+    from knowngood.lab import postgres
 
-    admin = infra.postgres_status(cfg)["superuser_dsn"]
+    admin = postgres.postgres_status(cfg)["superuser_dsn"]
     (segment,) = sql(admin, "SELECT pg_walfile_name(pg_switch_wal())")[0]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
