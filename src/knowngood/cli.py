@@ -206,29 +206,14 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return 0
 
 
-def audit_list(index: Path, last: int | None = None) -> list[str]:
-    """One line per recorded run in an audit index (artifact digests, torn lines skipped);
-    a run opened and never closed shows as open."""
+def load_record(audit_dir: Path, run_id: str) -> dict:
+    """The run's audit record (audit_record.read), or the error the CLI shows."""
     from knowngood.modutils import module_utils
 
-    lines, closed = [], set()
-    entries = module_utils("audit_chain").entries(str(index.parent))
-    for entry in entries:
-        if entry.get("kind", "record") == "record":
-            closed.add(entry.get("run_id"))
-    for entry in entries:
-        kind = entry.get("kind", "record")
-        if kind == "record":
-            lines.append(
-                f"{entry['finished_at']}  {entry['status']:<10}  {entry['run_id']}  "
-                f"{Path(entry.get('playbook') or '?').name}"
-            )
-        elif kind == "open" and entry.get("run_id") not in closed:
-            lines.append(
-                f"{entry.get('started_at')}  {'OPEN':<10}  {entry['run_id']}  "
-                f"{Path(entry.get('playbook') or '?').name}"
-            )
-    return lines[-last:] if last else lines
+    record = module_utils("audit_record").read(audit_dir, run_id)
+    if record is None:
+        raise KnowngoodError(f"no audit record {run_id} in {audit_dir}")
+    return record
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -256,16 +241,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"audit trail {audit_dir}: {len(lines) or 'nothing'} repaired")
         return 0
     if args.command == "list":
-        index = audit_dir / "index.jsonl"
-        if not index.exists():
+        if not (audit_dir / "index.jsonl").exists():
             print(f"no runs recorded in {audit_dir}")
             return 0
-        for line in audit_list(index):
+        for line in module_utils("audit_record").run_lines(chain.entries(str(audit_dir))):
             print(line)
         return 0
-    if "/" in args.run_id or not (audit_dir / f"{args.run_id}.json").exists():
-        raise KnowngoodError(f"no audit record {args.run_id} in {audit_dir}")
-    record = json.loads((audit_dir / f"{args.run_id}.json").read_text())
+    record = load_record(audit_dir, args.run_id)
     print(json.dumps(record, indent=2) if args.json else "\n".join(runner.summarize(record)))
     return 0
 
@@ -301,7 +283,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from knowngood import report
 
     audit_dir = Path(_trail(args)["audit_dir"])
-    record = report.load_record(audit_dir, args.run_id)
+    record = load_record(audit_dir, args.run_id)
     prometheus = args.prometheus
     if not prometheus and (Path(args.root) / "lab.json").exists():
         prometheus = f"http://127.0.0.1:{LabConfig.load(Path(args.root)).prometheus_port}"

@@ -57,7 +57,7 @@ def read_decision(ref: str, audit_dir: Path) -> dict:
     """What a request keeps of a decide run: from its audit record (a path or a run id)."""
     path = Path(ref)
     if not path.exists():
-        path = audit_dir / f"{ref}.json"
+        path = audit_dir / module_utils("audit_record").record_name(ref)
     try:
         record = json.loads(path.read_text())
         return approval.decision_summary(record)

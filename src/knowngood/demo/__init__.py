@@ -26,11 +26,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from knowngood.cli import audit_list
 from knowngood.demo import backups, code, config, database, deploy, flag, governance, recovery
 from knowngood.demo.story import say
 from knowngood.lab import core
 from knowngood.lab.config import DEFAULT_ROOT, LabConfig
+from knowngood.modutils import module_utils
 
 # Each story, in the order the demo tells them, with the stories it needs told first.
 STORIES: dict[str, tuple[Callable[[LabConfig, str], object], tuple[str, ...]]] = {
@@ -72,7 +72,8 @@ def print_trail(cfg: LabConfig) -> None:
                 f"{event.get('reason', '')} {event.get('ticket', '')}"
             )
     say(f"the audit trail ({cfg.root / 'audit'})")
-    for line in audit_list(cfg.root / "audit" / "index.jsonl", last=6):
+    entries = module_utils("audit_chain").entries(str(cfg.root / "audit"))
+    for line in module_utils("audit_record").run_lines(entries, last=6):
         print("    " + line)
 
 
