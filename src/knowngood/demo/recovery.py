@@ -56,12 +56,6 @@ def _sql(dsn: str, statement: str, params: tuple = ()) -> list:
     return sql(dsn, statement, params, connect_timeout=3)
 
 
-def _kill_tree(pid: int) -> None:
-    for victim in [pid, *process.descendants(pid)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(victim, signal.SIGKILL)
-
-
 def story(cfg: LabConfig, lb: str) -> dict:
     """Kill app2 and the primary, recover, print RTO and RPO; returns the measured numbers."""
     pg = postgres.postgres_status(cfg)
@@ -78,7 +72,7 @@ def story(cfg: LabConfig, lb: str) -> dict:
             with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
                 os.kill(int((cfg.run_dir / f"app2-{pool}.pid").read_text()), signal.SIGKILL)
         postmaster = Path(pg["primary_data_dir"]) / "postmaster.pid"
-        _kill_tree(int(postmaster.read_text().split()[0]))
+        process.kill_tree(int(postmaster.read_text().split()[0]))
         time.sleep(0.5)
         acknowledged = writer.acknowledged
         print(f"    killed app2 and db1; the writer had {acknowledged} commits acknowledged")

@@ -9,10 +9,7 @@ instance, the load balancer, region A, the disks); what recovered in between sta
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,12 +19,6 @@ from knowngood.lab.config import LabConfig
 
 LOST = ".lost-by-drill"
 REGION_A_DISKS = ("local-a", "local-b")
-
-
-def _kill_tree(pid: int) -> None:
-    for victim in [pid, *process.descendants(pid)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(victim, signal.SIGKILL)
 
 
 def _postmaster(data_dir: Path) -> int | None:
@@ -50,7 +41,7 @@ def break_app_host(cfg: LabConfig, name: str) -> list[int]:
     for pool in apps.POOLS:
         pid = process.read_pid(cfg.run_dir / f"{name}-{pool}.pid")
         if pid:
-            _kill_tree(pid)
+            process.kill_tree(pid)
             killed.append(pid)
     return killed
 
@@ -66,7 +57,7 @@ def _primary_dir(cfg: LabConfig) -> Path:
 
 def break_db_primary(cfg: LabConfig) -> Path:
     data_dir = _primary_dir(cfg)
-    _kill_tree(_postmaster(data_dir) or 0)
+    process.kill_tree(_postmaster(data_dir) or 0)
     return data_dir
 
 
@@ -77,7 +68,7 @@ def break_region_a(cfg: LabConfig) -> dict[str, object]:
     for data_dir in _data_dirs(cfg):
         pid = _postmaster(data_dir)
         if pid:
-            _kill_tree(pid)
+            process.kill_tree(pid)
     primary.rename(primary.with_name(primary.name + LOST))
     s3.s3_region_down(cfg, 0)
     backups = cfg.root / "backups"
@@ -94,7 +85,7 @@ def break_lb(cfg: LabConfig) -> int:
     pid = process.read_pid(nginx.nginx_paths(cfg)["pid"])
     if not pid:
         raise FaultError("the load balancer is not running")
-    _kill_tree(pid)
+    process.kill_tree(pid)
     return pid
 
 

@@ -309,6 +309,13 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL pid and every process below it (a crash, not a shutdown)."""
+    for victim in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+
+
 def read_pid(pidfile: Path) -> int | None:
     """The pid in pidfile if that process is alive and belongs to this lab.
 
