@@ -45,19 +45,19 @@ options:
         key: audit_dir
 """
 
-import datetime
 import getpass
-import hashlib
-import json
 import os
-import tempfile
 import time
 import uuid
 
 from ansible import context
 from ansible.plugins.callback import CallbackBase
 from ansible.template import Templar
-from ansible_collections.knowngood.runbooks.plugins.module_utils import audit_chain, notify
+from ansible_collections.knowngood.runbooks.plugins.module_utils import (
+    audit_chain,
+    audit_record,
+    notify,
+)
 
 KEPT_KEYS = (
     "msg",
@@ -112,11 +112,8 @@ KEPT_KEYS = (
     "snapshot_id",
     "safety_snapshot_id",
 )
-mask = audit_chain.mask
-
-
-def utcnow():
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+mask = audit_record.mask
+utcnow = audit_chain.utcnow
 
 
 def new_run_id():
@@ -345,30 +342,7 @@ class CallbackModule(CallbackBase):
                 )
 
     def _write(self):
-        trail = self._trail()
-        audit_dir = trail["audit_dir"]
-        if not os.path.isdir(audit_dir):
-            os.makedirs(audit_dir, 0o750)
-        body = json.dumps(self.record, indent=2, sort_keys=True, default=str)
-        path = os.path.join(audit_dir, "%s.json" % self.run_id)
-        fd, tmp = tempfile.mkstemp(dir=audit_dir, prefix=".rec-")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(body)
-        os.rename(tmp, path)
-        line = audit_chain.append(
-            audit_dir,
-            {
-                "kind": "record",
-                "run_id": self.run_id,
-                "record": "%s.json" % self.run_id,
-                "playbook": self.record.get("playbook"),
-                "status": self.record["status"],
-                "finished_at": self.record["finished_at"],
-                "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
-            },
-            trail["key"],
-            trail["witness"],
-        )
+        path, line = audit_chain.close_record(self._trail(), self.record)
         if line.get("after_torn"):
             self._display.warning(
                 "knowngood: the audit index ended in a torn line (an interrupted write); this "

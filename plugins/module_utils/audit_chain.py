@@ -32,6 +32,8 @@ import socket
 import subprocess
 import tempfile
 
+from ansible_collections.knowngood.runbooks.plugins.module_utils import audit_record
+
 try:
     import boto3
     from botocore.config import Config
@@ -62,20 +64,6 @@ def check_name(value, what):
             "%s %r refused: it must match %s (it becomes part of a record path)"
             % (what, value, NAME_RE.pattern)
         )
-    return value
-
-
-SECRET_RE = re.compile(r"pass|secret|token|key|dsn|credential|webhook|knowngood_notify", re.I)
-
-
-def mask(value, name=""):
-    """Values under secret-looking names masked, recursively: records never hold secrets."""
-    if name and SECRET_RE.search(name):
-        return "********"
-    if isinstance(value, dict):
-        return dict((k, mask(v, str(k))) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return [mask(v) for v in value]
     return value
 
 
@@ -485,14 +473,8 @@ def _ends_with_newline(path):
 def open_record(trail, opening):
     """Write <run_id>.open.json and its chained, witnessed "open" entry; returns the line."""
     audit_dir = trail["audit_dir"]
-    if not os.path.isdir(audit_dir):
-        os.makedirs(audit_dir, 0o750)
-    body = json.dumps(opening, indent=2, sort_keys=True, default=str)
-    name = "%s.open.json" % check_name(opening["run_id"], "run id")
-    fd, tmp = tempfile.mkstemp(dir=audit_dir, prefix=".rec-")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(body)
-    os.rename(tmp, os.path.join(audit_dir, name))
+    name = audit_record.record_name(check_name(opening["run_id"], "run id"), opening=True)
+    sha256 = audit_record.write(audit_dir, name, opening)[1]
     return append(
         audit_dir,
         {
@@ -505,11 +487,25 @@ def open_record(trail, opening):
             "user": opening.get("user"),
             "started_at": opening.get("started_at"),
             "playbook": opening.get("playbook"),
-            "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
+            "sha256": sha256,
         },
         trail["key"],
         trail["witness"],
     )
+
+
+def close_record(trail, record):
+    """Write <run_id>.json and the chained, witnessed "record" entry that closes the run;
+    returns (the record's path, the line)."""
+    name = audit_record.record_name(check_name(record["run_id"], "run id"))
+    path, sha256 = audit_record.write(trail["audit_dir"], name, record)
+    line = append(
+        trail["audit_dir"],
+        audit_record.closing_entry(record, name, sha256),
+        trail["key"],
+        trail["witness"],
+    )
+    return path, line
 
 
 def repair(audit_dir, key_path, who, witness="env"):
@@ -561,35 +557,20 @@ def repair(audit_dir, key_path, who, witness="env"):
                 continue
             if line.get("host") == socket.gethostname() and _alive(line.get("pid")):
                 continue  # still running
-            run_id = check_name(line.get("run_id"), "run id")
-            body = json.dumps(
-                {
-                    "run_id": run_id,
-                    "status": "abandoned",
-                    "started_at": line.get("started_at"),
-                    "finished_at": utcnow(),
-                    "user": line.get("user"),
-                    "playbook": line.get("playbook"),
-                    "note": "opened and never closed (killed); closed by audit repair",
-                    "closed_by": who,
-                    "events": [],
-                },
-                indent=2,
-                sort_keys=True,
-            )
-            path = os.path.join(audit_dir, "%s.json" % run_id)
-            with open(path, "w") as handle:
-                handle.write(body)
-            entry = {
-                "kind": "record",
-                "run_id": run_id,
-                "record": "%s.json" % run_id,
-                "playbook": line.get("playbook"),
+            record = {
+                "run_id": check_name(line.get("run_id"), "run id"),
                 "status": "abandoned",
+                "started_at": line.get("started_at"),
                 "finished_at": utcnow(),
+                "user": line.get("user"),
+                "playbook": line.get("playbook"),
+                "note": "opened and never closed (killed); closed by audit repair",
                 "closed_by": who,
-                "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
+                "events": [],
             }
+            name = audit_record.record_name(record["run_id"])
+            sha256 = audit_record.write(audit_dir, name, record)[1]
+            entry = audit_record.closing_entry(record, name, sha256, closed_by=who)
             written.append(_append_locked(audit_dir, entry, key_path, witness))
     return written
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from knowngood.errors import AwxError
+
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "awx" / "catalog.yml"
 SURVEY_DIR = REPO / "awx" / "surveys"
@@ -37,10 +39,6 @@ ALLOWED_TYPES: dict[str, tuple[type, ...]] = {
     "integer": (int,),
     "float": (float, int),
 }
-
-
-class AwxError(Exception):
-    """The AWX definitions are inconsistent; the message names what and where."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from knowngood import runner
+from knowngood.errors import KnowngoodError
 from knowngood.lab.config import DEFAULT_BASE_PORT, DEFAULT_ROOT, LabConfig
 
 
@@ -30,7 +31,7 @@ def _lab_config(args: argparse.Namespace) -> LabConfig:
     if args.command == "up":
         return LabConfig(root=root, hosts=args.hosts, ssh=args.ssh, base_port=args.base_port)
     if not (root / "lab.json").exists():
-        raise runner.KnowngoodError(f"no lab at {root}: run `knowngood lab up` first")
+        raise KnowngoodError(f"no lab at {root}: run `knowngood lab up` first")
     return LabConfig.load(root)
 
 
@@ -38,13 +39,13 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from knowngood.lab import core
 
     if args.command == "up" and not 1 <= args.hosts <= 100:
-        raise runner.KnowngoodError("--hosts must be between 1 and 100")
+        raise KnowngoodError("--hosts must be between 1 and 100")
     cfg = _lab_config(args)
     if args.command == "up":
         if (cfg.root / "lab.json").exists():
             old = LabConfig.load(cfg.root)
             if (old.ssh, old.base_port) != (cfg.ssh, cfg.base_port) or old.hosts > cfg.hosts:
-                raise runner.KnowngoodError(
+                raise KnowngoodError(
                     f"a lab with hosts={old.hosts} ssh={old.ssh} base_port={old.base_port} "
                     f"runs at {cfg.root}; run `knowngood lab down` first to change its shape"
                 )
@@ -54,23 +55,20 @@ def cmd_lab(args: argparse.Namespace) -> int:
     elif args.command in ("break", "heal"):
         from knowngood.lab import faults
 
-        try:
-            if args.command == "heal":
-                faults.heal(cfg, progress=lambda m: print(m, flush=True))
-            elif args.fault == "app-host":
-                print(f"killed {args.target}: {faults.break_app_host(cfg, args.target or '')}")
-            elif args.fault == "nginx-config":
-                print(f"pushed a bad upstream into {faults.break_nginx_config(cfg)}")
-            elif args.fault == "db-primary":
-                print(f"killed the primary in {faults.break_db_primary(cfg)}")
-            elif args.fault == "lb":
-                print(f"killed the load balancer (pid {faults.break_lb(cfg)})")
-            elif args.fault == "everything":
-                print(f"complete outage: {faults.break_everything(cfg)}")
-            else:
-                print(f"region A lost: {faults.break_region_a(cfg)}")
-        except faults.FaultError as exc:
-            raise runner.KnowngoodError(str(exc)) from exc
+        if args.command == "heal":
+            faults.heal(cfg, progress=lambda m: print(m, flush=True))
+        elif args.fault == "app-host":
+            print(f"killed {args.target}: {faults.break_app_host(cfg, args.target or '')}")
+        elif args.fault == "nginx-config":
+            print(f"pushed a bad upstream into {faults.break_nginx_config(cfg)}")
+        elif args.fault == "db-primary":
+            print(f"killed the primary in {faults.break_db_primary(cfg)}")
+        elif args.fault == "lb":
+            print(f"killed the load balancer (pid {faults.break_lb(cfg)})")
+        elif args.fault == "everything":
+            print(f"complete outage: {faults.break_everything(cfg)}")
+        else:
+            print(f"region A lost: {faults.break_region_a(cfg)}")
     else:
         if args.json:
             print(core.status_json(cfg))
@@ -99,11 +97,11 @@ def _parse_extravars(pairs: list[str]) -> dict:
             try:
                 extravars.update(json.loads(pair))
             except ValueError as exc:
-                raise runner.KnowngoodError(f"-e JSON is not valid: {exc}") from None
+                raise KnowngoodError(f"-e JSON is not valid: {exc}") from None
             continue
         key, sep, value = pair.partition("=")
         if not sep or not key.isidentifier():
-            raise runner.KnowngoodError(f"-e expects key=value, got {pair!r}")
+            raise KnowngoodError(f"-e expects key=value, got {pair!r}")
         extravars[key] = value
     return extravars
 
@@ -116,7 +114,7 @@ def _trail(args: argparse.Namespace) -> dict:
     try:
         return chain.resolve_trail(getattr(args, "audit_dir", "") or None, None, args.root)
     except ValueError as exc:
-        raise runner.KnowngoodError(str(exc)) from None
+        raise KnowngoodError(str(exc)) from None
 
 
 def _run_target(args: argparse.Namespace) -> tuple[str, Path, Path]:
@@ -208,29 +206,14 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return 0
 
 
-def audit_list(index: Path, last: int | None = None) -> list[str]:
-    """One line per recorded run in an audit index (artifact digests, torn lines skipped);
-    a run opened and never closed shows as open."""
+def load_record(audit_dir: Path, run_id: str) -> dict:
+    """The run's audit record (audit_record.read), or the error the CLI shows."""
     from knowngood.modutils import module_utils
 
-    lines, closed = [], set()
-    entries = module_utils("audit_chain").entries(str(index.parent))
-    for entry in entries:
-        if entry.get("kind", "record") == "record":
-            closed.add(entry.get("run_id"))
-    for entry in entries:
-        kind = entry.get("kind", "record")
-        if kind == "record":
-            lines.append(
-                f"{entry['finished_at']}  {entry['status']:<10}  {entry['run_id']}  "
-                f"{Path(entry.get('playbook') or '?').name}"
-            )
-        elif kind == "open" and entry.get("run_id") not in closed:
-            lines.append(
-                f"{entry.get('started_at')}  {'OPEN':<10}  {entry['run_id']}  "
-                f"{Path(entry.get('playbook') or '?').name}"
-            )
-    return lines[-last:] if last else lines
+    record = module_utils("audit_record").read(audit_dir, run_id)
+    if record is None:
+        raise KnowngoodError(f"no audit record {run_id} in {audit_dir}")
+    return record
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -247,7 +230,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         try:
             lines = chain.repair(str(audit_dir), trail["key"], getpass.getuser(), trail["witness"])
         except chain.AuditError as exc:
-            raise runner.KnowngoodError(str(exc)) from None
+            raise KnowngoodError(str(exc)) from None
         for line in lines:
             runner._warn_witness(line)
             if line["kind"] == "repair":
@@ -258,16 +241,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"audit trail {audit_dir}: {len(lines) or 'nothing'} repaired")
         return 0
     if args.command == "list":
-        index = audit_dir / "index.jsonl"
-        if not index.exists():
+        if not (audit_dir / "index.jsonl").exists():
             print(f"no runs recorded in {audit_dir}")
             return 0
-        for line in audit_list(index):
+        for line in module_utils("audit_record").run_lines(chain.entries(str(audit_dir))):
             print(line)
         return 0
-    if "/" in args.run_id or not (audit_dir / f"{args.run_id}.json").exists():
-        raise runner.KnowngoodError(f"no audit record {args.run_id} in {audit_dir}")
-    record = json.loads((audit_dir / f"{args.run_id}.json").read_text())
+    record = load_record(audit_dir, args.run_id)
     print(json.dumps(record, indent=2) if args.json else "\n".join(runner.summarize(record)))
     return 0
 
@@ -303,7 +283,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from knowngood import report
 
     audit_dir = Path(_trail(args)["audit_dir"])
-    record = report.load_record(audit_dir, args.run_id)
+    record = load_record(audit_dir, args.run_id)
     prometheus = args.prometheus
     if not prometheus and (Path(args.root) / "lab.json").exists():
         prometheus = f"http://127.0.0.1:{LabConfig.load(Path(args.root)).prometheus_port}"
@@ -429,14 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except runner.KnowngoodError as exc:
+    except KnowngoodError as exc:  # lab errors carry a log tail worth showing as-is
         print(f"knowngood: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # lab errors carry a log tail worth showing as-is
-        if type(exc).__name__ == "LabError":
-            print(f"knowngood: {exc}", file=sys.stderr)
-            return 1
-        raise
 
 
 if __name__ == "__main__":

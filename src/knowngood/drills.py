@@ -19,15 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from knowngood.errors import DrillError
 from knowngood.lab.config import DEFAULT_ROOT
 from knowngood.modutils import module_utils
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "molecule"
-
-
-class DrillError(Exception):
-    """A drill cannot run or report; the message says why."""
 
 
 def scenarios() -> list[str]:
@@ -242,23 +239,19 @@ def html_report(cards: list[dict[str, Any]]) -> str:
 
 def cmd_drill(args: argparse.Namespace) -> int:
     lab_dir = Path(args.lab_dir or os.environ.get("KNOWNGOOD_LAB_DIR") or DEFAULT_ROOT)
-    try:
-        if args.drill_command == "list":
-            print("\n".join(scenarios()))
-            return 0
-        if args.drill_command == "report":
-            cards = history(lab_dir)
-            print(text_report(cards))
-            if args.html:
-                Path(args.html).write_text(html_report(cards))
-                print(f"HTML report: {args.html}")
-            return 0
-        if not args.name:
-            raise DrillError("drill run needs a NAME: " + ", ".join(scenarios()))
-        card = run(args.name, lab_dir, echo=not args.quiet, timeout=args.timeout)
-    except DrillError as exc:
-        print(f"knowngood: {exc}", file=sys.stderr)
-        return 1
+    if args.drill_command == "list":
+        print("\n".join(scenarios()))
+        return 0
+    if args.drill_command == "report":
+        cards = history(lab_dir)
+        print(text_report(cards))
+        if args.html:
+            Path(args.html).write_text(html_report(cards))
+            print(f"HTML report: {args.html}")
+        return 0
+    if not args.name:
+        raise DrillError("drill run needs a NAME: " + ", ".join(scenarios()))
+    card = run(args.name, lab_dir, echo=not args.quiet, timeout=args.timeout)
     print("\n".join(summary(card)))
     return 0 if card["passed"] and card["molecule_rc"] == 0 else 1
 

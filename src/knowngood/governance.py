@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from knowngood import runner
+from knowngood.errors import KnowngoodError
 from knowngood.modutils import module_utils
 
 approval = module_utils("approval")
@@ -44,7 +45,7 @@ def create_request(
             decision=decision,
         )
     except approval.ApprovalError as exc:
-        raise runner.KnowngoodError(str(exc)) from None
+        raise KnowngoodError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
     rid = approval.request_id(doc)
     path = out / f"{rid}.json"
@@ -56,21 +57,21 @@ def read_decision(ref: str, audit_dir: Path) -> dict:
     """What a request keeps of a decide run: from its audit record (a path or a run id)."""
     path = Path(ref)
     if not path.exists():
-        path = audit_dir / f"{ref}.json"
+        path = audit_dir / module_utils("audit_record").record_name(ref)
     try:
         record = json.loads(path.read_text())
         return approval.decision_summary(record)
     except (OSError, ValueError) as exc:
-        raise runner.KnowngoodError(f"cannot read decision record {ref}: {exc}") from None
+        raise KnowngoodError(f"cannot read decision record {ref}: {exc}") from None
     except approval.ApprovalError as exc:
-        raise runner.KnowngoodError(f"{path}: {exc}") from None
+        raise KnowngoodError(f"{path}: {exc}") from None
 
 
 def read_request(path: Path) -> dict:
     try:
         return approval.load_request_file(str(path))["request"]
     except approval.ApprovalError as exc:
-        raise runner.KnowngoodError(str(exc)) from None
+        raise KnowngoodError(str(exc)) from None
 
 
 def approve(path: Path, key: Path, signer: str = "") -> str:
@@ -86,7 +87,7 @@ def approve(path: Path, key: Path, signer: str = "") -> str:
         signature = approval.sign(doc, str(key))
         fingerprint = approval.key_fingerprint(str(key))
     except approval.ApprovalError as exc:
-        raise runner.KnowngoodError(str(exc)) from None
+        raise KnowngoodError(str(exc)) from None
     who = signer or getpass.getuser()
     data["approvals"].append(
         {

@@ -16,8 +16,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from knowngood.runner import KnowngoodError
-
 OPERATOR_FIELDS = ("description", "root_cause", "recommendations")
 SERIES = {
     "error_ratio": 'sum(rate(app_requests_total{code=~"5..",job="app"}[10s]))'
@@ -249,13 +247,6 @@ def to_html(rep: Report) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
         f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
     )
-
-
-def load_record(audit_dir: Path, run_id: str) -> dict:
-    path = audit_dir / f"{run_id}.json"
-    if "/" in run_id or not path.exists():
-        raise KnowngoodError(f"no audit record {run_id} in {audit_dir}")
-    return json.loads(path.read_text())
 
 
 def write(record: dict, notes: dict, prometheus_url: str, fmt: str, out: Path) -> Path:

@@ -7,7 +7,6 @@ request (who asked, which runbook, inputs) and maps the run's status to an exit 
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import re
 import shlex
@@ -18,15 +17,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from knowngood.errors import KnowngoodError
+
 REPO = Path(__file__).resolve().parents[2]
 RUNBOOK_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 EXIT_CODES = {"successful": 0, "failed": 2, "timeout": 3, "canceled": 4}
 # Runner artifacts kept (and digested) with the record; env/ (extra vars, secrets) never is.
 KEPT_ARTIFACTS = ("stdout", "status", "rc", "command")
-
-
-class KnowngoodError(Exception):
-    """Base of every error the CLI reports without a traceback."""
 
 
 @dataclass
@@ -188,43 +185,24 @@ def run(request: RunRequest) -> RunResult:
         )
         digests = keep_artifacts(Path(private) / "artifacts" / run_id, audit_dir, run_id)
     duration = time.monotonic() - started
-    record_path = audit_dir / f"{run_id}.json"
+    record_format = module_utils("audit_record")
+    record_path = audit_dir / record_format.record_name(run_id)
     if not record_path.exists():
         # ansible-playbook ended without closing its record (killed, crashed): close it here,
         # saying so, rather than leave the run looking as if it were still going.
-        body = json.dumps(
-            {
-                "run_id": run_id,
-                "kind": "knowngood-run",
-                "user": user,
-                "playbook": str(playbook),
-                "started_at": started_at,
-                "finished_at": chain.utcnow(),
-                "status": result.status,
-                "rc": result.rc,
-                "note": "ansible-playbook ended without its record; closed by knowngood run",
-                "events": [],
-            },
-            indent=2,
-            sort_keys=True,
-        )
-        record_path.write_text(body)
-        _warn_witness(
-            chain.append(
-                str(audit_dir),
-                {
-                    "kind": "record",
-                    "run_id": run_id,
-                    "record": record_path.name,
-                    "playbook": str(playbook),
-                    "status": result.status,
-                    "finished_at": chain.utcnow(),
-                    "sha256": chain.sha256_file(str(record_path)),
-                },
-                trail["key"],
-                trail["witness"],
-            )
-        )
+        closing = {
+            "run_id": run_id,
+            "kind": "knowngood-run",
+            "user": user,
+            "playbook": str(playbook),
+            "started_at": started_at,
+            "finished_at": chain.utcnow(),
+            "status": result.status,
+            "rc": result.rc,
+            "note": "ansible-playbook ended without its record; closed by knowngood run",
+            "events": [],
+        }
+        _warn_witness(chain.close_record(trail, closing)[1])
     _warn_witness(
         chain.append(
             str(audit_dir),
@@ -233,7 +211,7 @@ def run(request: RunRequest) -> RunResult:
             trail["witness"],
         )
     )
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    record = record_format.read(audit_dir, run_id) or {}
     return RunResult(run_id, result.status, result.rc, duration, record_path, record)
 
 
@@ -262,7 +240,7 @@ def _opening(request: RunRequest, run_id: str, user: str, playbook: Path, at: st
         "ticket": request.ticket,
         "reason": request.reason,
         "check_mode": request.check,
-        "extra_vars": module_utils("audit_chain").mask(request.extravars),
+        "extra_vars": module_utils("audit_record").mask(request.extravars),
         "break_glass": str(request.extravars.get("knowngood_break_glass") or ""),
     }
     path = request.extravars.get("knowngood_request")

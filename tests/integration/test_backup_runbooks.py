@@ -168,16 +168,16 @@ def test_scheduled_full_backup_command_takes_a_backup(lab_session, archiving):
 
 
 def test_region_down_during_backup_is_retried_reported_and_others_complete(lab_session, archiving):
-    from knowngood.lab import infra
+    from knowngood.lab import s3
     from knowngood.lab.config import LabConfig
 
     cfg = LabConfig.load(lab_session.root)
     before = {e["label"] for e in catalog(lab_session)}
-    infra.s3_region_down(cfg, 1)  # region-b: s3-region-b and the cold bucket
+    s3.s3_region_down(cfg, 1)  # region-b: s3-region-b and the cold bucket
     try:
         run = lab_session.playbook("backup", backup_type="full")
     finally:
-        infra.s3_region_up(cfg, lambda _m: None, 1)
+        s3.s3_region_up(cfg, lambda _m: None, 1)
     assert run.rc != 0, run.output
     assert "is valid but missing from" in run.output, run.output
     assert "s3-region-b" in run.output and "cold" in run.output

@@ -29,7 +29,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config i
 from conftest import REPO, TEST_LAB_ROOT
 from pgcluster import make_dirs_for_postgres, postgres_ids
 
-from knowngood.lab import infra
+from knowngood.lab import s3
 from knowngood.lab.config import LabConfig
 
 ENC_KEY = "store-test-passphrase-0123456789"
@@ -41,10 +41,10 @@ def labcfg(lab_session) -> LabConfig:
 
 
 def s3_spec(labcfg: LabConfig, region: int, **extra) -> dict:
-    status = infra.s3_status(labcfg)[infra.s3_region_name(region)]
-    access, secret = infra.s3_credentials(labcfg)
+    status = s3.s3_status(labcfg)[s3.s3_region_name(region)]
+    access, secret = s3.s3_credentials(labcfg)
     spec = {
-        "name": f"s3-{infra.s3_region_name(region)}",
+        "name": f"s3-{s3.s3_region_name(region)}",
         "type": "s3",
         "endpoint_url": status["endpoint"],
         "region": status["region"],

@@ -52,10 +52,10 @@ def nginx_conf(lab):
 
 
 def reload_nginx(lab):
-    from knowngood.lab import core
+    from knowngood.lab import nginx
     from knowngood.lab.config import LabConfig
 
-    core.nginx_reload(LabConfig.load(lab.root))
+    nginx.nginx_reload(LabConfig.load(lab.root))
 
 
 def rollback(lab, *args, check=False, **extra):

@@ -200,7 +200,7 @@ def test_every_planner_refusal_stops_before_writes_stop_with_service_and_data_un
         BackupConfig,
     )
 
-    from knowngood.lab import infra
+    from knowngood.lab import s3
     from knowngood.lab.config import LabConfig
 
     lab.seed("v1")
@@ -246,7 +246,7 @@ def test_every_planner_refusal_stops_before_writes_stop_with_service_and_data_un
         hidden = []
         if words.startswith("WAL gap"):
             for index in (0, 1):
-                infra.s3_region_down(labcfg, index)
+                s3.s3_region_down(labcfg, index)
             for copy in (lab.root / "backups").rglob(f"{gap}*"):
                 if "spool" not in copy.parts and ".backup" not in copy.name:
                     hidden.append((copy, copy.with_name("hidden-" + copy.name)))
@@ -262,7 +262,7 @@ def test_every_planner_refusal_stops_before_writes_stop_with_service_and_data_un
                 aside.rename(copy)
             if hidden:
                 for index in (0, 1):
-                    infra.s3_region_up(labcfg, lambda _msg: None, index)
+                    s3.s3_region_up(labcfg, lambda _msg: None, index)
         assert run.rc != 0, (words, run.output)
         assert words in run.output and "nothing was changed" in run.output, (words, run.output)
         # Refused in the preflight: no step after it ran.

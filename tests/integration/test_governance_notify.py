@@ -17,7 +17,7 @@ import pytest
 from ansible_collections.knowngood.runbooks.plugins.module_utils import audit_chain
 from conftest import BIN, REPO, ansible_env, knowngood
 
-from knowngood.lab import governance, infra
+from knowngood.lab import governance, s3
 from knowngood.lab.config import LabConfig
 from knowngood.lab.notify_sinks import SmtpReceiver, WebhookReceiver, closed_port
 
@@ -164,13 +164,13 @@ def test_the_checkpoint_copy_in_the_object_locked_bucket_catches_a_cut_tail(lab_
     assert "(tail cut)" in cut.stdout
 
     # Nor can the copy be removed: the cold bucket keeps it under Object Lock.
-    client = infra.s3_client(cfg, infra.COLD_REGION)
+    client = s3.s3_client(cfg, s3.COLD_REGION)
     remote = audit_chain.remote_from_env(s3_env)
     name = audit_chain._remote_dir(remote, str(audit)) + "seq-000000000003.json"
-    versions = client.list_object_versions(Bucket=infra.COLD_BUCKET, Prefix=name)["Versions"]
+    versions = client.list_object_versions(Bucket=s3.COLD_BUCKET, Prefix=name)["Versions"]
     assert versions
     with pytest.raises(Exception, match="AccessDenied"):
-        client.delete_object(Bucket=infra.COLD_BUCKET, Key=name, VersionId=versions[0]["VersionId"])
+        client.delete_object(Bucket=s3.COLD_BUCKET, Key=name, VersionId=versions[0]["VersionId"])
 
 
 def _append(audit: Path, key: Path, env: dict, n: int) -> None:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from knowngood.lab import infra
+from knowngood import errors
+from knowngood.lab import core, postgres, prometheus, s3, sshd
 from knowngood.lab.config import PG_BIN, LabConfig
 
 pytestmark = pytest.mark.lab
@@ -32,7 +33,7 @@ SSH_ADDRESS = "127.0.1.1"
 def _missing_prerequisites() -> str | None:
     if os.geteuid() != 0:
         return "lab infrastructure needs root"
-    for path in (PG_BIN / "postgres", infra.PROMETHEUS_BIN, infra.SSHD_BIN):
+    for path in (PG_BIN / "postgres", prometheus.PROMETHEUS_BIN, sshd.SSHD_BIN):
         if not path.exists():
             return f"{path} not installed"
     return None
@@ -72,7 +73,7 @@ def cfg() -> Iterator[LabConfig]:
     try:
         yield lab
     finally:
-        infra.infra_down(lab)
+        core.infra_down(lab)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -92,8 +93,8 @@ def _pg(dsn: str) -> object:
 
 
 def test_postgres_replicates_and_archives(cfg: LabConfig, progress: list[str]) -> None:
-    infra.postgres_up(cfg, _log(progress))
-    status = infra.postgres_status(cfg)
+    postgres.postgres_up(cfg, _log(progress))
+    status = postgres.postgres_status(cfg)
     assert status["running"] == {"primary": True, "standby": True}
     assert status["standby_streaming"] is True
 
@@ -119,9 +120,9 @@ def test_postgres_replicates_and_archives(cfg: LabConfig, progress: list[str]) -
     archived = Path(status["wal_archive_dir"]) / segment
     _eventually(archived.exists)
 
-    before = infra.pids(cfg)
-    infra.postgres_up(cfg, _log(progress))
-    after = infra.pids(cfg)
+    before = core.pids(cfg)
+    postgres.postgres_up(cfg, _log(progress))
+    after = core.pids(cfg)
     assert {k: after[k] for k in ("postgres-primary", "postgres-standby")} == {
         k: before[k] for k in ("postgres-primary", "postgres-standby")
     }
@@ -133,22 +134,22 @@ def test_postgres_rejects_untraversable_root(progress: list[str]) -> None:
     locked = Path(tempfile.mkdtemp(prefix="kg-infra-locked-", dir="/tmp"))  # 0700, root-owned
     try:
         lab = LabConfig(root=locked / "lab", base_port=BASE_PORT + 1000)
-        with pytest.raises(infra.LabError, match="cannot be traversed"):
-            infra.postgres_up(lab, _log(progress))
+        with pytest.raises(errors.LabError, match="cannot be traversed"):
+            postgres.postgres_up(lab, _log(progress))
     finally:
         shutil.rmtree(locked, ignore_errors=True)
 
 
 def test_s3_regions_keep_versions(cfg: LabConfig, progress: list[str]) -> None:
-    infra.s3_up(cfg, _log(progress))
-    status = infra.s3_status(cfg)
+    s3.s3_up(cfg, _log(progress))
+    status = s3.s3_status(cfg)
     assert set(status) == {"region-a", "region-b"}
-    access, secret = infra.s3_credentials(cfg)
+    access, secret = s3.s3_credentials(cfg)
     assert secret not in json.dumps(status)
 
     for region, info in status.items():
         assert info["running"] and info["access_key"] == access
-        client = infra.s3_client(cfg, region)
+        client = s3.s3_client(cfg, region)
         bucket = info["bucket"]
         versioning = client.get_bucket_versioning(Bucket=bucket)
         assert versioning["Status"] == "Enabled"
@@ -160,9 +161,9 @@ def test_s3_regions_keep_versions(cfg: LabConfig, progress: list[str]) -> None:
         old = client.get_object(Bucket=bucket, Key="backup.dump", VersionId=first)
         assert old["Body"].read() == b"v1"
 
-    before = infra.pids(cfg)
-    infra.s3_up(cfg, _log(progress))
-    after = infra.pids(cfg)
+    before = core.pids(cfg)
+    s3.s3_up(cfg, _log(progress))
+    after = core.pids(cfg)
     assert [after[f"s3-{r}"] for r in status] == [before[f"s3-{r}"] for r in status]
 
 
@@ -172,16 +173,16 @@ def _get_json(url: str) -> dict:
 
 
 def test_prometheus_reloads_targets(cfg: LabConfig, progress: list[str]) -> None:
-    infra.prometheus_up(cfg, _log(progress), [])
-    url = infra.prometheus_status(cfg)["url"]
+    prometheus.prometheus_up(cfg, _log(progress), [])
+    url = prometheus.prometheus_status(cfg)["url"]
     with urllib.request.urlopen(f"{url}/-/ready", timeout=5) as resp:
         assert resp.status == 200
-    pid = infra.pids(cfg)["prometheus"]
+    pid = core.pids(cfg)["prometheus"]
 
     target = f"127.0.0.1:{cfg.app_ports(0)['blue']}"
     labels = {target: {"host": "app1", "pool": "blue"}}
-    infra.prometheus_up(cfg, _log(progress), [target], labels)
-    assert infra.pids(cfg)["prometheus"] == pid
+    prometheus.prometheus_up(cfg, _log(progress), [target], labels)
+    assert core.pids(cfg)["prometheus"] == pid
     assert any("reloaded" in line for line in progress)
 
     def target_labels() -> dict | None:
@@ -191,19 +192,19 @@ def test_prometheus_reloads_targets(cfg: LabConfig, progress: list[str]) -> None
     found = _eventually(target_labels)
     assert found["job"] == "app" and found["host"] == "app1" and found["pool"] == "blue"
 
-    with pytest.raises(infra.LabError, match="host:port"):
-        infra.prometheus_up(cfg, _log(progress), ["not a target"])
-    assert infra.prometheus_status(cfg)["running"]
+    with pytest.raises(errors.LabError, match="host:port"):
+        prometheus.prometheus_up(cfg, _log(progress), ["not a target"])
+    assert prometheus.prometheus_status(cfg)["running"]
 
 
 def test_sshd_runs_commands_on_host_address(cfg: LabConfig, progress: list[str]) -> None:
-    if infra.pids(cfg).get("sshd-app1") is None and _port_busy(SSH_ADDRESS, 22):
+    if core.pids(cfg).get("sshd-app1") is None and _port_busy(SSH_ADDRESS, 22):
         pytest.skip(f"{SSH_ADDRESS}:22 is taken by another sshd (another lab in SSH mode?)")
-    infra.sshd_up(cfg, _log(progress), 0)
-    status = infra.sshd_status(cfg, 0)
+    sshd.sshd_up(cfg, _log(progress), 0)
+    status = sshd.sshd_status(cfg, 0)
     assert status == {"host": "app1", "address": SSH_ADDRESS, "port": 22, "running": True}
 
-    opts = infra.ssh_client_options(cfg)
+    opts = sshd.ssh_client_options(cfg)
     argv = [
         "ssh",
         "-i",
@@ -216,23 +217,23 @@ def test_sshd_runs_commands_on_host_address(cfg: LabConfig, progress: list[str])
     ]
     assert subprocess.run(argv, timeout=30, capture_output=True).returncode == 0
 
-    pid = infra.pids(cfg)["sshd-app1"]
-    infra.sshd_up(cfg, _log(progress), 0)
-    assert infra.pids(cfg)["sshd-app1"] == pid
+    pid = core.pids(cfg)["sshd-app1"]
+    sshd.sshd_up(cfg, _log(progress), 0)
+    assert core.pids(cfg)["sshd-app1"] == pid
 
-    infra.sshd_down(cfg, 0)
-    infra.sshd_down(cfg, 0)
-    assert not infra.sshd_status(cfg, 0)["running"]
+    sshd.sshd_down(cfg, 0)
+    sshd.sshd_down(cfg, 0)
+    assert not sshd.sshd_status(cfg, 0)["running"]
 
 
 def test_infra_down_stops_everything(cfg: LabConfig, progress: list[str]) -> None:
-    infra.postgres_up(cfg, _log(progress))
-    infra.s3_up(cfg, _log(progress))
-    assert infra.pids(cfg)
-    infra.infra_down(cfg)
-    infra.infra_down(cfg)
-    assert infra.pids(cfg) == {}
-    status = infra.infra_status(cfg)
+    postgres.postgres_up(cfg, _log(progress))
+    s3.s3_up(cfg, _log(progress))
+    assert core.pids(cfg)
+    core.infra_down(cfg)
+    core.infra_down(cfg)
+    assert core.pids(cfg) == {}
+    status = core.infra_status(cfg)
     assert not any(status["postgres"]["running"].values())
     assert not any(region["running"] for region in status["s3"].values())
     assert not status["prometheus"]["running"]

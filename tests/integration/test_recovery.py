@@ -58,9 +58,9 @@ def cfg(lab):
 
 
 def kill_tree(pid: int) -> None:
-    from knowngood.lab import infra
+    from knowngood.lab import process
 
-    for victim in [pid, *infra.descendants(pid)]:
+    for victim in [pid, *process.descendants(pid)]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
 
@@ -69,13 +69,13 @@ def kill_tree(pid: int) -> None:
 def recoverable(lab):
     """The lab, put back afterwards: every app instance running, db1 primary, db2 streaming."""
     yield lab
-    from knowngood.lab import core, pgswitch
+    from knowngood.lab import apps, nginx, pgswitch, process
 
     config = cfg(lab)
     pgswitch.restore_topology(config, progress=lambda _m: None)
-    core.apps_up(config, lambda _m: None, lab.status["postgres"]["primary_dsn"])
-    if not core.read_pid(core.nginx_paths(config)["pid"]):
-        core.nginx_up(config, lambda _m: None)
+    apps.apps_up(config, lambda _m: None, lab.status["postgres"]["primary_dsn"])
+    if not process.read_pid(nginx.nginx_paths(config)["pid"]):
+        nginx.nginx_up(config, lambda _m: None)
 
 
 class Writer:
@@ -190,7 +190,8 @@ def archive_now(dsn: str) -> None:
 def test_corrupted_table_is_detected_by_verify_and_repaired_by_a_table_restore(
     recoverable, backed_up
 ):
-    from knowngood.lab import infra
+    from knowngood.lab import postgres, process
+    from knowngood.lab.config import PG_BIN
 
     lab = recoverable
     lab.seed("v1")
@@ -214,12 +215,12 @@ def test_corrupted_table_is_detected_by_verify_and_repaired_by_a_table_restore(
 
         # Damage block 1 on disk while the server is down, as a failing disk would.
         def pg_ctl(*args):
-            infra._run(
-                [infra.PG_BIN / "pg_ctl", *args],
+            process.run_command(
+                [PG_BIN / "pg_ctl", *args],
                 what="pg_ctl",
                 timeout=60,
-                account=infra._pg_account(),
-                env=infra._pg_env(config),
+                account=postgres.pg_account(),
+                env=postgres.pg_env(config),
                 cwd=config.pg_dir,
             )
 
@@ -306,7 +307,7 @@ def test_complete_outage_with_region_a_down_is_rebuilt_in_order_from_region_b(
     re-seeds the standby from it, then the app hosts, then the load balancer, and serves."""
     import shutil
 
-    from knowngood.lab import core, faults, infra
+    from knowngood.lab import faults, nginx, process, s3
 
     lab = recoverable
     lab.seed("v1")
@@ -335,7 +336,7 @@ def test_complete_outage_with_region_a_down_is_rebuilt_in_order_from_region_b(
     data_dir.rename(lost)  # the primary's disk is gone
     # Region A is down: its S3 endpoint stops, and its local disks no longer mount (a file
     # where the directory was: neither readable nor creatable).
-    infra.s3_region_down(config, 0)
+    s3.s3_region_down(config, 0)
     for name in ("local-a", "local-b"):
         (backups / name).rename(backups / f"{name}.down-by-test")
         (backups / name).write_text("")
@@ -343,7 +344,7 @@ def test_complete_outage_with_region_a_down_is_rebuilt_in_order_from_region_b(
         refused = lab.playbook("recover-system", rollback_reason="region a lost")
         assert refused.rc != 0 and f"confirm={cluster}" in refused.output, refused.output
         assert not data_dir.exists()  # nothing rebuilt without the cluster's name
-        assert not core.read_pid(core.nginx_paths(config)["pid"])  # nor started
+        assert not process.read_pid(nginx.nginx_paths(config)["pid"])  # nor started
 
         run = lab.playbook(
             "recover-system", rollback_reason="region a lost", ticket="INC-8", confirm=cluster
@@ -393,7 +394,7 @@ def test_complete_outage_with_region_a_down_is_rebuilt_in_order_from_region_b(
             if (backups / f"{name}.down-by-test").exists():
                 (backups / name).unlink(missing_ok=True)
                 (backups / f"{name}.down-by-test").rename(backups / name)
-        infra.s3_region_up(config, lambda _m: None, 0)
+        s3.s3_region_up(config, lambda _m: None, 0)
         if data_dir.exists():
             shutil.rmtree(lost, ignore_errors=True)
         else:  # not rebuilt: the next test gets the old directory back

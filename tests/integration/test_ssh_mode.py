@@ -28,14 +28,14 @@ def ssh_lab():
 
 
 def sshd(action: str, index: int) -> None:
-    from knowngood.lab import infra
+    from knowngood.lab import sshd
     from knowngood.lab.config import LabConfig
 
     cfg = LabConfig.load(SSH_ROOT)
     if action == "down":
-        infra.sshd_down(cfg, index)
+        sshd.sshd_down(cfg, index)
     else:
-        infra.sshd_up(cfg, print, index)
+        sshd.sshd_up(cfg, print, index)
 
 
 def test_hosts_are_reached_over_ssh(ssh_lab):

@@ -43,7 +43,7 @@ from conftest import BIN, REPO, TEST_LAB_ROOT
 from pgcluster import as_postgres, make_dirs_for_postgres
 from stalls import StallingEndpoint
 
-from knowngood.lab import infra
+from knowngood.lab import s3 as lab_s3
 from knowngood.lab.config import LabConfig
 
 ENC_KEY = "wal-test-passphrase-0123456789"
@@ -59,8 +59,8 @@ def walenv(labcfg: LabConfig):
     """A fresh base dir reachable by postgres; a config builder; cleanup of S3 objects."""
     base = make_dirs_for_postgres(Path(f"{TEST_LAB_ROOT}-wal-{uuid.uuid4().hex[:8]}"))
     prefix = f"test-wal/{uuid.uuid4().hex[:8]}"
-    status = infra.s3_status(labcfg)["region-a"]
-    access, secret = infra.s3_credentials(labcfg)
+    status = lab_s3.s3_status(labcfg)["region-a"]
+    access, secret = lab_s3.s3_credentials(labcfg)
 
     def config(s3_required: bool = True, **extra) -> BackupConfig:
         data = {
@@ -92,7 +92,7 @@ def walenv(labcfg: LabConfig):
 
     yield base, config
     with_s3 = store.open_locations(config())[2]
-    if infra.s3_status(labcfg)["region-a"]["running"]:
+    if lab_s3.s3_status(labcfg)["region-a"]["running"]:
         with_s3.delete_prefix("wal")
         with_s3.delete_prefix("repo.json")
     shutil.rmtree(base, ignore_errors=True)
@@ -166,13 +166,13 @@ def test_archive_to_every_location(pg_factory, walenv, tmp_path: Path) -> None:
     # One log line per push, with segment and locations, and no secret anywhere.
     log = pg.log()
     assert f"kg-wal: push {names[0]} ok" in log and "s3-region-a=stored" in log
-    for secret in (ENC_KEY, infra.s3_credentials(None)[1]):
+    for secret in (ENC_KEY, lab_s3.s3_credentials(None)[1]):
         assert secret not in log
     status = json.loads(
         as_postgres([installed["tool"], "status"]).stdout  # the tool reads its own config
     )
     assert status["locations"]["s3-region-a"]["newest"] >= names[-1]
-    assert infra.s3_credentials(None)[1] not in json.dumps(status)
+    assert lab_s3.s3_credentials(None)[1] not in json.dumps(status)
 
 
 def test_push_idempotent_and_conflict_refused(pg_factory, walenv, tmp_path: Path) -> None:
@@ -228,7 +228,7 @@ def test_required_region_down_blocks_then_catches_up(pg_factory, walenv, labcfg:
     cfg = config(s3_required=True)
     pg, _ = start_archiving(pg_factory, cfg, base / "tool")
     write_and_switch(pg, 1)
-    infra.s3_region_down(labcfg, 0)
+    lab_s3.s3_region_down(labcfg, 0)
     try:
         pg.sql("INSERT INTO t SELECT g, 'y' FROM generate_series(1, 1000) g")
         stuck = pg.scalar("SELECT pg_walfile_name(pg_switch_wal())")
@@ -243,7 +243,7 @@ def test_required_region_down_blocks_then_catches_up(pg_factory, walenv, labcfg:
         # PostgreSQL keeps the segment: it is still ready to archive.
         assert (pg.data_dir / "pg_wal" / "archive_status" / f"{stuck}.ready").exists()
     finally:
-        infra.s3_region_up(labcfg, lambda m: None, 0)
+        lab_s3.s3_region_up(labcfg, lambda m: None, 0)
     names = write_and_switch(pg, 1)  # wakes the archiver; it catches up in order
     assert names[0] > stuck
     s3 = store.open_locations(cfg)[2]
@@ -257,7 +257,7 @@ def test_optional_region_down_pending_then_backfilled(
     cfg = config(s3_required=False)
     pg, _ = start_archiving(pg_factory, cfg, base / "tool")
     write_and_switch(pg, 1)  # the S3 repo.json exists (and is cached) before the outage
-    infra.s3_region_down(labcfg, 0)
+    lab_s3.s3_region_down(labcfg, 0)
     try:
         t0 = time.monotonic()
         (name,) = write_and_switch(pg, 1)  # archived although S3 is down
@@ -267,7 +267,7 @@ def test_optional_region_down_pending_then_backfilled(
         local_a = store.open_locations(cfg)[0]
         assert name in wal.list_segments(local_a)
     finally:
-        infra.s3_region_up(labcfg, lambda m: None, 0)
+        lab_s3.s3_region_up(labcfg, lambda m: None, 0)
     time.sleep(wal._down_hold(cfg) + 0.5)
     (later,) = write_and_switch(pg, 1)  # the next push backfills first
     assert wal.pending_copies(cfg) == {}
@@ -343,13 +343,13 @@ def test_fetch_skips_a_down_location(pg_factory, walenv, labcfg: LabConfig) -> N
     s3_first = BackupConfig.from_dict(data)
     pg, _ = start_archiving(pg_factory, s3_first, base / "tool")
     (name,) = write_and_switch(pg, 1)
-    infra.s3_region_down(labcfg, 0)
+    lab_s3.s3_region_down(labcfg, 0)
     try:
         t0 = time.monotonic()
         ok = wal.fetch(s3_first, name, str(base / "out"), prefetch=False)
         took = time.monotonic() - t0
     finally:
-        infra.s3_region_up(labcfg, lambda m: None, 0)
+        lab_s3.s3_region_up(labcfg, lambda m: None, 0)
     assert ok and (base / "out").stat().st_size == 16 * 1024 * 1024
     assert took < 10, took
     assert os.path.getsize(base / "out") > 0
@@ -409,7 +409,7 @@ def test_watchdog_exit_is_a_failed_attempt_postgresql_counts_and_retries(
     uncounted."""
     base, config = walenv
     plain = config()
-    endpoint = urlsplit(infra.s3_status(labcfg)["region-a"]["endpoint"])
+    endpoint = urlsplit(lab_s3.s3_status(labcfg)["region-a"]["endpoint"])
     with StallingEndpoint(upstream=(endpoint.hostname, endpoint.port)) as stall:
         stalled = s3_spec(plain, "s3-region-a", endpoint_url=stall.url)
         cfg = reconfigured(plain, [*plain.to_dict()["locations"][:2], stalled])
@@ -451,7 +451,7 @@ def test_soak_with_a_region_down_and_a_black_hole_never_hangs_and_loses_nothing(
     every segment."""
     base, config = walenv
     plain = config()
-    region_b = infra.s3_status(labcfg)["region-b"]
+    region_b = lab_s3.s3_status(labcfg)["region-b"]
     locations = plain.to_dict()["locations"]
     runs: list[tuple[float, int, str]] = []
     shas: dict[str, str] = {}
@@ -493,7 +493,7 @@ def test_soak_with_a_region_down_and_a_black_hole_never_hangs_and_loses_nothing(
             retries={"attempts": 4, "base_delay": 0.5, "max_delay": 8},
         )
         tool = wal.install_tool(cfg, str(base / "tool"))["tool"]
-        infra.s3_region_down(labcfg, 1)
+        lab_s3.s3_region_down(labcfg, 1)
         started = time.monotonic()
         try:
             pushers = [threading.Thread(target=pusher, args=(n,)) for n in range(SOAK_PUSHERS)]
@@ -502,7 +502,7 @@ def test_soak_with_a_region_down_and_a_black_hole_never_hangs_and_loses_nothing(
             for thread in pushers:
                 thread.join()
         finally:
-            infra.s3_region_up(labcfg, lambda m: None, 1)
+            lab_s3.s3_region_up(labcfg, lambda m: None, 1)
     wall = time.monotonic() - started
     times = sorted(took for took, _rc, _err in runs)
     hangs = [err for _took, rc, err in runs if rc == -1 or "Timeout (" in err]

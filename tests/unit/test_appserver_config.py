@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from knowngood.lab import appserver, core
+from knowngood.lab import apps, appserver
 
 
 def conf(**values) -> bytes:
@@ -16,7 +16,7 @@ def conf(**values) -> bytes:
 
 
 def test_the_labs_default_configuration_is_valid():
-    settings = appserver.parse_config(json.dumps(core.DEFAULT_APP_CONFIG).encode())
+    settings = appserver.parse_config(json.dumps(apps.DEFAULT_APP_CONFIG).encode())
     assert settings.response_headers == {"Cache-Control": "no-store"}
     assert settings.db_connect_timeout_s == 2
 

@@ -28,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 
+from knowngood.errors import ConfigInvalid
 from knowngood.lab.serving import serve_until_term
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -52,10 +53,6 @@ RESERVED_HEADERS = {
     "x-host",
     "x-release",
 }
-
-
-class ConfigInvalid(ValueError):
-    """app.conf does not parse or holds a value the runtime refuses."""
 
 
 class Settings:

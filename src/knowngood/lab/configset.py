@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from knowngood.lab import core, infra
+from knowngood.lab import apps, nginx, postgres
 from knowngood.lab.config import LabConfig
 
 
@@ -27,9 +27,9 @@ def store_vars(cfg: LabConfig, host: str) -> dict:
 
 
 def app_vars(cfg: LabConfig, index: int) -> dict:
-    conf = str(core.app_config_path(cfg, index))
+    conf = str(apps.app_config_path(cfg, index))
     runtime = [sys.executable, "-m", "knowngood.lab.appserver"]
-    pidfiles = [str(core.app_pidfile(cfg, index, pool)) for pool in core.POOLS]
+    pidfiles = [str(apps.app_pidfile(cfg, index, pool)) for pool in apps.POOLS]
     return {
         **store_vars(cfg, cfg.host_name(index)),
         "knowngood_config_services": [
@@ -46,8 +46,8 @@ def app_vars(cfg: LabConfig, index: int) -> dict:
 
 
 def lb_vars(cfg: LabConfig) -> dict:
-    paths = core.nginx_paths(cfg)
-    cmds = core.nginx_commands(cfg)
+    paths = nginx.nginx_paths(cfg)
+    cmds = nginx.nginx_commands(cfg)
     return {
         **store_vars(cfg, "lb1"),
         "knowngood_config_services": [
@@ -65,7 +65,7 @@ def lb_vars(cfg: LabConfig) -> dict:
 
 def db_vars(cfg: LabConfig, pg: dict) -> dict:
     data = pg["primary_data_dir"]
-    run_as = ["runuser", "-u", infra.PG_OS_USER, "--"]
+    run_as = ["runuser", "-u", postgres.PG_OS_USER, "--"]
     pg_ctl = [*run_as, f"{pg['bin_dir']}/pg_ctl", "-D", data]
     superuser = pg["superuser_dsn"]
     return {

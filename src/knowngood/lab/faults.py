@@ -9,28 +9,16 @@ instance, the load balancer, region A, the disks); what recovered in between sta
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from knowngood.lab import core, infra, pgswitch
+from knowngood.errors import FaultError
+from knowngood.lab import apps, nginx, pgswitch, postgres, process, s3
 from knowngood.lab.config import LabConfig
 
 LOST = ".lost-by-drill"
 REGION_A_DISKS = ("local-a", "local-b")
-
-
-class FaultError(Exception):
-    """A failure cannot be injected as asked; the message says why."""
-
-
-def _kill_tree(pid: int) -> None:
-    for victim in [pid, *infra.descendants(pid)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(victim, signal.SIGKILL)
 
 
 def _postmaster(data_dir: Path) -> int | None:
@@ -41,7 +29,7 @@ def _postmaster(data_dir: Path) -> int | None:
 
 
 def _data_dirs(cfg: LabConfig) -> list[Path]:
-    status = infra.postgres_status(cfg)
+    status = postgres.postgres_status(cfg)
     return [Path(status["primary_data_dir"]), Path(status["standby_data_dir"])]
 
 
@@ -50,10 +38,10 @@ def break_app_host(cfg: LabConfig, name: str) -> list[int]:
     if name not in names:
         raise FaultError(f"no app host {name!r}; hosts: {', '.join(names)}")
     killed = []
-    for pool in core.POOLS:
-        pid = core.read_pid(cfg.run_dir / f"{name}-{pool}.pid")
+    for pool in apps.POOLS:
+        pid = process.read_pid(cfg.run_dir / f"{name}-{pool}.pid")
         if pid:
-            _kill_tree(pid)
+            process.kill_tree(pid)
             killed.append(pid)
     return killed
 
@@ -69,7 +57,7 @@ def _primary_dir(cfg: LabConfig) -> Path:
 
 def break_db_primary(cfg: LabConfig) -> Path:
     data_dir = _primary_dir(cfg)
-    _kill_tree(_postmaster(data_dir) or 0)
+    process.kill_tree(_postmaster(data_dir) or 0)
     return data_dir
 
 
@@ -80,9 +68,9 @@ def break_region_a(cfg: LabConfig) -> dict[str, object]:
     for data_dir in _data_dirs(cfg):
         pid = _postmaster(data_dir)
         if pid:
-            _kill_tree(pid)
+            process.kill_tree(pid)
     primary.rename(primary.with_name(primary.name + LOST))
-    infra.s3_region_down(cfg, 0)
+    s3.s3_region_down(cfg, 0)
     backups = cfg.root / "backups"
     for name in REGION_A_DISKS:
         disk = backups / name
@@ -94,10 +82,10 @@ def break_region_a(cfg: LabConfig) -> dict[str, object]:
 
 def break_lb(cfg: LabConfig) -> int:
     """The load balancer's master and workers killed (the host or its process lost)."""
-    pid = core.read_pid(core.nginx_paths(cfg)["pid"])
+    pid = process.read_pid(nginx.nginx_paths(cfg)["pid"])
     if not pid:
         raise FaultError("the load balancer is not running")
-    _kill_tree(pid)
+    process.kill_tree(pid)
     return pid
 
 
@@ -118,12 +106,12 @@ BAD_UPSTREAM = "proxy_pass http://127.0.0.1:9/;"  # the discard port: nothing li
 def break_nginx_config(cfg: LabConfig) -> Path:
     """A configuration push that breaks the load balancer: every request goes where nothing
     listens. It passes `nginx -t` (it is valid configuration), as real bad pushes do."""
-    conf = core.nginx_paths(cfg)["conf"]
+    conf = nginx.nginx_paths(cfg)["conf"]
     text = conf.read_text()
     if "proxy_pass http://app_live;" not in text:
         raise FaultError(f"{conf} has no app_live upstream to break (already broken?)")
     conf.write_text(text.replace("proxy_pass http://app_live;", BAD_UPSTREAM))
-    core.nginx_reload(cfg)
+    nginx.nginx_reload(cfg)
     return conf
 
 
@@ -137,25 +125,25 @@ def heal(cfg: LabConfig, progress: Callable[[str], None] = print) -> None:
             if not (backups / name).exists():
                 aside.rename(backups / name)
                 progress(f"heal: backup disk {name} back")
-    infra.s3_region_up(cfg, progress, 0)
+    s3.s3_region_up(cfg, progress, 0)
     for data_dir in _data_dirs(cfg):
         aside = data_dir.with_name(data_dir.name + LOST)
         if aside.exists() and data_dir.exists():
             shutil.rmtree(aside)  # the node was rebuilt: its lost disk is history
         elif aside.exists():
             aside.rename(data_dir)
-    nodes = infra._pg_nodes(cfg)
-    if all(infra._pg_pid(node) is None for node in nodes):
+    nodes = postgres.pg_nodes(cfg)
+    if all(postgres.pg_pid(node) is None for node in nodes):
         # Nothing recovered the database (a drill that failed early): start the nodes from
         # their disks, the old primary first, and let the switchover below sort out roles.
-        account = infra._pg_account()
+        account = postgres.pg_account()
         for node in nodes:
             if (node.data_dir / "PG_VERSION").exists():
-                infra._pg_start(cfg, node, account, progress)
+                postgres.pg_start(cfg, node, account, progress)
     pgswitch.restore_topology(cfg, progress=progress)
-    core.apps_up(cfg, progress, infra.postgres_status(cfg)["primary_dsn"])
-    if not core.read_pid(core.nginx_paths(cfg)["pid"]):
-        core.nginx_up(cfg, progress)
+    apps.apps_up(cfg, progress, postgres.postgres_status(cfg)["primary_dsn"])
+    if not process.read_pid(nginx.nginx_paths(cfg)["pid"]):
+        nginx.nginx_up(cfg, progress)
     progress(
         "heal: db1 primary, db2 streaming, every app instance and the load balancer running, "
         "region A up"

@@ -21,14 +21,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from knowngood.errors import FlagServiceError
 from knowngood.lab.serving import serve_until_term
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 MAX_BODY = 64 * 1024
-
-
-class FlagServiceError(Exception):
-    """A state file or token file the service cannot start with."""
 
 
 class FlagStore:

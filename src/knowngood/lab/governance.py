@@ -142,13 +142,13 @@ def audit_s3_env(cfg: LabConfig) -> dict[str, str]:
     object is retained for a day. Holds the lab's S3 credentials: pass it to a process's
     environment, never print it.
     """
-    from knowngood.lab import infra
+    from knowngood.lab import s3
 
-    access, secret = infra.s3_credentials(cfg)
-    region = infra.s3_region_name(infra.COLD_REGION)
+    access, secret = s3.s3_credentials(cfg)
+    region = s3.s3_region_name(s3.COLD_REGION)
     return {
-        "KNOWNGOOD_AUDIT_S3_URL": f"s3://{infra.COLD_BUCKET}/audit-checkpoints",
-        "KNOWNGOOD_AUDIT_S3_ENDPOINT": infra.s3_status(cfg)[region]["endpoint"],
+        "KNOWNGOOD_AUDIT_S3_URL": f"s3://{s3.COLD_BUCKET}/audit-checkpoints",
+        "KNOWNGOOD_AUDIT_S3_ENDPOINT": s3.s3_status(cfg)[region]["endpoint"],
         "KNOWNGOOD_AUDIT_S3_REGION": region,
         "KNOWNGOOD_AUDIT_S3_LOCK_DAYS": "1",
         "AWS_ACCESS_KEY_ID": access,

@@ -16,37 +16,39 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from knowngood.lab import infra
-from knowngood.lab.config import LabConfig
-from knowngood.lab.infra import LabError
+from knowngood.errors import LabError
+from knowngood.lab import postgres, process
+from knowngood.lab.config import PG_BIN, LabConfig
 
 
 def _role(port: int) -> str:
     """primary, standby or down."""
     try:
-        return "standby" if infra._pg_query(port, "SELECT pg_is_in_recovery()")[0][0] else "primary"
+        return (
+            "standby" if postgres.pg_query(port, "SELECT pg_is_in_recovery()")[0][0] else "primary"
+        )
     except Exception:
         return "down"
 
 
 def _pg_ctl(cfg: LabConfig, *args: str | Path, what: str) -> None:
-    infra._run(
-        [infra.PG_BIN / "pg_ctl", *args],
+    process.run_command(
+        [PG_BIN / "pg_ctl", *args],
         what=what,
         timeout=120,
-        account=infra._pg_account(),
-        env=infra._pg_env(cfg),
+        account=postgres.pg_account(),
+        env=postgres.pg_env(cfg),
         cwd=cfg.pg_dir,
     )
 
 
 def _control(cfg: LabConfig, data_dir: Path) -> dict[str, str]:
-    out = infra._run(
-        [infra.PG_BIN / "pg_controldata", "-D", data_dir],
+    out = process.run_command(
+        [PG_BIN / "pg_controldata", "-D", data_dir],
         what="pg_controldata",
         timeout=30,
-        account=infra._pg_account(),
-        env=infra._pg_env(cfg),
+        account=postgres.pg_account(),
+        env=postgres.pg_env(cfg),
         cwd=cfg.pg_dir,
     ).stdout
     return {
@@ -70,9 +72,9 @@ def _wait(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
 
 def reclone_standby(cfg: LabConfig, primary_port: int, node_dir: Path, log: Path) -> None:
     """node_dir becomes a fresh streaming standby of the server on primary_port."""
-    account = infra._pg_account()
-    slot = infra.pg_slot(cfg)
-    infra._pg_query(
+    account = postgres.pg_account()
+    slot = postgres.pg_slot(cfg)
+    postgres.pg_query(
         primary_port,
         "SELECT pg_create_physical_replication_slot(%s) "
         "WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
@@ -82,15 +84,15 @@ def reclone_standby(cfg: LabConfig, primary_port: int, node_dir: Path, log: Path
     shutil.rmtree(aside, ignore_errors=True)
     if node_dir.exists():
         node_dir.rename(aside)
-    infra._run(
+    process.run_command(
         [
-            infra.PG_BIN / "pg_basebackup",
+            PG_BIN / "pg_basebackup",
             "-h",
-            infra.LOOPBACK,
+            process.LOOPBACK,
             "-p",
             str(primary_port),
             "-U",
-            infra.PG_SUPERUSER,
+            postgres.PG_SUPERUSER,
             "-D",
             node_dir,
             "-R",
@@ -107,7 +109,7 @@ def reclone_standby(cfg: LabConfig, primary_port: int, node_dir: Path, log: Path
         what="pg_basebackup",
         timeout=600,
         account=account,
-        env=infra._pg_env(cfg),
+        env=postgres.pg_env(cfg),
         cwd=cfg.pg_dir,
     )
     for name in ("postgresql.conf", "kglab.conf", "pg_hba.conf", "pg_ident.conf"):
@@ -120,18 +122,18 @@ def reclone_standby(cfg: LabConfig, primary_port: int, node_dir: Path, log: Path
 
 def restore_topology(cfg: LabConfig, progress: Callable[[str], None] = print) -> bool:
     """Primary on base+432 and a streaming standby on base+433 again; True if anything moved."""
-    primary, standby = infra._pg_nodes(cfg)
+    primary, standby = postgres.pg_nodes(cfg)
     roles = {primary.role: _role(primary.port), standby.role: _role(standby.port)}
     moved = False
-    if roles == {"primary": "primary", "standby": "standby"} and infra._pg_streaming(standby):
+    if roles == {"primary": "primary", "standby": "standby"} and postgres.pg_streaming(standby):
         _drop_dsn_overrides(cfg)
         return False
     started = time.monotonic()
     if roles["standby"] == "primary":
-        if roles["primary"] != "standby" or not infra._pg_streaming(primary):
+        if roles["primary"] != "standby" or not postgres.pg_streaming(primary):
             log = cfg.pg_dir / "primary.log"
             reclone_standby(cfg, standby.port, primary.data_dir, log)
-            _wait(lambda: infra._pg_streaming(primary), "old primary streaming")
+            _wait(lambda: postgres.pg_streaming(primary), "old primary streaming")
         _pg_ctl(cfg, "stop", "-D", standby.data_dir, "-m", "fast", "-w", "-t", "60", what="stop")
     if _role(primary.port) == "standby":
         control = _control(cfg, standby.data_dir)
@@ -141,7 +143,7 @@ def restore_topology(cfg: LabConfig, progress: Callable[[str], None] = print) ->
             final = _lsn(control["Latest checkpoint location"])
             _wait(
                 lambda: (
-                    _lsn(infra._pg_query(primary.port, "SELECT pg_last_wal_replay_lsn()")[0][0])
+                    _lsn(postgres.pg_query(primary.port, "SELECT pg_last_wal_replay_lsn()")[0][0])
                     >= final
                 ),
                 "shutdown checkpoint replayed",
@@ -152,14 +154,14 @@ def restore_topology(cfg: LabConfig, progress: Callable[[str], None] = print) ->
         raise LabError(
             f"lab postgres: no primary to restore from ({roles}); run knowngood lab down/up"
         )
-    if not infra._pg_streaming(standby):
+    if not postgres.pg_streaming(standby):
         subprocess.run(
             [
                 "runuser",
                 "-u",
-                infra.PG_OS_USER,
+                postgres.PG_OS_USER,
                 "--",
-                str(infra.PG_BIN / "pg_ctl"),
+                str(PG_BIN / "pg_ctl"),
                 "stop",
                 "-D",
                 str(standby.data_dir),
@@ -171,7 +173,7 @@ def restore_topology(cfg: LabConfig, progress: Callable[[str], None] = print) ->
             check=False,
         )
         reclone_standby(cfg, primary.port, standby.data_dir, cfg.pg_dir / "standby.log")
-        _wait(lambda: infra._pg_streaming(standby), "standby streaming")
+        _wait(lambda: postgres.pg_streaming(standby), "standby streaming")
         moved = True
     _drop_dsn_overrides(cfg)
     if moved:

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from knowngood.lab import core, infra
+from knowngood.lab import apps, postgres, process
 from knowngood.lab.config import LabConfig
 
 
@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     index = names.index(args.host)
     # The lab's original primary; the host's database.json (written by a repoint) overrides it.
-    dsn = f"postgresql://{infra.APP_ROLE}@{infra.LOOPBACK}:{cfg.pg_primary_port}/{infra.APP_DB}"
-    core.apps_up(cfg, print, dsn, only={index})
+    dsn = f"postgresql://{postgres.APP_ROLE}@{process.LOOPBACK}:{cfg.pg_primary_port}/{postgres.APP_DB}"
+    apps.apps_up(cfg, print, dsn, only={index})
     return 0
 
 

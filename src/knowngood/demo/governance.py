@@ -1,7 +1,4 @@
-"""Demo step for governance (issue 6): decide, request, sign, run, verify, report.
-
-    from knowngood import demo_governance
-    demo_governance.run(cfg, say)   # cfg: LabConfig of a running lab, say: demo.say
+"""Governance story (issue 6): decide, request, sign, run, verify, report.
 
 Deploys v1.1, decides (a declared security issue: high severity, CTO + Infrastructure Lead),
 writes the rollback request to v1, has the lab's CTO (carla) and Infrastructure Lead (ivan)
@@ -17,9 +14,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from knowngood.demo.story import say
 from knowngood.lab import governance
 from knowngood.lab.config import LabConfig
 from knowngood.lab.notify_sinks import SmtpReceiver, WebhookReceiver
@@ -54,15 +51,14 @@ def _record(done: subprocess.CompletedProcess) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def run(cfg: LabConfig, say: Callable[[str], None]) -> Path:
-    """Returns the HTML report's path."""
+def story(cfg: LabConfig, lb: str) -> None:
     with WebhookReceiver() as hook, SmtpReceiver() as smtp:
-        return _run(cfg, say, hook, smtp)
+        report = _tell(cfg, hook, smtp)
+    print(f"    incident report (HTML, one file): {report}")
 
 
-def _run(
-    cfg: LabConfig, say: Callable[[str], None], hook: WebhookReceiver, smtp: SmtpReceiver
-) -> Path:
+def _tell(cfg: LabConfig, hook: WebhookReceiver, smtp: SmtpReceiver) -> Path:
+    """Returns the HTML report's path."""
     notices = json.dumps(
         {"knowngood_notify": {"webhooks": [hook.url()], "smtp": smtp.config(), "timeout_s": 2}}
     )

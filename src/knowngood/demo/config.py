@@ -1,21 +1,20 @@
-"""Demo step for configuration rollback (strategy 3.3): a broken nginx configuration is pushed,
-traffic fails, and rollback-config.yml brings back the last known good under live traffic.
+"""Configuration story (strategy 3.3): a broken nginx configuration is pushed, traffic fails,
+and rollback-config.yml brings back the last known good under live traffic.
 
-demo.py calls config_story(cfg, lb) once the app serves a release (after the code story).
+Told once the app serves a release (after the deploy story).
 """
 
 from __future__ import annotations
 
 import time
 
+from knowngood.demo.story import run, sample_traffic, say
 from knowngood.lab import faults
 from knowngood.lab.config import LabConfig
 from knowngood.traffic import Traffic
 
 
-def config_story(cfg: LabConfig, lb: str) -> None:
-    from knowngood.demo import run, sample_traffic, say
-
+def story(cfg: LabConfig, lb: str) -> None:
     say("configuration: snapshot every host's managed configuration and mark it known-good")
     run(cfg, "snapshot-config", label="demo baseline", mark_known_good=True)
 

@@ -7,8 +7,6 @@ known good release, verifies, and returns the hosts batch by batch. The story pr
 measured RTO (failure -> verify green) and RPO (acknowledged commits missing on the new
 primary), then switches the database back to its original roles so the lab stays usable.
 
-demo.py calls it as `demo_recovery.recovery_story(cfg, lb)`; `run` and `say` default to
-demo.py's own.
 """
 
 from __future__ import annotations
@@ -19,10 +17,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from knowngood.lab import infra, pgswitch
+from knowngood.demo.story import run, say, sql
+from knowngood.lab import pgswitch, postgres, process
 from knowngood.lab.config import LabConfig
 from knowngood.traffic import Traffic
 
@@ -55,31 +53,12 @@ class NumberedWriter:
 
 
 def _sql(dsn: str, statement: str, params: tuple = ()) -> list:
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
-        cur = conn.execute(statement, params)
-        return cur.fetchall() if cur.description else []
+    return sql(dsn, statement, params, connect_timeout=3)
 
 
-def _kill_tree(pid: int) -> None:
-    for victim in [pid, *infra.descendants(pid)]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(victim, signal.SIGKILL)
-
-
-def recovery_story(
-    cfg: LabConfig,
-    lb: str,
-    run: Callable[..., None] | None = None,
-    say: Callable[[str], None] | None = None,
-) -> dict:
+def story(cfg: LabConfig, lb: str) -> dict:
     """Kill app2 and the primary, recover, print RTO and RPO; returns the measured numbers."""
-    if run is None or say is None:
-        from knowngood import demo
-
-        run, say = run or demo.run, say or demo.say
-    pg = infra.postgres_status(cfg)
+    pg = postgres.postgres_status(cfg)
     primary = f"host=127.0.0.1 port={cfg.pg_primary_port} user=postgres dbname=app"
     standby = f"host=127.0.0.1 port={cfg.pg_standby_port} user=postgres dbname=app"
     _sql(primary, "DROP TABLE IF EXISTS rpo_probe")
@@ -93,7 +72,7 @@ def recovery_story(
             with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
                 os.kill(int((cfg.run_dir / f"app2-{pool}.pid").read_text()), signal.SIGKILL)
         postmaster = Path(pg["primary_data_dir"]) / "postmaster.pid"
-        _kill_tree(int(postmaster.read_text().split()[0]))
+        process.kill_tree(int(postmaster.read_text().split()[0]))
         time.sleep(0.5)
         acknowledged = writer.acknowledged
         print(f"    killed app2 and db1; the writer had {acknowledged} commits acknowledged")
