@@ -22,7 +22,6 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils import (
     awx_approval,
     policy,
 )
-from ansible_collections.knowngood.runbooks.plugins.modules.approval_gate import ARGUMENT_SPEC
 
 
 def executors():
@@ -159,7 +158,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        valid, params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        valid, params = self.validate_argument_spec(argument_spec=approval.GATE_ARGUMENT_SPEC)
         extra = load_extra_vars(self._loader)
         who, names = executors()
         result.update(
