@@ -93,8 +93,8 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.release_ops imp
 def main():
     module = AnsibleModule(argument_spec=INFO_ARGUMENT_SPEC, supports_check_mode=True)
     failed, result = info(module.params)
-    if failed:
-        module.fail_json(**result)
+    if failed:  # only a message: the state keys are not returned on failure
+        module.fail_json(msg=result["msg"])
     module.exit_json(**result)
 
 
