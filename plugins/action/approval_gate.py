@@ -22,7 +22,6 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils import (
     awx_approval,
     policy,
 )
-from ansible_collections.knowngood.runbooks.plugins.modules.approval_gate import ARGUMENT_SPEC
 
 
 def executors():
@@ -40,6 +39,30 @@ def executors():
     with contextlib.suppress(OSError):  # no controlling terminal (ansible-runner, AWX, cron)
         names.add(os.getlogin())
     return name, names
+
+
+def _nothing_decided(who):
+    """What the gate reports before it has decided anything."""
+    return {
+        "changed": False,
+        "approved": False,
+        "mode": "refused",
+        "request_id": "",
+        "request": {},
+        "severity": "",
+        "signers": [],
+        "refused": [],
+        "missing_roles": [],
+        "break_glass_reason": "",
+        "post_hoc_approval": "",
+        "post_hoc_request_file": "",
+        "break_glass_records": [],
+        "policy_path": "",
+        "policy_digest": "",
+        "executed_by": who,
+        "consumed": "",
+        "approvers": {},
+    }
 
 
 def _write_json(path, data):
@@ -157,34 +180,11 @@ class ActionModule(ActionBase):
         result.update(failed=not self._task.check_mode, msg=msg)
         return result
 
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        valid, params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        extra = load_extra_vars(self._loader)
-        who, names = executors()
-        result.update(
-            {
-                "changed": False,
-                "approved": False,
-                "mode": "refused",
-                "request_id": "",
-                "request": {},
-                "severity": "",
-                "signers": [],
-                "refused": [],
-                "missing_roles": [],
-                "break_glass_reason": "",
-                "post_hoc_approval": "",
-                "post_hoc_request_file": "",
-                "break_glass_records": [],
-                "policy_path": "",
-                "policy_digest": "",
-                "executed_by": who,
-                "consumed": "",
-                "approvers": {},
-            }
-        )
-        reason = params["break_glass_reason"] or ""
+    def _policy(self, result, params, reason):
+        """(trust, effective, refusal): the controller's policy, tightened by the task's args.
+
+        A policy that cannot be loaded leaves only break-glass; a variable that tries to loosen
+        it refuses outright."""
         trust, effective = None, None
         try:
             trust = policy.load()
@@ -201,62 +201,114 @@ class ActionModule(ActionBase):
         except policy.PolicyError as exc:
             if trust is not None:  # a variable tried to loosen it: no break-glass around that
                 result["refused"].append(str(exc))
-                return self._refuse(result, "approval %s" % exc)
+                return trust, effective, self._refuse(result, "approval %s" % exc)
             result["refused"].append(str(exc))
             if not approval.break_glass_ok(reason):
-                return self._refuse(
-                    result,
-                    "approval refused: %s; a destructive runbook needs the governance policy "
-                    "(README, governance) or break-glass" % exc,
+                return (
+                    trust,
+                    effective,
+                    self._refuse(
+                        result,
+                        "approval refused: %s; a destructive runbook needs the governance policy "
+                        "(README, governance) or break-glass" % exc,
+                    ),
                 )
+        return trust, effective, None
+
+    def _signed(self, result, data, extra, trust, effective, who, names):
+        """The verdict on the signed request (data) for this run; consumes it when approved."""
+        doc = data["request"]
+        run = self._this_run(extra, doc)
+        differ = approval.compare_run(doc, run)
+        if differ:
+            shown = [f for f in differ if f != "secret_inputs"]
+            raise approval.ApprovalError(
+                "request %s is not this run: %s differ (request %s, run %s)"
+                % (
+                    approval.request_id(doc)[:12],
+                    ", ".join(differ),
+                    dict((f, doc.get(f)) for f in shown),
+                    dict((f, run[f]) for f in shown),
+                )
+            )
+        verdict = approval.check(
+            doc,
+            data["approvals"],
+            effective["allowed_signers_file"],
+            effective["approvers"],
+            effective["matrix"],
+            executors=names,
+        )
+        result.update(
+            request_id=verdict["request_id"],
+            request=doc,
+            severity=doc["severity"],
+            signers=verdict["signers"],
+            refused=result["refused"] + verdict["refused"],
+            missing_roles=verdict["missing_roles"],
+        )
+        if verdict["approved"]:
+            entry = {
+                "consumed_at": approval.iso(approval.utcnow()),
+                "executed_by": who,
+                "run_id": os.environ.get("KNOWNGOOD_RUN_ID") or "manual",
+                "playbook": run["playbook"],
+                "policy_digest": trust["digest"],
+            }
+            if self._task.check_mode:
+                policy.check_unused(trust, verdict["request_id"])
+            else:
+                result["consumed"] = policy.consume(trust, verdict["request_id"], entry)
+        return verdict
+
+    def _go_break_glass(self, result, params, extra, doc, trust, who, reason):
+        """Proceed without approvals, loudly, with a stated reason; refuse without one."""
+        if not approval.break_glass_ok(reason):
+            return self._refuse(
+                result,
+                "break-glass needs a stated reason of at least %d characters"
+                % approval.MIN_BREAK_GLASS_REASON,
+            )
+        doc, kept = self._break_glass(params, extra, self._this_run(extra), doc, trust, who)
+        where = ", ".join(kept) or "NOWHERE but this run's output (no audit dir, no state dir)"
+        self._display.warning(
+            "BREAK-GLASS by %s: proceeding without approvals (%s); recorded in %s"
+            % (who, reason.strip(), where)
+        )
+        result.update(
+            approved=True,
+            mode="break_glass",
+            break_glass_reason=reason.strip(),
+            post_hoc_approval="open",
+            post_hoc_request_file=kept[0] if kept else "",
+            break_glass_records=kept,
+            request_id=approval.request_id(doc),
+            request=doc,
+            severity=doc["severity"],
+            msg="BREAK-GLASS by %s: proceeding without approvals (%s); recorded in %s; "
+            "post-hoc approval open: knowngood approve %s"
+            % (who, reason.strip(), where, kept[0] if kept else "<request>"),
+        )
+        return result
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        valid, params = self.validate_argument_spec(argument_spec=approval.GATE_ARGUMENT_SPEC)
+        extra = load_extra_vars(self._loader)
+        who, names = executors()
+        result.update(_nothing_decided(who))
+        reason = params["break_glass_reason"] or ""
+        trust, effective, refusal = self._policy(result, params, reason)
+        if refusal is not None:
+            return refusal
         if effective and params["awx"] and params["awx"].get("workflow_job_id"):
             return self._awx(result, params, extra, effective)
         doc, verdict = None, None
         try:
             if params["request"] and effective:
                 data = approval.load_request_file(params["request"])
-                doc = data["request"]
-                run = self._this_run(extra, doc)
-                differ = approval.compare_run(doc, run)
-                if differ:
-                    shown = [f for f in differ if f != "secret_inputs"]
-                    raise approval.ApprovalError(
-                        "request %s is not this run: %s differ (request %s, run %s)"
-                        % (
-                            approval.request_id(doc)[:12],
-                            ", ".join(differ),
-                            dict((f, doc.get(f)) for f in shown),
-                            dict((f, run[f]) for f in shown),
-                        )
-                    )
-                verdict = approval.check(
-                    doc,
-                    data["approvals"],
-                    effective["allowed_signers_file"],
-                    effective["approvers"],
-                    effective["matrix"],
-                    executors=names,
-                )
-                result.update(
-                    request_id=verdict["request_id"],
-                    request=doc,
-                    severity=doc["severity"],
-                    signers=verdict["signers"],
-                    refused=result["refused"] + verdict["refused"],
-                    missing_roles=verdict["missing_roles"],
-                )
-                if verdict["approved"]:
-                    entry = {
-                        "consumed_at": approval.iso(approval.utcnow()),
-                        "executed_by": who,
-                        "run_id": os.environ.get("KNOWNGOOD_RUN_ID") or "manual",
-                        "playbook": run["playbook"],
-                        "policy_digest": trust["digest"],
-                    }
-                    if self._task.check_mode:
-                        policy.check_unused(trust, verdict["request_id"])
-                    else:
-                        result["consumed"] = policy.consume(trust, verdict["request_id"], entry)
+                doc = data["request"]  # kept when refused: break-glass records this request
+                verdict = self._signed(result, data, extra, trust, effective, who, names)
         except (approval.ApprovalError, policy.PolicyError) as exc:
             result["refused"].append(str(exc))
             verdict = None
@@ -285,32 +337,6 @@ class ActionModule(ActionBase):
             )
             return result
         if reason:
-            if not approval.break_glass_ok(reason):
-                return self._refuse(
-                    result,
-                    "break-glass needs a stated reason of at least %d characters"
-                    % approval.MIN_BREAK_GLASS_REASON,
-                )
-            doc, kept = self._break_glass(params, extra, self._this_run(extra), doc, trust, who)
-            where = ", ".join(kept) or "NOWHERE but this run's output (no audit dir, no state dir)"
-            self._display.warning(
-                "BREAK-GLASS by %s: proceeding without approvals (%s); recorded in %s"
-                % (who, reason.strip(), where)
-            )
-            result.update(
-                approved=True,
-                mode="break_glass",
-                break_glass_reason=reason.strip(),
-                post_hoc_approval="open",
-                post_hoc_request_file=kept[0] if kept else "",
-                break_glass_records=kept,
-                request_id=approval.request_id(doc),
-                request=doc,
-                severity=doc["severity"],
-                msg="BREAK-GLASS by %s: proceeding without approvals (%s); recorded in %s; "
-                "post-hoc approval open: knowngood approve %s"
-                % (who, reason.strip(), where, kept[0] if kept else "<request>"),
-            )
-            return result
+            return self._go_break_glass(result, params, extra, doc, trust, who, reason)
         why = "; ".join(result["refused"]) or "no approved request (pass one with --request)"
         return self._refuse(result, "approval refused: %s" % why)

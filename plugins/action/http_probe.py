@@ -5,8 +5,10 @@
 A probe runs after every switch and before some: an interpreter start per host per probe was
 most of its cost (and a CPU the probe's own timing then competed for)."""
 
-from ansible_collections.knowngood.runbooks.plugins.action.release import InProcessAction
-from ansible_collections.knowngood.runbooks.plugins.modules import http_probe
+from ansible_collections.knowngood.runbooks.plugins.module_utils import http_probe
+from ansible_collections.knowngood.runbooks.plugins.plugin_utils.in_process import (
+    InProcessAction,
+)
 
 
 class ActionModule(InProcessAction):

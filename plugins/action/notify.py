@@ -14,7 +14,6 @@ from ansible import context
 from ansible.plugins.action import ActionBase
 from ansible.utils.vars import load_extra_vars
 from ansible_collections.knowngood.runbooks.plugins.module_utils import approval, notify
-from ansible_collections.knowngood.runbooks.plugins.modules.notify import ARGUMENT_SPEC
 
 
 def run_details(extra, details):
@@ -36,7 +35,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        valid, params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        valid, params = self.validate_argument_spec(argument_spec=notify.ARGUMENT_SPEC)
         result.update(changed=False, notifications=[], delivered=0)
         event = params["event"]
         wanted = notify.configured(params["channels"])

@@ -429,3 +429,28 @@ def compare_run(doc, run):
 
 def break_glass_ok(reason):
     return bool(reason) and len(reason.strip()) >= MIN_BREAK_GLASS_REASON
+
+
+# The arguments of knowngood.runbooks.approval_gate: its action validates with them, its module
+# (documentation only) declares them.
+GATE_ARGUMENT_SPEC = dict(
+    request=dict(type="path"),
+    required=dict(type="bool"),
+    allowed_signers_file=dict(type="path"),
+    approvers=dict(type="dict", default={}),
+    matrix=dict(type="dict", default={}),
+    break_glass_reason=dict(type="str", default=""),
+    audit_dir=dict(type="path"),
+    awx=dict(
+        type="dict",
+        options=dict(
+            job_id=dict(type="int"),
+            workflow_job_id=dict(type="int"),
+            severity=dict(type="str"),
+            host=dict(type="str"),
+            token=dict(type="str", no_log=True),
+            role_teams=dict(type="dict"),
+            validate_certs=dict(type="bool", default=True),
+        ),
+    ),
+)

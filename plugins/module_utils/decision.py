@@ -144,106 +144,99 @@ def from_probes(results):
     }
 
 
+def _critical_errors(current, baseline, th):
+    down = current.get("targets_down")
+    if down is None:
+        return _trigger("critical_errors", None, "no data on scrape targets")
+    sev = _grade(down, th["targets_down"])
+    return _trigger(
+        "critical_errors", sev, "%d scrape target(s) down" % down, targets_down=int(down)
+    )
+
+
+def _error_rate(current, baseline, th):
+    ratio = current.get("error_ratio")
+    if ratio is None:
+        return _trigger("error_rate", None, "no requests in the window")
+    sev = _grade(ratio, th["error_ratio"])
+    return _trigger(
+        "error_rate",
+        sev,
+        "error ratio %.4f (baseline %s)" % (ratio, _fmt(baseline.get("error_ratio"))),
+        error_ratio=round(ratio, 4),
+        baseline_error_ratio=_round(baseline.get("error_ratio"), 4),
+        thresholds=th["error_ratio"],
+    )
+
+
+def _latency_degradation(current, baseline, th):
+    lat, lat0 = current.get("latency_p95_s"), baseline.get("latency_p95_s")
+    if lat is None or not lat0:
+        return _trigger(
+            "latency_degradation", None, "no latency data in the current or baseline window"
+        )
+    pct = _pct(lat, lat0)
+    delta_ms = (lat - lat0) * 1000.0
+    sev = _grade(pct, th["degradation_pct"]) if delta_ms >= th["min_latency_delta_ms"] else "none"
+    return _trigger(
+        "latency_degradation",
+        sev,
+        "p95 %.1f ms vs baseline %.1f ms (%+.1f%%)" % (lat * 1000, lat0 * 1000, pct),
+        p95_ms=round(lat * 1000, 1),
+        baseline_p95_ms=round(lat0 * 1000, 1),
+        change_pct=pct,
+        thresholds=th["degradation_pct"],
+    )
+
+
+def _throughput_degradation(current, baseline, th):
+    rps, rps0 = current.get("throughput_rps"), baseline.get("throughput_rps")
+    if rps is None or rps0 is None or rps0 < th["min_baseline_rps"]:
+        return _trigger("throughput_degradation", None, "too little traffic in the baseline window")
+    drop = -_pct(rps, rps0)
+    sev = _grade(drop, th["degradation_pct"])
+    return _trigger(
+        "throughput_degradation",
+        sev,
+        "%.1f req/s vs baseline %.1f req/s (%+.1f%%)" % (rps, rps0, -drop),
+        rps=round(rps, 2),
+        baseline_rps=round(rps0, 2),
+        change_pct=-drop,
+        thresholds=th["degradation_pct"],
+    )
+
+
+# Each measured metric and the trigger it drives, in the order triggers are reported.
+_MEASURED_TRIGGERS = (
+    ("targets_down", _critical_errors),
+    ("error_ratio", _error_rate),
+    ("latency_p95_s", _latency_degradation),
+    ("throughput_rps", _throughput_degradation),
+)
+
+
+def _declared(item):
+    name = item.get("trigger")
+    if name not in DECLARED_TRIGGERS:
+        raise DecisionError(
+            "declared trigger %r is not one of %s" % (name, ", ".join(DECLARED_TRIGGERS))
+        )
+    sev = item.get("severity") or DECLARED_DEFAULT_SEVERITY[name]
+    if sev not in SEVERITIES[1:]:
+        raise DecisionError("declared %s: severity %r is not low, medium or high" % (name, sev))
+    return _trigger(name, sev, item.get("note") or "declared by the operator", declared=True)
+
+
 def evaluate(current, baseline, thresholds, declared=None, measured=MEASURED):
     """Triggers from measured values (current and baseline windows) and declared issues.
 
     `measured` names the metrics the source can measure; the others are not evaluated."""
     th = dict(DEFAULT_THRESHOLDS)
     th.update(thresholds or {})
-    triggers = []
-
-    down = current.get("targets_down")
-    if "targets_down" not in measured:
-        pass
-    elif down is None:
-        triggers.append(_trigger("critical_errors", None, "no data on scrape targets"))
-    else:
-        sev = _grade(down, th["targets_down"])
-        triggers.append(
-            _trigger(
-                "critical_errors", sev, "%d scrape target(s) down" % down, targets_down=int(down)
-            )
-        )
-
-    ratio = current.get("error_ratio")
-    if "error_ratio" not in measured:
-        pass
-    elif ratio is None:
-        triggers.append(_trigger("error_rate", None, "no requests in the window"))
-    else:
-        sev = _grade(ratio, th["error_ratio"])
-        triggers.append(
-            _trigger(
-                "error_rate",
-                sev,
-                "error ratio %.4f (baseline %s)" % (ratio, _fmt(baseline.get("error_ratio"))),
-                error_ratio=round(ratio, 4),
-                baseline_error_ratio=_round(baseline.get("error_ratio"), 4),
-                thresholds=th["error_ratio"],
-            )
-        )
-
-    lat, lat0 = current.get("latency_p95_s"), baseline.get("latency_p95_s")
-    if "latency_p95_s" not in measured:
-        pass
-    elif lat is None or not lat0:
-        triggers.append(
-            _trigger(
-                "latency_degradation", None, "no latency data in the current or baseline window"
-            )
-        )
-    else:
-        pct = _pct(lat, lat0)
-        delta_ms = (lat - lat0) * 1000.0
-        sev = (
-            _grade(pct, th["degradation_pct"]) if delta_ms >= th["min_latency_delta_ms"] else "none"
-        )
-        triggers.append(
-            _trigger(
-                "latency_degradation",
-                sev,
-                "p95 %.1f ms vs baseline %.1f ms (%+.1f%%)" % (lat * 1000, lat0 * 1000, pct),
-                p95_ms=round(lat * 1000, 1),
-                baseline_p95_ms=round(lat0 * 1000, 1),
-                change_pct=pct,
-                thresholds=th["degradation_pct"],
-            )
-        )
-
-    rps, rps0 = current.get("throughput_rps"), baseline.get("throughput_rps")
-    if "throughput_rps" not in measured:
-        pass
-    elif rps is None or rps0 is None or rps0 < th["min_baseline_rps"]:
-        triggers.append(
-            _trigger("throughput_degradation", None, "too little traffic in the baseline window")
-        )
-    else:
-        drop = -_pct(rps, rps0)
-        sev = _grade(drop, th["degradation_pct"])
-        triggers.append(
-            _trigger(
-                "throughput_degradation",
-                sev,
-                "%.1f req/s vs baseline %.1f req/s (%+.1f%%)" % (rps, rps0, -drop),
-                rps=round(rps, 2),
-                baseline_rps=round(rps0, 2),
-                change_pct=-drop,
-                thresholds=th["degradation_pct"],
-            )
-        )
-
-    for item in declared or []:
-        name = item.get("trigger")
-        if name not in DECLARED_TRIGGERS:
-            raise DecisionError(
-                "declared trigger %r is not one of %s" % (name, ", ".join(DECLARED_TRIGGERS))
-            )
-        sev = item.get("severity") or DECLARED_DEFAULT_SEVERITY[name]
-        if sev not in SEVERITIES[1:]:
-            raise DecisionError("declared %s: severity %r is not low, medium or high" % (name, sev))
-        triggers.append(
-            _trigger(name, sev, item.get("note") or "declared by the operator", declared=True)
-        )
+    triggers = [
+        judge(current, baseline, th) for metric, judge in _MEASURED_TRIGGERS if metric in measured
+    ]
+    triggers.extend(_declared(item) for item in declared or [])
     return triggers
 
 

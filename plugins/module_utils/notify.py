@@ -368,3 +368,29 @@ def compose(event, details):
                 value = ", ".join(str(v) for v in value)
             lines.append("%s: %s" % (label, value))
     return subject, "\n".join(lines)
+
+
+# The arguments of knowngood.runbooks.notify: its action validates with them, its module
+# (documentation only) declares them.
+ARGUMENT_SPEC = dict(
+    event=dict(
+        type="str",
+        required=True,
+        choices=[
+            "validate",
+            "request",
+            "approval_needed",
+            "start",
+            "success",
+            "failure",
+            "break_glass",
+        ],
+    ),
+    contacts=dict(type="dict", default={}),
+    channels=dict(type="dict", default={}),
+    smtp_password=dict(type="str", default="", no_log=True),
+    approvers=dict(type="dict", default={}),
+    matrix=dict(type="dict", default={}),
+    request=dict(type="path"),
+    details=dict(type="dict", default={}),
+)

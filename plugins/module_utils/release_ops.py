@@ -24,6 +24,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.release import 
     acquire_lock,
     append_event,
     check_archive_members,
+    describe,
     find,
     host_state,
     read_current,
@@ -434,3 +435,18 @@ def run(module):
         diff={"before": plan.before, "after": plan.after},
     )
     return False, result
+
+
+INFO_ARGUMENT_SPEC = dict(
+    root=dict(type="path", required=True),
+    release_id=dict(type="str"),
+)
+
+
+def info(params):
+    """What knowngood.runbooks.release_info reports: (failed, result), nothing changed."""
+    try:
+        state = describe(params["root"], params["release_id"])
+    except (ReleaseError, OSError) as exc:
+        return True, {"msg": str(exc)}
+    return False, dict(state, changed=False)

@@ -197,32 +197,11 @@ approvers:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-
-ARGUMENT_SPEC = dict(
-    request=dict(type="path"),
-    required=dict(type="bool"),
-    allowed_signers_file=dict(type="path"),
-    approvers=dict(type="dict", default={}),
-    matrix=dict(type="dict", default={}),
-    break_glass_reason=dict(type="str", default=""),
-    audit_dir=dict(type="path"),
-    awx=dict(
-        type="dict",
-        options=dict(
-            job_id=dict(type="int"),
-            workflow_job_id=dict(type="int"),
-            severity=dict(type="str"),
-            host=dict(type="str"),
-            token=dict(type="str", no_log=True),
-            role_teams=dict(type="dict"),
-            validate_certs=dict(type="bool", default=True),
-        ),
-    ),
-)
+from ansible_collections.knowngood.runbooks.plugins.module_utils.approval import GATE_ARGUMENT_SPEC
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=GATE_ARGUMENT_SPEC, supports_check_mode=True)
     module.fail_json(
         msg="knowngood.runbooks.approval_gate runs on the controller as an action plugin; "
         "call it as a task, not as a module"

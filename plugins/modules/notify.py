@@ -103,29 +103,7 @@ failed:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-
-ARGUMENT_SPEC = dict(
-    event=dict(
-        type="str",
-        required=True,
-        choices=[
-            "validate",
-            "request",
-            "approval_needed",
-            "start",
-            "success",
-            "failure",
-            "break_glass",
-        ],
-    ),
-    contacts=dict(type="dict", default={}),
-    channels=dict(type="dict", default={}),
-    smtp_password=dict(type="str", default="", no_log=True),
-    approvers=dict(type="dict", default={}),
-    matrix=dict(type="dict", default={}),
-    request=dict(type="path"),
-    details=dict(type="dict", default={}),
-)
+from ansible_collections.knowngood.runbooks.plugins.module_utils.notify import ARGUMENT_SPEC
 
 
 def main():

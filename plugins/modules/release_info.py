@@ -84,24 +84,18 @@ release:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.knowngood.runbooks.plugins.module_utils.release import (
-    ReleaseError,
-    describe,
-)
-
-ARGUMENT_SPEC = dict(
-    root=dict(type="path", required=True),
-    release_id=dict(type="str"),
+from ansible_collections.knowngood.runbooks.plugins.module_utils.release_ops import (
+    INFO_ARGUMENT_SPEC,
+    info,
 )
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    try:
-        state = describe(module.params["root"], module.params["release_id"])
-    except (ReleaseError, OSError) as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(changed=False, **state)
+    module = AnsibleModule(argument_spec=INFO_ARGUMENT_SPEC, supports_check_mode=True)
+    failed, result = info(module.params)
+    if failed:  # only a message: the state keys are not returned on failure
+        module.fail_json(msg=result["msg"])
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -279,55 +279,53 @@ def require(module, params, names, family):
         module.fail_json(msg="checks %s need %s" % (family, ", ".join(missing)))
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            checks=dict(
-                type="list",
-                elements="str",
-                choices=["metrics", "logs", "data", "ux"],
-                default=["metrics", "logs", "data", "ux"],
-            ),
-            since=dict(type="str", required=True),
-            until=dict(type="str"),
-            baseline_end=dict(type="str"),
-            baseline_minutes=dict(type="float", default=15),
-            tolerance=dict(type="float", default=1.5),
-            prometheus_url=dict(type="str"),
-            selector=dict(type="str", default=""),
-            scrape_seconds=dict(type="float", default=0),
-            max_error_ratio=dict(type="float", default=0.01),
-            max_p95_ms=dict(type="float", default=0),
-            latency_tolerance=dict(type="float", default=latency.TOLERANCE),
-            latency_min_delta_ms=dict(type="float", default=latency.MIN_DELTA_MS),
-            metrics_speed_decides=dict(type="bool", default=True),
-            min_throughput_share=dict(type="float", default=0.5),
-            min_window_seconds=dict(type="float", default=30),
-            log_files=dict(type="list", elements="str", default=[]),
-            log_patterns=dict(type="list", elements="str", default=[]),
-            max_log_errors_per_minute=dict(type="float", default=0),
-            max_samples=dict(type="int", default=3),
-            database=dict(type="dict"),
-            amcheck=dict(type="bool", default=True),
-            amcheck_exclude=dict(type="list", elements="str", default=[]),
-            amcheck_timeout=dict(type="int", default=600),
-            row_counts=dict(type="list", elements="dict", default=[]),
-            sentinels=dict(type="list", elements="dict", default=[]),
-            base_url=dict(type="str"),
-            pages=dict(type="list", elements="dict", default=[]),
-            ux_baseline=dict(type="dict", default={}),
-            ux_baseline_label=dict(type="str", default="the page before the change"),
-            confirm=dict(type="bool", default=True),
-            requests=dict(type="int", default=20),
-            concurrency=dict(type="int", default=4),
-            timeout=dict(type="float", default=5),
-            settle=dict(type="bool", default=False),
-            label=dict(type="str"),
-        ),
-        supports_check_mode=True,
-    )
-    params = module.params
-    started = time.time()
+ARGUMENT_SPEC = dict(
+    checks=dict(
+        type="list",
+        elements="str",
+        choices=["metrics", "logs", "data", "ux"],
+        default=["metrics", "logs", "data", "ux"],
+    ),
+    since=dict(type="str", required=True),
+    until=dict(type="str"),
+    baseline_end=dict(type="str"),
+    baseline_minutes=dict(type="float", default=15),
+    tolerance=dict(type="float", default=1.5),
+    prometheus_url=dict(type="str"),
+    selector=dict(type="str", default=""),
+    scrape_seconds=dict(type="float", default=0),
+    max_error_ratio=dict(type="float", default=0.01),
+    max_p95_ms=dict(type="float", default=0),
+    latency_tolerance=dict(type="float", default=latency.TOLERANCE),
+    latency_min_delta_ms=dict(type="float", default=latency.MIN_DELTA_MS),
+    metrics_speed_decides=dict(type="bool", default=True),
+    min_throughput_share=dict(type="float", default=0.5),
+    min_window_seconds=dict(type="float", default=30),
+    log_files=dict(type="list", elements="str", default=[]),
+    log_patterns=dict(type="list", elements="str", default=[]),
+    max_log_errors_per_minute=dict(type="float", default=0),
+    max_samples=dict(type="int", default=3),
+    database=dict(type="dict"),
+    amcheck=dict(type="bool", default=True),
+    amcheck_exclude=dict(type="list", elements="str", default=[]),
+    amcheck_timeout=dict(type="int", default=600),
+    row_counts=dict(type="list", elements="dict", default=[]),
+    sentinels=dict(type="list", elements="dict", default=[]),
+    base_url=dict(type="str"),
+    pages=dict(type="list", elements="dict", default=[]),
+    ux_baseline=dict(type="dict", default={}),
+    ux_baseline_label=dict(type="str", default="the page before the change"),
+    confirm=dict(type="bool", default=True),
+    requests=dict(type="int", default=20),
+    concurrency=dict(type="int", default=4),
+    timeout=dict(type="float", default=5),
+    settle=dict(type="bool", default=False),
+    label=dict(type="str"),
+)
+
+
+def check_inputs(module, params):
+    """Fail the module unless the chosen checks have what they need."""
     checks = params["checks"]
     if "metrics" in checks:
         require(module, params, ["prometheus_url"], "metrics")
@@ -343,30 +341,42 @@ def main():
         require(module, params, ["base_url", "pages"], "ux")
     if params["requests"] < 1 or params["concurrency"] < 1:
         module.fail_json(msg="requests and concurrency must be at least 1")
+
+
+def run_checks(params):
+    """(results, judged window, baseline window) of the chosen checks; raises sv.VerifyError."""
+    checks = params["checks"]
+    now = datetime.datetime.now(datetime.UTC)
+    since = sv.parse_time(params["since"])
+    until = sv.parse_time(params["until"]) if params["until"] else now
+    baseline_end = sv.parse_time(params["baseline_end"]) if params["baseline_end"] else since
+    judged, baseline = sv.windows(since, until, baseline_end, params["baseline_minutes"])
+    results = []
+    # Smoke requests first: they are also the traffic the metrics then see.
+    if "ux" in checks:
+        results += sv.ux(params)
+    if "data" in checks:
+        results += sv.data(params, judged)
+    if "logs" in checks:
+        results += sv.logs(params, judged, baseline)
+    if "metrics" in checks:
+        if not params["scrape_seconds"]:
+            params["scrape_seconds"] = sv.scrape_interval(params["prometheus_url"])
+        if params["settle"] and not params["until"]:
+            time.sleep(params["scrape_seconds"] + 0.5)
+            until = datetime.datetime.now(datetime.UTC)
+            judged, baseline = sv.windows(since, until, baseline_end, params["baseline_minutes"])
+        results += sv.metrics(params, judged, baseline)
+    return results, judged, baseline
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    params = module.params
+    started = time.time()
+    check_inputs(module, params)
     try:
-        now = datetime.datetime.now(datetime.UTC)
-        since = sv.parse_time(params["since"])
-        until = sv.parse_time(params["until"]) if params["until"] else now
-        baseline_end = sv.parse_time(params["baseline_end"]) if params["baseline_end"] else since
-        judged, baseline = sv.windows(since, until, baseline_end, params["baseline_minutes"])
-        results = []
-        # Smoke requests first: they are also the traffic the metrics then see.
-        if "ux" in checks:
-            results += sv.ux(params)
-        if "data" in checks:
-            results += sv.data(params, judged)
-        if "logs" in checks:
-            results += sv.logs(params, judged, baseline)
-        if "metrics" in checks:
-            if not params["scrape_seconds"]:
-                params["scrape_seconds"] = sv.scrape_interval(params["prometheus_url"])
-            if params["settle"] and not params["until"]:
-                time.sleep(params["scrape_seconds"] + 0.5)
-                until = datetime.datetime.now(datetime.UTC)
-                judged, baseline = sv.windows(
-                    since, until, baseline_end, params["baseline_minutes"]
-                )
-            results += sv.metrics(params, judged, baseline)
+        results, judged, baseline = run_checks(params)
     except sv.VerifyError as exc:
         module.fail_json(msg=str(exc))
     if params["label"]:

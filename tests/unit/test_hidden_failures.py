@@ -108,8 +108,10 @@ def findings(tasks: list[Task], texts: dict[str, str]) -> list[str]:
             continue
         reg = re.escape(task.register)
         where = f"{task.source}: {task.name!r} ({task.hides_failure}, register {task.register})"
-        if task.hides_failure == "failed_when: false" and re.search(
-            rf"\b{reg}{JUDGED_AS_FAILED}", everything
+        # The batch gate (filter batch_failures) judges the named result by its failed state.
+        gated = rf"batch_failures\(\s*hostvars\s*,\s*['\"]{reg}['\"]"
+        if task.hides_failure == "failed_when: false" and (
+            re.search(rf"\b{reg}{JUDGED_AS_FAILED}", everything) or re.search(gated, everything)
         ):
             out.append(f"{where} is judged by its failed state, which failed_when: false erases")
         always = always_returned(task.module)
@@ -156,6 +158,11 @@ OLD_PREFLIGHT = """
         (OLD_PREFLIGHT.replace("db_preflight_plan.failed | default(false) or ", "")
          .replace(".plan is not defined", " is failed"), ["failed_when: false erases"]),
         (OLD_PREFLIGHT.replace("  failed_when: false\n", ""), []),
+        # the batch gate judges the named result by its failed state
+        ("- name: s\n  knowngood.runbooks.release:\n    state: current\n  register: r\n"
+         "  failed_when: false\n- name: g\n  ansible.builtin.fail:\n    msg: x\n  when: >-\n"
+         "    ansible_play_batch | knowngood.runbooks.batch_failures(hostvars, 'r') | length > 0\n",
+         ["failed_when: false erases"]),
         # psql's rc is set whatever failed_when says: judging by it is sound
         ("- name: q\n  ansible.builtin.command: psql\n  register: r\n  failed_when: false\n"
          "- name: g\n  ansible.builtin.assert:\n    that: r.rc == 0\n", []),

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.knowngood.runbooks.plugins.module_utils import latency
+from ansible_collections.knowngood.runbooks.plugins.module_utils import http_probe, latency
 from ansible_collections.knowngood.runbooks.plugins.module_utils import migrations as mig
-from ansible_collections.knowngood.runbooks.plugins.modules import http_probe
 
 
 @pytest.fixture

@@ -6,11 +6,14 @@ Each module task otherwise starts a Python interpreter per host; on a rollback's
 for a fleet reached over the local connection (the controller is the host, as in the lab) that
 start-up is most of the time to mitigate. Everything else - SSH hosts, become, delegation to a
 remote host - goes through the module as usual.
+
+Controller-only: action plugins import this; modules never do.
 """
 
 import subprocess
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.plugins.action import ActionBase
 
 
 class InProcessModule:
@@ -39,3 +42,41 @@ def validate(args, argument_spec, **constraints):
     """Validate task args exactly as AnsibleModule would; returns (params, errors)."""
     result = ArgumentSpecValidator(argument_spec, **constraints).validate(args)
     return result.validated_parameters, [str(e) for e in result.error_messages]
+
+
+class InProcessAction(ActionBase):
+    """Validate the args like the module would, then run its logic here or ship the module.
+
+    Subclasses name the module, give its argument spec and implement run_here().
+    """
+
+    TRANSFERS_FILES = False
+    MODULE = ""
+    ARGUMENT_SPEC = {}
+    CONSTRAINTS = {}
+
+    def run_here(self, module):
+        """Return (failed, result) for an InProcessModule."""
+        raise NotImplementedError
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        if not can_run_in_process(self):
+            result.update(
+                self._execute_module(
+                    module_name=self.MODULE, module_args=self._task.args, task_vars=task_vars
+                )
+            )
+            return result
+        params, errors = validate(self._task.args, self.ARGUMENT_SPEC, **self.CONSTRAINTS)
+        if errors:
+            result.update(failed=True, msg="; ".join(errors))
+            return result
+        module = InProcessModule(params, self._play_context.check_mode)
+        failed, outcome = self.run_here(module)
+        result.update(outcome)
+        if failed:
+            result["failed"] = True
+        if module.warnings:
+            result["warnings"] = module.warnings
+        return result
