@@ -77,6 +77,15 @@ class Target:
         return env
 
 
+def has_psycopg():
+    """Whether this host can talk to PostgreSQL in-process (psycopg is importable)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def connect(target, dbname=None, connect_timeout=5, autocommit=True, error=PgError):
     """A psycopg connection; `error` (PgError by default) with the first line of the reason."""
     try:
@@ -96,7 +105,7 @@ def connect(target, dbname=None, connect_timeout=5, autocommit=True, error=PgErr
     except psycopg.Error as err:
         text = str(err).strip()
         first = text.splitlines()[0] if text else type(err).__name__
-        raise error("PostgreSQL not reachable at %s: %s" % (where, first)) from None
+        raise error("cluster not reachable at %s: %s" % (where, first)) from None
 
 
 def os_user_ids(name, error=PgError):
@@ -217,11 +226,41 @@ def recovery_state(conn):
     return state
 
 
+QUALIFIED_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*[.][A-Za-z_][A-Za-z0-9_$]*$")
+
+
+def wal_position(conn, in_recovery):
+    """Where this instance's WAL is: a primary's current LSN and its timeline (from the WAL
+    file name, which moves at promotion, unlike the last checkpoint's); a standby's replayed
+    LSN and the timeline its WAL receiver streams (None when it does not stream)."""
+    if not in_recovery:
+        row = conn.execute(
+            "SELECT pg_current_wal_lsn()::text, "
+            "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+        ).fetchone()
+        return {"lsn": row[0], "timeline": row[1], "streaming": False}
+    row = conn.execute(
+        "SELECT pg_last_wal_replay_lsn()::text, "
+        "(SELECT received_tli FROM pg_stat_wal_receiver WHERE status = 'streaming')"
+    ).fetchone()
+    return {"lsn": row[0], "timeline": row[1], "streaming": row[1] is not None}
+
+
+def setting_sources(conn, names):
+    """{name: {value, sourcefile}} from pg_settings for each name that exists."""
+    rows = conn.execute(
+        "SELECT name, setting, coalesce(sourcefile, '') FROM pg_settings WHERE name = ANY(%s)",
+        (list(names),),
+    ).fetchall()
+    return {name: {"value": value, "sourcefile": source} for name, value, source in rows}
+
+
 CORRUPT_RELATION = re.compile(r'(?:table|index) "[^".]+\.([^".]+\.[^".]+)"')
 
 
-def amcheck(target, dbname, exclude=(), timeout=600, error=PgError):
-    """What pg_amcheck finds in one database: corrupt?, the first findings, the relations."""
+def amcheck(target, dbname, exclude=(), heapallindexed=False, timeout=600, error=PgError):
+    """What pg_amcheck finds in one database: corrupt?, the first findings, the relations.
+    `exclude` holds pg_amcheck relation patterns (a table's indexes and TOAST go with it)."""
     argv = [
         target.binary("pg_amcheck"),
         "-h",
@@ -233,11 +272,88 @@ def amcheck(target, dbname, exclude=(), timeout=600, error=PgError):
         "-d",
         dbname,
         "--no-dependent-toast",
-    ] + ["--exclude-relation=" + pattern for pattern in exclude]
+    ]
+    if heapallindexed:
+        argv.append("--heapallindexed")
+    argv += ["--exclude-relation=" + pattern for pattern in exclude]
     proc = run(argv, env=target.env(), timeout=timeout, cwd=None, error=error)
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     return {
         "corrupt": proc.returncode != 0,
+        "exit_code": proc.returncode,
+        "finding_count": len(lines),
         "findings": lines[:10],
         "corrupt_relations": sorted(set(CORRUPT_RELATION.findall("\n".join(lines)))),
     }
+
+
+def exact_relation(name):
+    """A pg_amcheck pattern that matches schema.table literally (double quotes)."""
+    schema, _dot, table = name.partition(".")
+    return '"%s"."%s"' % (schema, table)
+
+
+FULL_READ_SQL = """DO $$DECLARE r record; BEGIN
+FOR r IN SELECT c.oid::regclass AS rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'm') AND c.relpersistence = 'p'
+AND format('%%s.%%s', n.nspname, c.relname) <> ALL (%s::text[]) LOOP
+EXECUTE format('SELECT count(*) FROM %%s', r.rel); END LOOP; END$$"""
+
+
+def databases(conn):
+    """The databases that take connections, templates left out, by name."""
+    rows = conn.execute(
+        "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1"
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def has_extension(target, dbname, name, error=PgError):
+    conn = connect(target, dbname, error=error)
+    try:
+        row = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = %s", (name,))
+        return row.fetchone()[0] > 0
+    finally:
+        conn.close()
+
+
+def full_read(target, dbname, exclude=(), error=PgError):
+    """Read every permanent table of one database (every page's checksum is verified);
+    None when it reads, else the first line of the error."""
+    import psycopg
+
+    try:
+        conn = connect(target, dbname, error=error)
+    except error as exc:
+        return str(exc)
+    try:
+        # A DO block takes no parameters: the excluded names go in as a quoted literal array.
+        literal = "ARRAY[%s]" % ", ".join("'%s'" % n.replace("'", "''") for n in exclude)
+        conn.execute("SET statement_timeout = 0")
+        conn.execute(FULL_READ_SQL % literal)
+        return None
+    except psycopg.Error as exc:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    finally:
+        conn.close()
+
+
+def read_only_query(target, dbname, sql, timeout_ms=60000, error=PgError):
+    """(value of the first column of the first row, error) of an operator's check, run in a
+    read-only transaction with a statement timeout."""
+    import psycopg
+
+    try:
+        conn = connect(target, dbname, autocommit=False, error=error)
+    except error as exc:
+        return None, str(exc)
+    try:
+        conn.execute("SET TRANSACTION READ ONLY")
+        conn.execute("SET LOCAL statement_timeout = %d" % int(timeout_ms))
+        row = conn.execute(sql).fetchone()
+        return (None if row is None else row[0]), None
+    except psycopg.Error as exc:
+        return None, (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    finally:
+        conn.rollback()
+        conn.close()
