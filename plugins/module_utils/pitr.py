@@ -1127,11 +1127,6 @@ def promote(cfg, req, result=None):
                       backup_id=(state.get("key") or {}).get("backup"),
                       plan=state.get("plan") or {})  # fmt: skip
         return result
-    if req.state == "planned":
-        result["request"] = normalise(req)
-        if req.confirm is not None:
-            with steps("identity"):
-                result["cluster"] = primary_identity(cfg, req, result["queries"])
     with steps("plan"):
         plan_ = plan(cfg, req, parse_target(req))
     result["plan"] = plan_
@@ -1489,6 +1484,11 @@ def preflight(cfg, req, result=None):
             return result
         result["changed"] = release_target(live_cfg(cfg, req), req, result["queries"]) is not None
         return result
+    if req.state == "planned":
+        result["request"] = normalise(req)
+        if req.confirm is not None:
+            with steps("identity"):
+                result["cluster"] = primary_identity(cfg, req, result["queries"])
     with steps("plan"):
         plan_ = plan(cfg, req, parse_target(req))
     result["plan"] = plan_

@@ -183,50 +183,52 @@ def metrics(params, judged, baseline):
     base = sample_window(
         url, params["selector"], baseline[0], baseline[1], params["scrape_seconds"]
     )
-    out = []
+    return [
+        _error_rate(params, now, base),
+        _latency(params, now, base),
+        _throughput(params, now, base),
+    ]
 
+
+def _error_rate(params, now, base):
     # Error rate: the absolute budget, or the baseline's own rate times the tolerance when the
     # service already erred that much before the incident (it is not the rollback's doing).
     if now["error_ratio"] is None:
-        out.append(
-            result(
-                "metrics_error_rate",
-                "metrics",
-                "inconclusive",
-                {"after": now, "baseline": base},
-                "no requests recorded in the judged window",
-            )
+        return result(
+            "metrics_error_rate",
+            "metrics",
+            "inconclusive",
+            {"after": now, "baseline": base},
+            "no requests recorded in the judged window",
         )
     else:
         limit = params["max_error_ratio"]
         if base["error_ratio"] is not None:
             limit = max(limit, base["error_ratio"] * params["tolerance"])
         status = "pass" if now["error_ratio"] <= limit else "fail"
-        out.append(
-            result(
-                "metrics_error_rate",
-                "metrics",
-                status,
-                {
-                    "error_ratio": now["error_ratio"],
-                    "baseline_error_ratio": base["error_ratio"],
-                    "limit": round(limit, 4),
-                    "requests": now["requests"],
-                    "errors": now["errors"],
-                },
-                "error ratio %.4f, limit %.4f" % (now["error_ratio"], limit),
-            )
+        return result(
+            "metrics_error_rate",
+            "metrics",
+            status,
+            {
+                "error_ratio": now["error_ratio"],
+                "baseline_error_ratio": base["error_ratio"],
+                "limit": round(limit, 4),
+                "requests": now["requests"],
+                "errors": now["errors"],
+            },
+            "error ratio %.4f, limit %.4f" % (now["error_ratio"], limit),
         )
 
+
+def _latency(params, now, base):
     if now["p95_ms"] is None:
-        out.append(
-            result(
-                "metrics_latency",
-                "metrics",
-                "inconclusive",
-                {"after": now, "baseline": base},
-                "no latency samples in the judged window",
-            )
+        return result(
+            "metrics_latency",
+            "metrics",
+            "inconclusive",
+            {"after": now, "baseline": base},
+            "no latency samples in the judged window",
         )
     else:
         slow = latency.judge(
@@ -237,72 +239,65 @@ def metrics(params, judged, baseline):
             min_delta_ms=params["latency_min_delta_ms"],
             cap_ms=params["max_p95_ms"],
         )
-        out.append(
-            result(
-                "metrics_latency",
-                "metrics",
-                _speed_status(slow["held"], params),
-                {
-                    "p95_ms": now["p95_ms"],
-                    "baseline_p95_ms": base["p95_ms"],
-                    "limit_ms": slow["limit_ms"],
-                    "judged": slow["judged"],
-                },
-                slow["detail"] + _speed_note(slow["held"], params),
-            )
+        return result(
+            "metrics_latency",
+            "metrics",
+            _speed_status(slow["held"], params),
+            {
+                "p95_ms": now["p95_ms"],
+                "baseline_p95_ms": base["p95_ms"],
+                "limit_ms": slow["limit_ms"],
+                "judged": slow["judged"],
+            },
+            slow["detail"] + _speed_note(slow["held"], params),
         )
 
+
+def _throughput(params, now, base):
     # Throughput only means something next to a baseline, and over a window long enough to
     # hold user traffic rather than the smoke checks' own requests.
     if now["seconds"] < params["min_window_seconds"]:
-        out.append(
-            result(
-                "metrics_throughput",
-                "metrics",
-                "inconclusive",
-                {
-                    "throughput_rps": now["throughput_rps"],
-                    "baseline_throughput_rps": base["throughput_rps"],
-                    "window_seconds": now["seconds"],
-                    "min_window_seconds": params["min_window_seconds"],
-                },
-                "judged window of %.0f s is too short to judge throughput" % now["seconds"],
-            )
+        return result(
+            "metrics_throughput",
+            "metrics",
+            "inconclusive",
+            {
+                "throughput_rps": now["throughput_rps"],
+                "baseline_throughput_rps": base["throughput_rps"],
+                "window_seconds": now["seconds"],
+                "min_window_seconds": params["min_window_seconds"],
+            },
+            "judged window of %.0f s is too short to judge throughput" % now["seconds"],
         )
     elif now["throughput_rps"] is None or not base["throughput_rps"]:
-        out.append(
-            result(
-                "metrics_throughput",
-                "metrics",
-                "inconclusive",
-                {
-                    "throughput_rps": now["throughput_rps"],
-                    "baseline_throughput_rps": base["throughput_rps"],
-                },
-                "no baseline traffic to compare with"
-                if now["throughput_rps"] is not None
-                else "no requests recorded in the judged window",
-            )
+        return result(
+            "metrics_throughput",
+            "metrics",
+            "inconclusive",
+            {
+                "throughput_rps": now["throughput_rps"],
+                "baseline_throughput_rps": base["throughput_rps"],
+            },
+            "no baseline traffic to compare with"
+            if now["throughput_rps"] is not None
+            else "no requests recorded in the judged window",
         )
     else:
         share = now["throughput_rps"] / base["throughput_rps"]
         held = share >= params["min_throughput_share"]
-        out.append(
-            result(
-                "metrics_throughput",
-                "metrics",
-                _speed_status(held, params),
-                {
-                    "throughput_rps": now["throughput_rps"],
-                    "baseline_throughput_rps": base["throughput_rps"],
-                    "share": round(share, 3),
-                    "min_share": params["min_throughput_share"],
-                },
-                "%.2f req/s, %.0f%% of the baseline" % (now["throughput_rps"], 100 * share)
-                + _speed_note(held, params),
-            )
+        return result(
+            "metrics_throughput",
+            "metrics",
+            _speed_status(held, params),
+            {
+                "throughput_rps": now["throughput_rps"],
+                "baseline_throughput_rps": base["throughput_rps"],
+                "share": round(share, 3),
+                "min_share": params["min_throughput_share"],
+            },
+            "%.2f req/s, %.0f%% of the baseline" % (now["throughput_rps"], 100 * share)
+            + _speed_note(held, params),
         )
-    return out
 
 
 def _speed_status(held, params):
