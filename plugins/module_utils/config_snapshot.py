@@ -26,6 +26,8 @@ import subprocess
 import tempfile
 import time
 
+from ansible_collections.knowngood.runbooks.plugins.module_utils import postgres
+
 SNAPSHOT_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RESTART_ON = ("never", "always", "postgresql")
@@ -529,19 +531,19 @@ def changed_params(changes):
 
 
 def pg_contexts(dsn, names):
-    # Imported here, not at the top: only restart_on=postgresql needs it, and importing it costs
-    # ~0.4 s per host on a busy machine - time every snapshot in every runbook would pay.
+    """{name: context} of PostgreSQL settings, or None when the server does not answer (down,
+    or stuck shutting down). psycopg is imported only here, not at the top: only
+    restart_on=postgresql needs it, and importing it costs ~0.4 s per host on a busy machine."""
+    if not postgres.has_psycopg():
+        raise ConfigError("restart_on=postgresql needs the psycopg library on the host")
     try:
-        import psycopg  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        raise ConfigError("restart_on=postgresql needs the psycopg library on the host") from None
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-            rows = conn.execute(
-                "SELECT name, context FROM pg_settings WHERE name = ANY(%s)", (list(names),)
-            ).fetchall()
-    except psycopg.OperationalError:
-        return None  # the server does not answer (down, or stuck shutting down)
+        conn = postgres.connect(dsn)
+    except postgres.PgError:
+        return None
+    with conn:
+        rows = conn.execute(
+            "SELECT name, context FROM pg_settings WHERE name = ANY(%s)", (list(names),)
+        ).fetchall()
     return dict(rows)
 
 

@@ -12,6 +12,8 @@ import os
 import time
 from datetime import UTC, datetime
 
+from ansible_collections.knowngood.runbooks.plugins.module_utils import postgres
+
 TICKS_TABLE = "knowngood_drill_ticks"
 
 
@@ -88,9 +90,7 @@ def epochs(state):
 
 
 def _connect(dsn):
-    import psycopg  # declared optional dependency of the module
-
-    return psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+    return postgres.connect(dsn, error=DrillError)
 
 
 def tick(drill_dir, name, dsn, count, interval):

@@ -31,7 +31,7 @@ import time
 
 from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_native as native
 from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_verify as verify
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal
+from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal, postgres
 from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_catalog import (
     Catalog,
     is_committed,
@@ -57,6 +57,8 @@ STRATEGIES = ("pitr", "snapshot", "table")
 ENDED_EARLY = "recovery ended before configured recovery target was reached"
 TABLE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_$]*)\.([A-Za-z_][A-Za-z0-9_$]*|\*)$")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
+BACKUP_LABEL_RE = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+TARGET_KEYS = "target_time, target_lsn, target_xid, target_name, target_immediate"
 SCAN_LIMIT = 64  # archived segments decoded, newest first, looking for the last commit
 RECOVERY_KEYS = ("restore_command", "recovery_target", "recovery_target_action")
 _COMMIT_RE = re.compile(
@@ -113,6 +115,8 @@ def empty_result(req):
         "first_read_seconds": None,
         "queries": [],
         "refused": False,
+        "request": {},
+        "cluster": {},
     }
 
 
@@ -157,13 +161,13 @@ def parse_target(req, now=None):
         given = ["immediate"]
     if len(given) > 1:
         raise BackupError(
-            f"conflicting targets {given}: give exactly one of target_time, target_lsn, "
-            "target_xid, target_name, target_immediate, target_latest"
+            f"conflicting targets {given}: strategy {req.strategy} needs exactly one of "
+            f"{TARGET_KEYS} (or target_latest)"
         )
     if not given:
         raise BackupError(
-            "no recovery target: give one of target_time, target_lsn, target_xid, target_name, "
-            "target_immediate, or target_latest: true for the end of the archive (never implied)"
+            f"no recovery target: strategy {req.strategy} needs exactly one of {TARGET_KEYS}, "
+            "or target_latest: true for the end of the archive (never implied)"
         )
     kind = given[0]
     target = {"kind": kind, "inclusive": bool(req.target_inclusive)}
@@ -209,6 +213,57 @@ def parse_target(req, now=None):
 
 def public_target(target):
     return {"kind": target["kind"], "value": target["text"], "inclusive": target["inclusive"]}
+
+
+def normalise(req):
+    """The request as every later step carries it: one target in canonical form, the backup
+    label and the tables checked. This is the only place the runbook's inputs are judged."""
+    target = parse_target(req)
+    if req.backup_label and not BACKUP_LABEL_RE.match(str(req.backup_label)):
+        raise BackupError(
+            f"backup_label {req.backup_label!r} is malformed: letters, digits and ._:- only"
+        )
+    if req.tables and req.strategy != "table":
+        raise BackupError(f"tables go with strategy table only, not strategy {req.strategy}")
+    tables = parse_tables(req.tables) if req.strategy == "table" else []
+    return {
+        "strategy": req.strategy,
+        "target": public_target(target),
+        "backup_label": req.backup_label or "",
+        "tables": [f"{schema}.{table}" for schema, table in tables],
+    }
+
+
+def primary_identity(cfg, req, queries=None):
+    """The live primary the operator named by `confirm`: its identity, or BackupError when the
+    name is not this cluster's, the cluster does not answer, or it is a standby."""
+    if req.confirm != cfg.cluster:
+        raise BackupError(
+            f"confirm {req.confirm!r} does not match the cluster name {cfg.cluster!r}: type the "
+            "cluster's name to confirm"
+        )
+    pg = dataclasses.replace(cfg.pg, port=req.port or cfg.pg.port)
+    with contextlib.closing(native.connect(dataclasses.replace(cfg, pg=pg))) as conn:
+        ident = postgres.identity(conn)
+        _audit(queries, "identity: " + ", ".join(postgres.IDENTITY_SQL))
+        if ident["in_recovery"]:
+            raise BackupError(
+                f"the cluster at {pg.host}:{pg.port} is in recovery (a standby): run against "
+                "the primary"
+            )
+        lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+    if ident["cluster_name"] != req.confirm:
+        raise BackupError(
+            f"confirm {req.confirm!r} does not match the cluster: its cluster_name is "
+            f"{ident['cluster_name']!r}"
+        )
+    return {
+        "name": ident["cluster_name"],
+        "system_identifier": str(ident["system_identifier"]),
+        "timeline": int(ident["timeline"]),
+        "lsn": lsn,
+        "server_version_num": int(ident["server_version_num"]),
+    }
 
 
 # ---- the archive: segments, history, timeline path -------------------------------------------
@@ -1429,6 +1484,11 @@ def preflight(cfg, req, result=None):
             return result
         result["changed"] = release_target(live_cfg(cfg, req), req, result["queries"]) is not None
         return result
+    if req.state == "planned":
+        result["request"] = normalise(req)
+        if req.confirm is not None:
+            with steps("identity"):
+                result["cluster"] = primary_identity(cfg, req, result["queries"])
     with steps("plan"):
         plan_ = plan(cfg, req, parse_target(req))
     result["plan"] = plan_

@@ -13,13 +13,11 @@ with its evidence. It refuses to decide (confident=False) when two rounds of pro
 when corruption comes together with other failures, or when two nodes accept writes.
 """
 
-import os
-import re
-import subprocess
 import time
 import urllib.error
 
 from ansible.module_utils.urls import open_url
+from ansible_collections.knowngood.runbooks.plugins.module_utils import postgres
 
 CLASSES = ("none", "partial", "outage", "corruption")
 
@@ -34,45 +32,6 @@ def http_status(url, timeout):
         return None, str(exc)
 
 
-def pg_env(node, connect_timeout=3):
-    env = dict(os.environ)
-    env["PGCONNECT_TIMEOUT"] = str(connect_timeout)
-    if node.get("password"):
-        env["PGPASSWORD"] = node["password"]
-    return env
-
-
-def psql(node, sql, dbname="postgres", timeout=20, connect_timeout=3):
-    argv = [
-        os.path.join(node["bin_dir"], "psql"),
-        "-X",
-        "-q",
-        "-A",
-        "-t",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        node["host"],
-        "-p",
-        str(node["port"]),
-        "-U",
-        node.get("user", "postgres"),
-        "-d",
-        dbname,
-        "-c",
-        sql,
-    ]
-    proc = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        env=pg_env(node, connect_timeout),
-        timeout=timeout,
-        check=False,
-    )
-    return proc.returncode, proc.stdout.strip(), proc.stderr.strip()
-
-
 def probe_db(node, app_dbname, amcheck, amcheck_exclude=()):
     state = {
         "name": node["name"],
@@ -83,8 +42,9 @@ def probe_db(node, app_dbname, amcheck, amcheck_exclude=()):
         "corrupt": None,
         "findings": [],
     }
-    code, out, err = psql(
-        node,
+    target = postgres.Target.from_params(node)
+    code, out, err = postgres.psql(
+        target,
         "SELECT pg_is_in_recovery(), current_setting('data_checksums'), "
         "(SELECT coalesce(sum(checksum_failures), 0) FROM pg_stat_database)",
     )
@@ -101,26 +61,11 @@ def probe_db(node, app_dbname, amcheck, amcheck_exclude=()):
         }
     )
     if amcheck and not state["in_recovery"]:
-        argv = [
-            os.path.join(node["bin_dir"], "pg_amcheck"),
-            "-h",
-            node["host"],
-            "-p",
-            str(node["port"]),
-            "-U",
-            node.get("user", "postgres"),
-            "-d",
-            app_dbname,
-            "--no-dependent-toast",
-        ] + ["--exclude-relation=" + pattern for pattern in amcheck_exclude]
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, env=pg_env(node), timeout=600, check=False
-        )
-        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-        state["corrupt"] = proc.returncode != 0
-        state["findings"] = lines[:10]
-        state["corrupt_relations"] = sorted(
-            set(re.findall(r'(?:table|index) "[^".]+\.([^".]+\.[^".]+)"', "\n".join(lines)))
+        found = postgres.amcheck(target, app_dbname, amcheck_exclude)
+        state.update(
+            corrupt=found["corrupt"],
+            findings=found["findings"],
+            corrupt_relations=found["corrupt_relations"],
         )
     return state
 

@@ -25,13 +25,12 @@ import json
 import math
 import os
 import re
-import subprocess
 import time
 import urllib.error
 import urllib.parse
 
 from ansible.module_utils.urls import open_url
-from ansible_collections.knowngood.runbooks.plugins.module_utils import latency, recovery
+from ansible_collections.knowngood.runbooks.plugins.module_utils import latency, postgres
 
 STATUSES = ("pass", "fail", "inconclusive", "skipped")
 DEFAULT_LOG_PATTERNS = [
@@ -184,50 +183,52 @@ def metrics(params, judged, baseline):
     base = sample_window(
         url, params["selector"], baseline[0], baseline[1], params["scrape_seconds"]
     )
-    out = []
+    return [
+        _error_rate(params, now, base),
+        _latency(params, now, base),
+        _throughput(params, now, base),
+    ]
 
+
+def _error_rate(params, now, base):
     # Error rate: the absolute budget, or the baseline's own rate times the tolerance when the
     # service already erred that much before the incident (it is not the rollback's doing).
     if now["error_ratio"] is None:
-        out.append(
-            result(
-                "metrics_error_rate",
-                "metrics",
-                "inconclusive",
-                {"after": now, "baseline": base},
-                "no requests recorded in the judged window",
-            )
+        return result(
+            "metrics_error_rate",
+            "metrics",
+            "inconclusive",
+            {"after": now, "baseline": base},
+            "no requests recorded in the judged window",
         )
     else:
         limit = params["max_error_ratio"]
         if base["error_ratio"] is not None:
             limit = max(limit, base["error_ratio"] * params["tolerance"])
         status = "pass" if now["error_ratio"] <= limit else "fail"
-        out.append(
-            result(
-                "metrics_error_rate",
-                "metrics",
-                status,
-                {
-                    "error_ratio": now["error_ratio"],
-                    "baseline_error_ratio": base["error_ratio"],
-                    "limit": round(limit, 4),
-                    "requests": now["requests"],
-                    "errors": now["errors"],
-                },
-                "error ratio %.4f, limit %.4f" % (now["error_ratio"], limit),
-            )
+        return result(
+            "metrics_error_rate",
+            "metrics",
+            status,
+            {
+                "error_ratio": now["error_ratio"],
+                "baseline_error_ratio": base["error_ratio"],
+                "limit": round(limit, 4),
+                "requests": now["requests"],
+                "errors": now["errors"],
+            },
+            "error ratio %.4f, limit %.4f" % (now["error_ratio"], limit),
         )
 
+
+def _latency(params, now, base):
     if now["p95_ms"] is None:
-        out.append(
-            result(
-                "metrics_latency",
-                "metrics",
-                "inconclusive",
-                {"after": now, "baseline": base},
-                "no latency samples in the judged window",
-            )
+        return result(
+            "metrics_latency",
+            "metrics",
+            "inconclusive",
+            {"after": now, "baseline": base},
+            "no latency samples in the judged window",
         )
     else:
         slow = latency.judge(
@@ -238,72 +239,65 @@ def metrics(params, judged, baseline):
             min_delta_ms=params["latency_min_delta_ms"],
             cap_ms=params["max_p95_ms"],
         )
-        out.append(
-            result(
-                "metrics_latency",
-                "metrics",
-                _speed_status(slow["held"], params),
-                {
-                    "p95_ms": now["p95_ms"],
-                    "baseline_p95_ms": base["p95_ms"],
-                    "limit_ms": slow["limit_ms"],
-                    "judged": slow["judged"],
-                },
-                slow["detail"] + _speed_note(slow["held"], params),
-            )
+        return result(
+            "metrics_latency",
+            "metrics",
+            _speed_status(slow["held"], params),
+            {
+                "p95_ms": now["p95_ms"],
+                "baseline_p95_ms": base["p95_ms"],
+                "limit_ms": slow["limit_ms"],
+                "judged": slow["judged"],
+            },
+            slow["detail"] + _speed_note(slow["held"], params),
         )
 
+
+def _throughput(params, now, base):
     # Throughput only means something next to a baseline, and over a window long enough to
     # hold user traffic rather than the smoke checks' own requests.
     if now["seconds"] < params["min_window_seconds"]:
-        out.append(
-            result(
-                "metrics_throughput",
-                "metrics",
-                "inconclusive",
-                {
-                    "throughput_rps": now["throughput_rps"],
-                    "baseline_throughput_rps": base["throughput_rps"],
-                    "window_seconds": now["seconds"],
-                    "min_window_seconds": params["min_window_seconds"],
-                },
-                "judged window of %.0f s is too short to judge throughput" % now["seconds"],
-            )
+        return result(
+            "metrics_throughput",
+            "metrics",
+            "inconclusive",
+            {
+                "throughput_rps": now["throughput_rps"],
+                "baseline_throughput_rps": base["throughput_rps"],
+                "window_seconds": now["seconds"],
+                "min_window_seconds": params["min_window_seconds"],
+            },
+            "judged window of %.0f s is too short to judge throughput" % now["seconds"],
         )
     elif now["throughput_rps"] is None or not base["throughput_rps"]:
-        out.append(
-            result(
-                "metrics_throughput",
-                "metrics",
-                "inconclusive",
-                {
-                    "throughput_rps": now["throughput_rps"],
-                    "baseline_throughput_rps": base["throughput_rps"],
-                },
-                "no baseline traffic to compare with"
-                if now["throughput_rps"] is not None
-                else "no requests recorded in the judged window",
-            )
+        return result(
+            "metrics_throughput",
+            "metrics",
+            "inconclusive",
+            {
+                "throughput_rps": now["throughput_rps"],
+                "baseline_throughput_rps": base["throughput_rps"],
+            },
+            "no baseline traffic to compare with"
+            if now["throughput_rps"] is not None
+            else "no requests recorded in the judged window",
         )
     else:
         share = now["throughput_rps"] / base["throughput_rps"]
         held = share >= params["min_throughput_share"]
-        out.append(
-            result(
-                "metrics_throughput",
-                "metrics",
-                _speed_status(held, params),
-                {
-                    "throughput_rps": now["throughput_rps"],
-                    "baseline_throughput_rps": base["throughput_rps"],
-                    "share": round(share, 3),
-                    "min_share": params["min_throughput_share"],
-                },
-                "%.2f req/s, %.0f%% of the baseline" % (now["throughput_rps"], 100 * share)
-                + _speed_note(held, params),
-            )
+        return result(
+            "metrics_throughput",
+            "metrics",
+            _speed_status(held, params),
+            {
+                "throughput_rps": now["throughput_rps"],
+                "baseline_throughput_rps": base["throughput_rps"],
+                "share": round(share, 3),
+                "min_share": params["min_throughput_share"],
+            },
+            "%.2f req/s, %.0f%% of the baseline" % (now["throughput_rps"], 100 * share)
+            + _speed_note(held, params),
         )
-    return out
 
 
 def _speed_status(held, params):
@@ -458,24 +452,16 @@ def logs(params, judged, baseline):
 # ------------------------------------------------------------------ data
 
 
-def run(argv, env=None, timeout=600):
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, env=env, timeout=timeout, check=False
-    )
-    return proc.returncode, proc.stdout, proc.stderr
-
-
 def psql(db, sql, timeout=60):
-    return recovery.psql(db, sql, dbname=db["dbname"], timeout=timeout, connect_timeout=5)
+    return postgres.psql(_target(db), sql, db["dbname"], timeout=timeout, connect_timeout=5)
 
 
-def pg_env(db):
-    return recovery.pg_env(db, connect_timeout=5)
+def _target(db):
+    return postgres.Target.from_params(db)
 
 
 def data(params, judged):
     db = params["database"]
-    out = []
     code, stdout, stderr = psql(db, "SELECT current_setting('data_checksums'), pg_is_in_recovery()")
     if code != 0:
         return [
@@ -487,108 +473,88 @@ def data(params, judged):
                 "database unreachable: %s" % stderr.strip()[:300],
             )
         ]
-    checksums_on = stdout.strip().split("|")[0] == "on"
-
-    if params["amcheck"]:
-        argv = [
-            os.path.join(db["bin_dir"], "pg_amcheck"),
-            "-h",
-            db["host"],
-            "-p",
-            str(db["port"]),
-            "-U",
-            db["user"],
-            "-d",
-            db["dbname"],
-            "--no-dependent-toast",
-        ]
-        for pattern in params.get("amcheck_exclude") or []:
-            argv.append("--exclude-relation=" + pattern)
-        started = time.time()
-        code, stdout, stderr = run(argv, env=pg_env(db), timeout=params["amcheck_timeout"])
-        findings = [line for line in (stdout + stderr).splitlines() if line.strip()]
-        out.append(
-            result(
-                "data_amcheck",
-                "data",
-                "pass" if code == 0 else "fail",
-                {
-                    "exit_code": code,
-                    "findings": len(findings),
-                    "seconds": round(time.time() - started, 2),
-                    "excluded": list(params.get("amcheck_exclude") or []),
-                },
-                (
-                    "pg_amcheck clean"
-                    + (
-                        " (not checked: %s)" % ", ".join(params["amcheck_exclude"])
-                        if params.get("amcheck_exclude")
-                        else ""
-                    )
-                )
-                if code == 0
-                else "pg_amcheck: " + " | ".join(findings[:5])[:600],
-            )
-        )
-
-    if checksums_on:
-        code, stdout, stderr = psql(
-            db,
-            "SELECT coalesce(sum(checksum_failures), 0), "
-            "coalesce(max(checksum_last_failure)::text, '') "
-            "FROM pg_stat_database",
-        )
-        failures, last = (stdout.strip().split("|") + [""])[:2] if code == 0 else ("", "")
-        recent = bool(last) and parse_time(last.replace(" ", "T", 1)) >= judged[0]
-        out.append(
-            result(
-                "data_checksums",
-                "data",
-                "fail" if code != 0 or recent else "pass",
-                {"checksum_failures_total": int(failures or 0), "last_failure": last or None},
-                "checksum failure at %s" % last
-                if recent
-                else "no checksum failure since %s" % judged[0].isoformat(),
-            )
-        )
+    out = [_data_amcheck(db, params)] if params["amcheck"] else []
+    if stdout.strip().split("|")[0] == "on":
+        out.append(_data_checksums(db, judged))
     else:
         out.append(result("data_checksums", "data", "skipped", {}, "data_checksums is off"))
-
-    for spec in params["row_counts"]:
-        table = spec.get("table", "")
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$", table):
-            raise VerifyError("row_counts: bad table name %r" % table)
-        code, stdout, stderr = psql(db, "SELECT count(*) FROM %s" % table)
-        count = int(stdout.strip()) if code == 0 else None
-        minimum = int(spec.get("min", 1))
-        ok = count is not None and count >= minimum
-        out.append(
-            result(
-                "data_rows_%s" % table,
-                "data",
-                "pass" if ok else "fail",
-                {"rows": count, "min": minimum},
-                "%s rows in %s (min %d)" % (count, table, minimum)
-                if code == 0
-                else stderr.strip()[:300],
-            )
-        )
-
-    for index, spec in enumerate(params["sentinels"]):
-        name = spec.get("name") or "sentinel_%d" % (index + 1)
-        code, stdout, stderr = psql(db, spec["sql"])
-        value = stdout.strip()
-        ok = code == 0 and value == "t"
-        out.append(
-            result(
-                "data_%s" % name,
-                "data",
-                "pass" if ok else "fail",
-                {"value": value or None},
-                "returned %s" % (value or "nothing") if code == 0 else stderr.strip()[:300],
-            )
-        )
+    out += [_data_rows(db, spec) for spec in params["row_counts"]]
+    out += [_data_sentinel(db, index, spec) for index, spec in enumerate(params["sentinels"])]
     return out
+
+
+def _data_amcheck(db, params):
+    excluded = list(params.get("amcheck_exclude") or [])
+    started = time.time()
+    found = postgres.amcheck(
+        _target(db), db["dbname"], excluded, timeout=params["amcheck_timeout"], error=VerifyError
+    )
+    clean = found["exit_code"] == 0
+    return result(
+        "data_amcheck",
+        "data",
+        "pass" if clean else "fail",
+        {
+            "exit_code": found["exit_code"],
+            "findings": found["finding_count"],
+            "seconds": round(time.time() - started, 2),
+            "excluded": excluded,
+        },
+        ("pg_amcheck clean" + (" (not checked: %s)" % ", ".join(excluded) if excluded else ""))
+        if clean
+        else "pg_amcheck: " + " | ".join(found["findings"][:5])[:600],
+    )
+
+
+def _data_checksums(db, judged):
+    code, stdout, _stderr = psql(
+        db,
+        "SELECT coalesce(sum(checksum_failures), 0), "
+        "coalesce(max(checksum_last_failure)::text, '') "
+        "FROM pg_stat_database",
+    )
+    failures, last = (stdout.strip().split("|") + [""])[:2] if code == 0 else ("", "")
+    recent = bool(last) and parse_time(last.replace(" ", "T", 1)) >= judged[0]
+    return result(
+        "data_checksums",
+        "data",
+        "fail" if code != 0 or recent else "pass",
+        {"checksum_failures_total": int(failures or 0), "last_failure": last or None},
+        "checksum failure at %s" % last
+        if recent
+        else "no checksum failure since %s" % judged[0].isoformat(),
+    )
+
+
+def _data_rows(db, spec):
+    table = spec.get("table", "")
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$", table):
+        raise VerifyError("row_counts: bad table name %r" % table)
+    code, stdout, stderr = psql(db, "SELECT count(*) FROM %s" % table)
+    count = int(stdout.strip()) if code == 0 else None
+    minimum = int(spec.get("min", 1))
+    ok = count is not None and count >= minimum
+    return result(
+        "data_rows_%s" % table,
+        "data",
+        "pass" if ok else "fail",
+        {"rows": count, "min": minimum},
+        "%s rows in %s (min %d)" % (count, table, minimum) if code == 0 else stderr.strip()[:300],
+    )
+
+
+def _data_sentinel(db, index, spec):
+    name = spec.get("name") or "sentinel_%d" % (index + 1)
+    code, stdout, stderr = psql(db, spec["sql"])
+    value = stdout.strip()
+    ok = code == 0 and value == "t"
+    return result(
+        "data_%s" % name,
+        "data",
+        "pass" if ok else "fail",
+        {"value": value or None},
+        "returned %s" % (value or "nothing") if code == 0 else stderr.strip()[:300],
+    )
 
 
 # ------------------------------------------------------------------ user experience

@@ -99,7 +99,8 @@ options:
     default: []
   confirm:
     description: Must equal C(config.cluster) and the live cluster's C(cluster_name) for every
-      destructive state.
+      destructive state. With C(state=planned) it also proves the live cluster answers as that
+      name and is a primary, and returns its identity in RV(cluster).
     type: str
   data_dir:
     description: Live data directory (default C(config.pg.data_dir)).
@@ -228,6 +229,19 @@ queries:
   returned: always
   type: list
   elements: str
+request:
+  description: With C(state=planned), the request as every later step must carry it, checked
+    in one place (the target in canonical form, the backup label, the tables); empty otherwise.
+  returned: always
+  type: dict
+  sample: {"strategy": "pitr", "target": {"kind": "time", "value": "2026-11-28T14:05:00+00:00",
+           "inclusive": true}, "backup_label": "", "tables": []}
+cluster:
+  description: With C(state=planned) and I(confirm), the live primary's identity (name,
+    system_identifier, timeline, lsn, server_version_num) after proving it is the named
+    cluster's primary; empty otherwise.
+  returned: always
+  type: dict
 refused:
   description: The read-only preflight (C(state=planned)) refused; nothing was changed.
     The message starts with C(refused, nothing was changed) and names the reason.

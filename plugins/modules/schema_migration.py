@@ -126,6 +126,7 @@ import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.knowngood.runbooks.plugins.module_utils import postgres
 from ansible_collections.knowngood.runbooks.plugins.module_utils.migrations import (
     MigrationError,
     applied_revisions,
@@ -229,7 +230,7 @@ def main():
     queries = []
     point = point_lsn = None
     try:
-        with psycopg.connect(params["dsn"], autocommit=True, connect_timeout=5) as conn:
+        with postgres.connect(params["dsn"], error=MigrationError) as conn:
             if params["engine"] == "sql":
                 applied = applied_revisions(conn)
                 live = max(applied) if applied else None
