@@ -115,15 +115,18 @@ import pwd
 import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import install as wal_tool
+
+# kg-wal's own entry point: imported so that Ansible ships every source install_tool copies.
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import tool  # noqa: F401
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BackupError,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_module import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.module import (
     argument_spec,
     config_from_params,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_store import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.store import (
     probe_locations,
 )
 
@@ -231,10 +234,10 @@ def main():
                 "run again with allow_restart=true in a maintenance window"
             )
         if module.check_mode:
-            current = backup_wal.tool_is_current(cfg, params["tool_dir"], params["tool_python"])
-            tool = {"changed": not current, **backup_wal.tool_commands(params["tool_dir"])}
+            current = wal_tool.tool_is_current(cfg, params["tool_dir"], params["tool_python"])
+            tool = {"changed": not current, **wal_tool.tool_commands(params["tool_dir"])}
         else:
-            tool = backup_wal.install_tool(
+            tool = wal_tool.install_tool(
                 cfg, params["tool_dir"], python=params["tool_python"], owner=cfg.pg.os_user
             )
         result["tool"] = tool["tool"]

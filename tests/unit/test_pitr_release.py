@@ -8,8 +8,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from ansible_collections.knowngood.runbooks.plugins.module_utils import pitr
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import BackupError
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import pitr
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import BackupError
 
 SYSID = "7300000000000000001"
 

@@ -29,14 +29,19 @@ import subprocess
 import tempfile
 import time
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_native as native
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_verify as verify
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_catalog import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+    archive,
+    install,
+    native,
+    tool,  # noqa: F401 - so that Ansible ships every source install_tool copies
+    verify,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import wal as backup_wal
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.catalog import (
     Catalog,
     is_committed,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     SEGMENT_SIZE,
     WAL_SEGMENT_RE,
     BackupError,
@@ -244,7 +249,7 @@ class Archive:
         for spec in self.cfg.locations:
             try:
                 location = native.open_target_location(spec, self.cfg)
-                names = verify.wal_objects(location)
+                names = archive.wal_objects(location)
             except Exception as err:  # noqa: BLE001 - reported, other locations may do
                 self.unreachable[spec.name] = str(err).splitlines()[0] if str(err) else "error"
                 continue
@@ -253,8 +258,8 @@ class Archive:
             self.sources.append(spec.name)
 
     def _repo_archive_dir(self, repo):
-        from ansible_collections.knowngood.runbooks.plugins.module_utils import (
-            backup_pgbackrest as pgbr,
+        from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+            pgbackrest as pgbr,
         )
 
         root = os.path.join(repo["path"], "archive", pgbr.stanza(self.cfg))
@@ -289,8 +294,8 @@ class Archive:
         """Decode one archived WAL file into dest_dir; its path."""
         dest = os.path.join(dest_dir, name)
         if self.cfg.engine == "pgbackrest":
-            from ansible_collections.knowngood.runbooks.plugins.module_utils import (
-                backup_pgbackrest as pgbr,
+            from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+                pgbackrest as pgbr,
             )
 
             pgbr.run(self.cfg, ["archive-get", name, dest], timeout=600)
@@ -451,8 +456,8 @@ def last_archived_commit(cfg, archive, path, start_no, newest_no, tmp_dir):
 def backup_entries(cfg):
     """Committed backups, oldest first, as catalog entries (either engine)."""
     if cfg.engine == "pgbackrest":
-        from ansible_collections.knowngood.runbooks.plugins.module_utils import (
-            backup_pgbackrest as pgbr,
+        from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+            pgbackrest as pgbr,
         )
 
         entries = [e for e in pgbr.list_backups(cfg) if not e.get("error")]
@@ -782,15 +787,15 @@ def _restore_command(cfg, req):
     if cfg.engine == "pgbackrest":
         return None
     tool_dir = req.tool_dir or os.path.join(cfg.spool_dir, "pitr-tool")
-    return backup_wal.install_tool(cfg, tool_dir, req.python, cfg.pg.os_user)["restore_command"]
+    return install.install_tool(cfg, tool_dir, req.python, cfg.pg.os_user)["restore_command"]
 
 
 def _restore_into(cfg, req, plan_, data_dir, settings):
     """Restore the plan's backup into data_dir and write its recovery settings (pause)."""
     target = plan_["recovery_target"]
     if cfg.engine == "pgbackrest":
-        from ansible_collections.knowngood.runbooks.plugins.module_utils import (
-            backup_pgbackrest as pgbr,
+        from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+            pgbackrest as pgbr,
         )
 
         kind = next(iter(k for k in target if k != "inclusive"))

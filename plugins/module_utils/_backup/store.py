@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     CHUNK,
     BackupError,
     LocationUnavailable,
@@ -174,7 +174,7 @@ class Location:
 
     def prepare(self):
         """Import and build now, on the calling thread, what the first request would: for
-        callers about to use the location from a worker thread (see backup_codec.preload)."""
+        callers about to use the location from a worker thread (see codec.preload)."""
 
     def exists(self, key):
         return self.head(key) is not None
@@ -1097,7 +1097,7 @@ def default_salt(cluster):
 
 def location_key(cfg, salt):
     """The derived key for cfg.encryption_key and salt (cached per process)."""
-    from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_codec import (
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.codec import (
         derive_key,
     )
 
@@ -1131,7 +1131,7 @@ def ensure_repo(location, cfg, cache_dir=None):
     repo.json: format, cluster, created, encryption {salt, key_check}. A location whose
     key check does not match cfg.encryption_key raises "location X: wrong encryption key".
     cache_dir: remember repo.json locally (the WAL tool calls this once per segment)."""
-    from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_codec import (
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.codec import (
         key_check_value,
     )
 

@@ -15,14 +15,14 @@ import datetime
 import json
 import os
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import archive
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     WAL_SEGMENT_RE,
     BackupError,
     dump_json,
     iso,
     parse_iso,
     read_json,
-    segment_parts,
     utcnow,
     write_atomic,
 )
@@ -31,7 +31,7 @@ VERIFY_TIERS_PROVING = ("integrity", "restore")
 
 
 def location_name(location):
-    """The configured name of a backup_store Location object."""
+    """The configured name of a store Location object."""
     name = getattr(location, "name", None)
     if name:
         return name
@@ -46,12 +46,8 @@ def location_spec(location):
 
 
 def backups_prefix(cfg, label=None):
-    """Keys are relative to the location's `<cluster>/` root (backup_store adds it)."""
+    """Keys are relative to the location's `<cluster>/` root (store adds it)."""
     return "backups/" + (f"{label}/" if label else "")
-
-
-def wal_prefix(cfg):
-    return "wal/"
 
 
 def _when(entry):
@@ -457,19 +453,13 @@ def expire(cfg, plan, locations):
         result["expired"].append(label)
     keep_from = plan.get("wal_keep_from")
     if keep_from and WAL_SEGMENT_RE.match(keep_from):
-        keep_tli, keep_seg = segment_parts(keep_from)
         for location in locations:
             name = location_name(location)
             deleted = 0
             try:
-                for key in location.list(wal_prefix(cfg)):
-                    base = key.rsplit("/", 1)[-1][:24]
-                    if not WAL_SEGMENT_RE.match(base) or ".history" in key:
-                        continue
-                    tli, seg = segment_parts(base)
-                    if tli <= keep_tli and seg < keep_seg:
-                        location.delete(key)
-                        deleted += 1
+                for key in archive.keys_before(location, keep_from):
+                    location.delete(key)
+                    deleted += 1
             except Exception as err:  # noqa: BLE001
                 if _lock_note(location_spec(location), err):
                     result["locked"].setdefault(name, []).append("wal")

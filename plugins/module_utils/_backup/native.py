@@ -39,14 +39,14 @@ import tempfile
 import threading
 import time
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_codec as codec
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_catalog import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import codec
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.catalog import (
     Catalog,
     backups_prefix,
     is_committed,
     list_labels,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BACKUP_TYPES,
     CHUNK,
     BackupError,
@@ -102,11 +102,13 @@ def _noop(*_args, **_kwargs):
     return None
 
 
-# ---- adapters to backup_store (kept here so the store's API can move without surprises) -----
+# ---- adapters to store (kept here so the store's API can move without surprises) -----
 
 
 def _store():
-    from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_store
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+        store as backup_store,
+    )
 
     return backup_store
 

@@ -4,11 +4,13 @@
 
 import time
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils import (
-    backup_native,
-    backup_pgbackrest,
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+    native as backup_native,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+    pgbackrest as backup_pgbackrest,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BACKUP_TYPES,
     BackupError,
 )

@@ -25,21 +25,22 @@ import socket
 import tempfile
 import time
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_codec as codec
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_native as native
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_catalog import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+    archive,
+    codec,
+    native,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.catalog import (
     Catalog,
     backups_prefix,
     list_labels,
-    wal_prefix,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     CHUNK,
     WAL_SEGMENT_RE,
     BackupError,
     iso,
     parse_iso,
-    segment_from_parts,
     segment_parts,
     sha256_bytes,
     utcnow,
@@ -56,55 +57,6 @@ def _noop(*_args, **_kwargs):
 def _first_line(err):
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
-
-
-# ---- WAL listing and continuity --------------------------------------------------------------
-
-
-def wal_objects(location):
-    """{name: key} of every WAL segment / history file in a location."""
-    out = {}
-    for key in location.list(wal_prefix(None)):
-        base = key.rsplit("/", 1)[-1]
-        parsed = codec.parse_suffix(base)
-        name = base
-        if parsed is not None:
-            ext = "." + codec.suffix(*parsed)
-            name = base[: -len(ext)] if base.endswith(ext) else base
-        out.setdefault(name, key)
-    return out
-
-
-def _continuity(cfg, location, start_segment):
-    """backup_wal.continuity when available, else the same check from a listing here."""
-    try:
-        from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal
-
-        found = backup_wal.continuity(cfg, location, start_segment)
-        return {
-            "ok": bool(found.get("ok")),
-            "gaps": list(found.get("gaps") or []),
-            "newest": found.get("newest"),
-        }
-    except ImportError:
-        pass
-    names = [n for n in wal_objects(location) if WAL_SEGMENT_RE.match(n)]
-    start_tli, start_seg = segment_parts(start_segment)
-    have = {}
-    for name in names:
-        tli, seg = segment_parts(name)
-        if tli >= start_tli:
-            have.setdefault(seg, set()).add(tli)
-    if start_seg not in have:
-        return {"ok": False, "gaps": [start_segment], "newest": None}
-    newest_seg = max(have)
-    gaps = [
-        segment_from_parts(start_tli, seg)
-        for seg in range(start_seg, newest_seg + 1)
-        if seg not in have
-    ]
-    newest_tli = max(have[newest_seg])
-    return {"ok": not gaps, "gaps": gaps, "newest": segment_from_parts(newest_tli, newest_seg)}
 
 
 # ---- integrity -------------------------------------------------------------------------------
@@ -338,7 +290,8 @@ def integrity(cfg, catalog, targets, *, label=None, progress=_noop):
             continue
         start = min(starts, key=lambda s: segment_parts(s)[1])
         try:
-            found = _continuity(cfg, target.location, start)
+            checked = archive.continuity(cfg, target.location, start)
+            found = {k: checked[k] for k in ("ok", "gaps", "newest")}
         except Exception as err:  # noqa: BLE001
             found = {"ok": False, "gaps": [], "newest": None, "error": _first_line(err)}
         wal[target.name] = {"from": start, **found}
@@ -500,7 +453,7 @@ def _fetch_wal(cfg, target, entry, wal_dir, progress):
     """Python fallback for restore_command: every WAL file from the backup's start segment on
     (and every history file), decoded into wal_dir; restore_command then copies from it."""
     start_tli, start_seg = segment_parts(entry["wal_start"])
-    names = wal_objects(target.location)
+    names = archive.wal_objects(target.location)
     wanted = []
     for name, key in names.items():
         if name.endswith(".history"):
@@ -538,13 +491,10 @@ def _fetch_wal(cfg, target, entry, wal_dir, progress):
 
 def _wal_tool_restore_command(cfg, scratch_dir):
     """restore_command of the installed WAL tool, or None when it is not available here."""
-    try:
-        from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal
-    except ImportError:
-        return None
-    install = getattr(backup_wal, "install_tool", None)
-    if install is None:
-        return None
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.install import (
+        install_tool as install,
+    )
+
     tool_dir = os.path.join(scratch_dir, "tool")
     try:
         installed = install(cfg, tool_dir)

@@ -10,7 +10,7 @@ import dataclasses
 import os
 import posixpath
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     COMPRESSIONS,
     ENGINES,
     LOCATION_NAME_RE,

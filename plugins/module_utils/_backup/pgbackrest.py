@@ -38,7 +38,7 @@ import shutil
 import subprocess
 import time
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BackupError,
     format_lsn,
     iso,
