@@ -131,7 +131,6 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.store i
 )
 
 try:
-    import psycopg
     from psycopg import sql
 
     HAS_PSYCOPG = True
@@ -139,13 +138,6 @@ except ImportError:
     HAS_PSYCOPG = False
 
 SETTINGS = ("archive_mode", "archive_command", "restore_command", "archive_timeout")
-
-
-def _connect(cfg):
-    try:
-        return psycopg.connect(cfg.pg.conninfo(), autocommit=True)
-    except psycopg.Error as err:
-        raise BackupError(f"cannot connect to {cfg.pg.host}:{cfg.pg.port}: {err}") from err
 
 
 def _current(conn):
@@ -225,7 +217,7 @@ def main():
             raise BackupError(f"no OS user {cfg.pg.os_user!r} for PostgreSQL") from err
         if params["check_locations"]:
             _check_locations(cfg)
-        conn = _connect(cfg)
+        conn = cfg.pg.connect()
         before = _current(conn)
         result["in_recovery"] = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
         if before.get("archive_mode") == "off" and not params["allow_restart"]:
@@ -273,7 +265,7 @@ def main():
         if "archive_mode" in changes:
             conn.close()
             _restart(module, cfg)
-            conn = _connect(cfg)
+            conn = cfg.pg.connect()
         time.sleep(0.2 if changes else 0)
         result["settings"] = _current(conn)
         if params["verify"] and not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
     archive,
+    engine,
     native,
 )
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
@@ -119,7 +120,7 @@ class Restored:
 
     def start(self, env):
         run_dir = make_dirs_for_postgres(self.data.parent / "run")
-        native.write_recovery(
+        engine.write_recovery(
             str(self.data),
             env.cfg,
             env.tool["restore_command"],
@@ -478,7 +479,7 @@ def test_clear_errors_before_anything_changes(pg_factory):
     down = BackupConfig.from_dict(
         {**env.cfg.to_dict(), "pg": {**env.pg.backend_config(), "port": 1}}
     )
-    with pytest.raises(BackupError, match="cluster not reachable at 127.0.0.1:1"):
+    with pytest.raises(BackupError, match="not reachable at 127.0.0.1:1"):
         native.take_backup(down, "full")
 
 

@@ -28,7 +28,8 @@ import time
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
     archive,
     codec,
-    native,
+    command,
+    engine,
 )
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.catalog import (
     Catalog,
@@ -363,7 +364,7 @@ def freshness(cfg, catalog, targets, *, progress=_noop):
         )
     wal = {"last_archived_wal": None, "age_minutes": None}
     try:
-        with contextlib.closing(native.connect(cfg)) as conn:
+        with contextlib.closing(cfg.pg.connect()) as conn:
             row = conn.execute(
                 "SELECT last_archived_wal, last_archived_time, last_failed_wal, "
                 "last_failed_time FROM pg_stat_archiver"
@@ -426,7 +427,7 @@ def _free_port():
 def write_sentinel(cfg, timeout=120):
     """A random token in knowngood_sentinel on the live cluster, its WAL archived."""
     token = secrets.token_hex(16)
-    with contextlib.closing(native.connect(cfg)) as conn:
+    with contextlib.closing(cfg.pg.connect()) as conn:
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {SENTINEL_TABLE} "
             "(token text PRIMARY KEY, written_at timestamptz NOT NULL DEFAULT now())"
@@ -523,7 +524,7 @@ def _scratch_settings(cfg, port, run_dir, hba):
 
 
 def _pg_ctl(cfg, *args, timeout=None, check=True):
-    return native.run(
+    return command.run(
         [cfg.pg.binary("pg_ctl"), *args],
         cfg=cfg,
         as_postgres=True,
@@ -551,7 +552,7 @@ def restore_test(
     label = entry["label"]
     scratch_dir = scratch_dir or os.path.join(cfg.spool_dir, "restore-test")
     port = scratch_port or _free_port()
-    uid, gid = native._postgres_ids(cfg)
+    uid, gid = cfg.pg.os_ids()
     result = {"label": label, "scratch_port": port, "ok": False}
     marker = None
     started = None
@@ -571,13 +572,13 @@ def restore_test(
             os.makedirs(path, mode=0o755)
             os.chown(path, uid, gid)
         started = time.monotonic()
-        restored = native.restore(cfg, label, data, progress=progress)
+        restored = engine.restore(cfg, label, data, progress=progress)
         result["restore"] = restored
         command = restore_command or _wal_tool_restore_command(cfg, scratch_dir)
         if command:
             result["restore_command"] = "wal tool"
         else:
-            target = native.open_targets(cfg, names=[restored["location"]])[0][0]
+            target = engine.open_targets(cfg, names=[restored["location"]])[0][0]
             result["wal_files"] = _fetch_wal(cfg, target, entry, wal_dir, progress)
             for name in os.listdir(wal_dir):
                 os.chown(os.path.join(wal_dir, name), uid, gid)
@@ -591,7 +592,7 @@ def restore_test(
         if not os.path.exists(conf):
             open(conf, "w").close()  # noqa: SIM115 - Debian keeps it in /etc
             os.chown(conf, uid, gid)
-        native.write_recovery(
+        engine.write_recovery(
             data, cfg, command, settings=_scratch_settings(cfg, port, run_dir, hba)
         )
         progress(f"restore test: starting the scratch cluster on port {port}, replaying WAL")
@@ -606,7 +607,7 @@ def restore_test(
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with contextlib.closing(native.connect(scfg)) as conn:
+                with contextlib.closing(scfg.pg.connect()) as conn:
                     if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                         break
             except BackupError:
@@ -620,7 +621,7 @@ def restore_test(
         result["replay_seconds"] = round(time.monotonic() - replay_started, 3)
         progress("restore test: pg_amcheck --all")
         amcheck_started = time.monotonic()
-        proc = native.run(
+        proc = command.run(
             [cfg.pg.binary("pg_amcheck"), "--all", "--install-missing", "-h", "127.0.0.1",
              "-p", port, "-U", cfg.pg.user, "--no-password"],
             check=False, timeout=timeout,
@@ -631,7 +632,7 @@ def restore_test(
             "output": (proc.stdout + proc.stderr).strip().splitlines()[-10:],
         }
         if sentinel:
-            with contextlib.closing(native.connect(scfg)) as conn:
+            with contextlib.closing(scfg.pg.connect()) as conn:
                 found = conn.execute(
                     f"SELECT count(*) FROM {SENTINEL_TABLE} WHERE token = %s",
                     (marker["token"],),
@@ -734,7 +735,7 @@ def verify(
     if label and catalog.get(label) is None:
         raise BackupError(f"no backup labelled {label!r} in the catalog")
     out = {"tiers": {}, "label": label, "at": iso(utcnow())}
-    targets, failures = native.open_targets(cfg)
+    targets, failures = engine.open_targets(cfg)
     for name in tiers:
         started = time.monotonic()
         try:
