@@ -22,6 +22,7 @@ _PKG = "ansible_collections.knowngood.runbooks.plugins.module_utils"
 # with importlib, so this file imports none of them: Ansible ships a module the module_utils its
 # import statements name, and every module that installs the tool imports tool.py for that.
 MODULES = (
+    "aws",
     "postgres",
     "_backup",
     "_backup.common",
