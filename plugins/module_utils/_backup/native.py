@@ -41,8 +41,12 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import 
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.catalog import (
     Catalog,
     backups_prefix,
+    entry_key,
     is_committed,
     list_labels,
+    manifest_key,
+    read_manifest,
+    read_manifest_bytes,
 )
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.command import run
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
@@ -782,9 +786,7 @@ def _parent_manifests(cfg, catalog, parent, targets):
         raw = catalog.load_manifest(parent["label"], target.variant)
         if raw is None and copy.get("status") == "ok":
             with contextlib.suppress(Exception):
-                raw = target.location.get_bytes(
-                    f"{backups_prefix(cfg, parent['label'])}manifest.json"
-                )
+                raw = read_manifest_bytes(target.location, cfg, parent["label"])
         if raw is None or (want and sha256_bytes(raw) != want):
             continue
         out[target.variant] = json.loads(raw)
@@ -1046,7 +1048,7 @@ def _take(cfg, catalog, conn, info, kind, label, parent, targets, failures, stag
     body = dump_json(entry).encode()
     _flush(targets, deferred)  # everything durable before the commit marker
     for target in [t for t in targets if t.ok]:
-        uploader.put_bytes(target, f"{prefix}backup.json", body)
+        uploader.put_bytes(target, entry_key(cfg, label), body)
     if not [t for t in targets if t.ok]:
         _fail_all(cfg, targets, failures, label)
     for target in targets:  # a location that failed at the very end
@@ -1087,11 +1089,11 @@ def _flush(targets, deferred):
 
 
 def _write_meta(uploader, cfg, target, prefix, manifest_raw, pg_manifest_raw):
-    uploader.put_bytes(target, f"{prefix}manifest.json", manifest_raw)
+    label = prefix.rstrip("/").rsplit("/", 1)[-1]
+    uploader.put_bytes(target, manifest_key(cfg, label), manifest_raw)
     if pg_manifest_raw is not None:
         uploader.put_bytes(target, f"{prefix}backup_manifest", pg_manifest_raw)
     if target.ok and target.spec.type == "export" and cfg.signing_key:
-        label = prefix.rstrip("/").rsplit("/", 1)[-1]
         try:  # rewrites manifest.json (same bytes) and adds manifest.sig
             target.location.write_signed_manifest(label, manifest_raw, cfg.signing_key)
         except Exception as err:  # noqa: BLE001
@@ -1228,30 +1230,6 @@ def _pick_restore_target(cfg, catalog, entry, location):
         f"no location holds a committed copy of backup {entry['label']} and its chain: "
         + "; ".join(f"{n}: {e}" for n, e in sorted(failures.items()))
     )
-
-
-def read_manifest(cfg, target, label, expect_sha256=None):
-    prefix = backups_prefix(cfg, label)
-    try:
-        raw_entry = target.location.get_bytes(f"{prefix}backup.json")
-        raw = target.location.get_bytes(f"{prefix}manifest.json")
-    except Exception as err:  # noqa: BLE001
-        raise BackupError(f"location {target.name}: cannot read backup {label}: {err}") from None
-    stored_entry = json.loads(raw_entry)
-    want = expect_sha256 or ((stored_entry.get("locations") or {}).get(target.name) or {}).get(
-        "manifest_sha256"
-    )
-    if want is None:
-        want = (stored_entry.get("manifests") or {}).get(target.variant)
-    if want and sha256_bytes(raw) != want:
-        raise BackupError(
-            f"location {target.name}: manifest.json of {label} does not match the checksum in "
-            "its backup.json (bad manifest)"
-        )
-    try:
-        return json.loads(raw), stored_entry
-    except ValueError as err:
-        raise BackupError(f"location {target.name}: manifest.json of {label} is not JSON") from err
 
 
 def restore(cfg, label, target_dir, *, location=None, progress=None):

@@ -35,6 +35,8 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.catalog
     Catalog,
     backups_prefix,
     list_labels,
+    read_entry,
+    read_manifest_bytes,
 )
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     CHUNK,
@@ -87,13 +89,13 @@ def check_copy(cfg, target, entry, tmp_dir, pool):
     prefix = backups_prefix(cfg, label)
     problems = []
     try:
-        stored_entry = json.loads(target.location.get_bytes(f"{prefix}backup.json"))
+        stored_entry = read_entry(target.location, cfg, label)
     except Exception as err:  # noqa: BLE001
         return [f"{where}: backup.json missing or unreadable ({_first_line(err)})"], {}
     want = ((stored_entry.get("locations") or {}).get(target.name) or {}).get("manifest_sha256")
     want = want or (stored_entry.get("manifests") or {}).get(target.variant)
     try:
-        raw = target.location.get_bytes(f"{prefix}manifest.json")
+        raw = read_manifest_bytes(target.location, cfg, label)
     except Exception as err:  # noqa: BLE001
         return [f"{where}: manifest.json missing ({_first_line(err)})"], {}
     if want and sha256_bytes(raw) != want:
