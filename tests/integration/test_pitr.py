@@ -244,7 +244,7 @@ def test_killed_restore_reruns_and_converges_keeping_the_aside_copy(world):
     data = str(world.pg.data_dir)
     code = (
         "import sys, json; sys.path.insert(0, {!r})\n"
-        "from ansible_collections.knowngood.runbooks.plugins.module_utils import pitr\n"
+        "from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import pitr\n"
         "from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import "
         "BackupConfig\n"
         "cfg = BackupConfig.from_dict(json.loads(sys.argv[1]))\n"

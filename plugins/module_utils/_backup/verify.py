@@ -576,15 +576,15 @@ def restore_test(
         started = time.monotonic()
         restored = engine.restore(cfg, label, data, progress=progress)
         result["restore"] = restored
-        command = restore_command or _wal_tool_restore_command(cfg, scratch_dir)
-        if command:
+        fetch_command = restore_command or _wal_tool_restore_command(cfg, scratch_dir)
+        if fetch_command:
             result["restore_command"] = "wal tool"
         else:
             target = engine.open_targets(cfg, names=[restored["location"]])[0][0]
             result["wal_files"] = _fetch_wal(cfg, target, entry, wal_dir, progress)
             for name in os.listdir(wal_dir):
                 os.chown(os.path.join(wal_dir, name), uid, gid)
-            command = f"cp {shlex.quote(wal_dir)}/%f %p"
+            fetch_command = f"cp {shlex.quote(wal_dir)}/%f %p"
             result["restore_command"] = "python prefetch"
         hba = os.path.join(scratch_dir, "pg_hba.conf")
         with open(hba, "w", encoding="utf-8") as handle:
@@ -595,7 +595,7 @@ def restore_test(
             open(conf, "w").close()  # noqa: SIM115 - Debian keeps it in /etc
             os.chown(conf, uid, gid)
         engine.write_recovery(
-            data, cfg, command, settings=_scratch_settings(cfg, port, run_dir, hba)
+            data, cfg, fetch_command, settings=_scratch_settings(cfg, port, run_dir, hba)
         )
         progress(f"restore test: starting the scratch cluster on port {port}, replaying WAL")
         log = os.path.join(scratch_dir, "server.log")
