@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from ansible_collections.knowngood.runbooks.plugins.module_utils import aws
 
 try:
-    import boto3  # noqa: F401 - HAS_BOTO3: clients come from module_utils/aws
+    # HAS_BOTO3 (the module's missing_required_lib); clients come from module_utils/aws.
+    import boto3  # noqa: F401 pylint: disable=unused-import
     from botocore.exceptions import BotoCoreError, ClientError
 
     HAS_BOTO3 = True

@@ -95,6 +95,7 @@ backup_id:
 from ansible.module_utils.basic import AnsibleModule
 
 # kg-wal's entry point: imported so that Ansible ships every source the restore test installs.
+# pylint: disable-next=unused-import
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import tool  # noqa: F401
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BackupError,

@@ -118,6 +118,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import install as wal_tool
 
 # kg-wal's own entry point: imported so that Ansible ships every source install_tool copies.
+# pylint: disable-next=unused-import
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import tool  # noqa: F401
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BackupError,

@@ -34,9 +34,12 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import 
     command,
     engine,
     install,
-    tool,  # noqa: F401 - so that Ansible ships every source install_tool copies
     verify,
 )
+
+# kg-wal's entry point: imported so that Ansible ships every source install_tool copies.
+# pylint: disable-next=unused-import
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import tool as kg_wal  # noqa: F401
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     SEGMENT_SIZE,
     WAL_SEGMENT_RE,
