@@ -36,13 +36,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "collections"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils import (  # noqa: E402
-    backup_pgbackrest as pgbr,
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (  # noqa: E402
+    pgbackrest as pgbr,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (  # noqa: E402
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (  # noqa: E402
     parse_lsn,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (  # noqa: E402
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (  # noqa: E402
     BackupConfig,
 )
 
@@ -63,16 +63,18 @@ def progress(message: str) -> None:
 
 
 def native_modules():
-    """(backup_native, backup_wal) when the other engine's files are in the tree, else None."""
+    """(backup_native, backup_tool) when the other engine's files are in the tree, else None."""
     try:
-        from ansible_collections.knowngood.runbooks.plugins.module_utils import (
-            backup_native,
-            backup_wal,
+        from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+            install as backup_tool,
+        )
+        from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+            native as backup_native,
         )
     except ImportError as exc:
         progress(f"native engine not available ({exc}): its rows are skipped")
         return None
-    return backup_native, backup_wal
+    return backup_native, backup_tool
 
 
 # ------------------------------------------------------------------ helpers
@@ -372,7 +374,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     commands = [br_conf["archive_command"]]
     native_cfg = tool = None
     if native:
-        backup_native, backup_wal = native
+        backup_native, backup_tool = native
         n_root = make_dirs_for_postgres(root / "native")
         for sub in ("store", "spool", "catalog", "tool"):
             make_dirs_for_postgres(n_root / sub)
@@ -389,7 +391,7 @@ def run_bench(args: argparse.Namespace) -> dict:
                 "locations": [{"name": "local", "type": "local", "path": str(n_root / "store")}],
             }
         )
-        tool = backup_wal.install_tool(native_cfg, str(n_root / "tool"))
+        tool = backup_tool.install_tool(native_cfg, str(n_root / "tool"))
         commands.append(tool["archive_command"])
     commands.append(f"test -f {wal_dir}/%f || cp %p {wal_dir}/%f")
     archive_command = " && ".join(f"( {c} )" for c in commands)

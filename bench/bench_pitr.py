@@ -26,16 +26,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_backup as bb  # noqa: E402
-from ansible_collections.knowngood.runbooks.plugins.module_utils import (  # noqa: E402
-    backup_native,
-    backup_verify,
-    backup_wal,
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (  # noqa: E402
+    install as backup_tool,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (  # noqa: E402
+    native as backup_native,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (  # noqa: E402
     pitr,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (  # noqa: E402
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (  # noqa: E402
+    verify as backup_verify,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (  # noqa: E402
     parse_lsn,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (  # noqa: E402
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (  # noqa: E402
     BackupConfig,
 )
 
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
         "wal_prefetch": 8,
         "locations": [{"name": "local", "type": "local", "path": str(n_root / "store")}],
     })  # fmt: skip
-    tool = backup_wal.install_tool(cfg, str(n_root / "tool"))
+    tool = backup_tool.install_tool(cfg, str(n_root / "tool"))
     wal_dir = bb.make_dirs_for_postgres(root / "wal-plain")
     commands = [br_conf["archive_command"], tool["archive_command"],
                 f"test -f {wal_dir}/%f || cp %p {wal_dir}/%f"]  # fmt: skip

@@ -38,13 +38,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "collections"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils import (  # noqa: E402
-    backup_wal as wal,
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (  # noqa: E402
+    install as wal_tool,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (  # noqa: E402
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (  # noqa: E402
     next_segment,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (  # noqa: E402
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (  # noqa: E402
     BackupConfig,
 )
 from pgcluster import make_dirs_for_postgres, postgres_ids  # noqa: E402
@@ -162,7 +162,7 @@ def main() -> int:
     for name in ("plain", "sealed"):
         make_dirs_for_postgres(base / name)
     cfg = BackupConfig.from_dict(config(base, base / "spool", args.endpoint))
-    tool = wal.install_tool(cfg, str(base / "tool"), python=PYTHON)["tool"]
+    tool = wal_tool.install_tool(cfg, str(base / "tool"), python=PYTHON)["tool"]
     results: list[dict] = []
     lock = threading.Lock()
     started = time.monotonic()

@@ -1,6 +1,6 @@
 # Copyright: knowngood contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The backup configuration every backup module takes (one source: module_utils/backup_module)."""
+"""The backup configuration every backup module takes (one source: module_utils/_backup/module)."""
 
 
 class ModuleDocFragment:

@@ -32,15 +32,7 @@ import socket
 import subprocess
 import tempfile
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils import audit_record
-
-try:
-    import boto3
-    from botocore.config import Config
-
-    HAS_BOTO3 = True
-except ImportError:
-    HAS_BOTO3 = False
+from ansible_collections.knowngood.runbooks.plugins.module_utils import audit_record, aws
 
 NAMESPACE = "knowngood-audit"
 GENESIS = "0" * 64
@@ -229,23 +221,24 @@ _CLIENTS = {}
 
 
 def _s3(remote):
-    if not HAS_BOTO3:
+    if not aws.available():
         raise OSError("boto3 is required for the audit witness")
     cache = (remote["endpoint_url"], remote["region"], remote.get("access_key"))
     if cache not in _CLIENTS:
         # Credentials: the witness file's, else boto3's chain (AWS_* variables, profile, role).
-        _CLIENTS[cache] = boto3.client(
+        _CLIENTS[cache] = aws.client(
             "s3",
             endpoint_url=remote["endpoint_url"],
-            region_name=remote["region"],
-            aws_access_key_id=remote.get("access_key") or None,
-            aws_secret_access_key=remote.get("secret_key") or None,
-            config=Config(
-                s3={"addressing_style": "path"},
-                connect_timeout=3,
-                read_timeout=10,
-                retries={"max_attempts": 3, "mode": "standard"},
-            ),
+            region=remote["region"],
+            access_key=remote.get("access_key"),
+            secret_key=remote.get("secret_key"),
+            config={
+                "s3": {"addressing_style": "path"},
+                "connect_timeout": 3,
+                "read_timeout": 10,
+                "retries": {"max_attempts": 3, "mode": "standard"},
+            },
+            error=OSError,
         )
     return _CLIENTS[cache]
 

@@ -128,6 +128,15 @@ def as_os_user_kwargs(name, error=PgError):
     return {"user": uid, "group": gid, "extra_groups": []}
 
 
+def conf_value(value):
+    """A value as postgresql.conf writes it: on/off, a bare integer, else a quoted string."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def run(argv, *, os_user=None, env=None, timeout=60, cwd="/", error=PgError, what=None):
     """Run a PostgreSQL tool (as `os_user` when given and we are root); the CompletedProcess.
     A missing binary or a timeout is `error`; a non-zero exit is the caller's to judge."""

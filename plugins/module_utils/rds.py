@@ -5,19 +5,20 @@
 Order of work: preflight (read-only, fails closed) -> restore -> wait -> optional cutover
 (rename source to <source>-pre-restore-<stamp>, then the restore to the source's name). The
 old instance is never deleted. Every AWS call goes through Api.call, which records the
-operation for the audit and retries throttling only, with jittered backoff.
+operation for the audit and retries throttling only, with module_utils/aws's jittered retry.
 """
 
-import random
 import re
 import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from ansible_collections.knowngood.runbooks.plugins.module_utils import aws
+
 try:
-    import boto3
-    from botocore.config import Config
+    # HAS_BOTO3 (the module's missing_required_lib); clients come from module_utils/aws.
+    import boto3  # noqa: F401 pylint: disable=unused-import
     from botocore.exceptions import BotoCoreError, ClientError
 
     HAS_BOTO3 = True
@@ -93,17 +94,15 @@ def rds_client(region=None, endpoint_url=None, access_key=None, secret_key=None)
     """The one client factory. botocore's own retries are off: Api.call owns the policy."""
     if not HAS_BOTO3:
         raise RdsRestoreError("boto3 and botocore are required for knowngood.runbooks.rds")
-    kwargs = {
-        "region_name": region,
-        "endpoint_url": endpoint_url,
-        "config": Config(retries={"mode": "standard", "total_max_attempts": 1}),
-    }
-    if access_key or secret_key:
-        kwargs.update(aws_access_key_id=access_key, aws_secret_access_key=secret_key)
-    try:
-        return boto3.client("rds", **kwargs)
-    except (BotoCoreError, ClientError, ValueError) as err:
-        raise RdsRestoreError("cannot create an RDS client: %s" % err) from err
+    return aws.client(
+        "rds",
+        region=region,
+        endpoint_url=endpoint_url,
+        access_key=access_key,
+        secret_key=secret_key,
+        config={"retries": {"mode": "standard", "total_max_attempts": 1}},
+        error=RdsRestoreError,
+    )
 
 
 def error_code(err):
@@ -128,15 +127,17 @@ class Api:
 
     def call(self, method, **kwargs):
         self.calls.append(self.operation(method))
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return getattr(self.client, method)(**kwargs)
-            except ClientError as err:
-                if error_code(err) not in THROTTLING_CODES or attempt == self.attempts:
-                    raise
-                # Full jitter: many runbooks hitting one account must not retry in step.
-                self.sleep(random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt)))
-        raise AssertionError("unreachable")  # pragma: no cover
+        # Full jitter: many runbooks hitting one account must not retry in step. The first
+        # wait is up to twice base_delay.
+        return aws.retry(
+            lambda: getattr(self.client, method)(**kwargs),
+            attempts=self.attempts,
+            base_delay=2 * self.base_delay,
+            max_delay=self.max_delay,
+            retryable=lambda err: error_code(err) in THROTTLING_CODES,
+            full_jitter=True,
+            sleep=self.sleep,
+        )
 
     def checked(self, method, what, **kwargs):
         """call(), with any AWS error turned into RdsRestoreError naming what was attempted."""

@@ -93,14 +93,18 @@ backup_id:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+
+# kg-wal's entry point: imported so that Ansible ships every source the restore test installs.
+# pylint: disable-next=unused-import
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import tool  # noqa: F401
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BackupError,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_module import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.module import (
     argument_spec,
     config_from_params,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_verify import verify
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.verify import verify
 
 TIERS = ["integrity", "freshness", "restore"]
 

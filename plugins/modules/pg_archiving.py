@@ -115,20 +115,23 @@ import pwd
 import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import install as wal_tool
+
+# kg-wal's own entry point: imported so that Ansible ships every source install_tool copies.
+# pylint: disable-next=unused-import
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import tool  # noqa: F401
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BackupError,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_module import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.module import (
     argument_spec,
     config_from_params,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_store import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.store import (
     probe_locations,
 )
 
 try:
-    import psycopg
     from psycopg import sql
 
     HAS_PSYCOPG = True
@@ -136,13 +139,6 @@ except ImportError:
     HAS_PSYCOPG = False
 
 SETTINGS = ("archive_mode", "archive_command", "restore_command", "archive_timeout")
-
-
-def _connect(cfg):
-    try:
-        return psycopg.connect(cfg.pg.conninfo(), autocommit=True)
-    except psycopg.Error as err:
-        raise BackupError(f"cannot connect to {cfg.pg.host}:{cfg.pg.port}: {err}") from err
 
 
 def _current(conn):
@@ -222,7 +218,7 @@ def main():
             raise BackupError(f"no OS user {cfg.pg.os_user!r} for PostgreSQL") from err
         if params["check_locations"]:
             _check_locations(cfg)
-        conn = _connect(cfg)
+        conn = cfg.pg.connect()
         before = _current(conn)
         result["in_recovery"] = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
         if before.get("archive_mode") == "off" and not params["allow_restart"]:
@@ -231,10 +227,10 @@ def main():
                 "run again with allow_restart=true in a maintenance window"
             )
         if module.check_mode:
-            current = backup_wal.tool_is_current(cfg, params["tool_dir"], params["tool_python"])
-            tool = {"changed": not current, **backup_wal.tool_commands(params["tool_dir"])}
+            current = wal_tool.tool_is_current(cfg, params["tool_dir"], params["tool_python"])
+            tool = {"changed": not current, **wal_tool.tool_commands(params["tool_dir"])}
         else:
-            tool = backup_wal.install_tool(
+            tool = wal_tool.install_tool(
                 cfg, params["tool_dir"], python=params["tool_python"], owner=cfg.pg.os_user
             )
         result["tool"] = tool["tool"]
@@ -270,7 +266,7 @@ def main():
         if "archive_mode" in changes:
             conn.close()
             _restart(module, cfg)
-            conn = _connect(cfg)
+            conn = cfg.pg.connect()
         time.sleep(0.2 if changes else 0)
         result["settings"] = _current(conn)
         if params["verify"] and not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:

@@ -73,15 +73,15 @@ config:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_catalog import Catalog
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.catalog import Catalog
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BackupError,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_module import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.module import (
     argument_spec,
     config_from_params,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_store import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.store import (
     open_locations,
     probe_locations,
 )

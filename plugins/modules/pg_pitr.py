@@ -252,11 +252,11 @@ refused:
 import dataclasses
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.knowngood.runbooks.plugins.module_utils import pitr
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import pitr
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BackupError,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_module import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.module import (
     argument_spec,
     config_from_params,
 )

@@ -16,8 +16,8 @@ def lab_backup_config(cfg: LabConfig) -> Any:
     data = dict(hostvars["knowngood_backup"])
     data["encryption_key"] = hostvars["knowngood_backup_encryption_key"]
     data["signing_key"] = hostvars["knowngood_backup_signing_key"]
-    return module_utils("backup_config").parse_config(data)
+    return module_utils("_backup.config").parse_config(data)
 
 
 def lab_catalog(cfg: LabConfig) -> list[dict]:
-    return module_utils("backup_catalog").Catalog(lab_backup_config(cfg)).entries()
+    return module_utils("_backup.catalog").Catalog(lab_backup_config(cfg)).entries()

@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("-o", "--output", default="")
     rep.set_defaults(func=cmd_report)
 
-    from knowngood import wal  # `knowngood wal push|fetch|status` (backup_wal's commands)
+    from knowngood import wal  # `knowngood wal push|fetch|status` (the kg-wal tool's commands)
 
     wal.add_parser(sub)
     from knowngood import awx  # `knowngood awx surveys`

@@ -22,6 +22,6 @@ def _add_checkout_collections() -> None:
 
 
 def module_utils(name: str) -> ModuleType:
-    """module_utils(\"backup_wal\") -> the collection's plugins/module_utils/backup_wal.py."""
+    """module_utils(\"_backup.wal\") -> the collection's plugins/module_utils/_backup/wal.py."""
     _add_checkout_collections()
     return importlib.import_module(f"{_PACKAGE}.{name}")

@@ -1,6 +1,6 @@
 """`knowngood wal push|fetch|status`: the WAL tool's commands from the knowngood CLI.
 
-The same code PostgreSQL's archive_command runs (plugins/module_utils/backup_wal.py), so
+The same code PostgreSQL's archive_command runs (plugins/module_utils/_backup/wal.py), so
 `knowngood wal push %p` and the installed `kg-wal push %p` behave identically.
 """
 
@@ -11,26 +11,28 @@ import sys
 from pathlib import Path
 
 
-def _import_backup_wal():
-    """backup_wal from this checkout's collection, else from an installed collection."""
+def _import_tool():
+    """The WAL tool from this checkout's collection, else from an installed collection."""
     repo_collections = Path(__file__).resolve().parents[2] / "collections"
     checkout = (repo_collections / "ansible_collections").is_dir()
     if checkout and str(repo_collections) not in sys.path:
         sys.path.insert(0, str(repo_collections))
     try:
-        from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal
+        from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+            tool,
+        )
     except ImportError as exc:
         raise SystemExit(
             "knowngood wal: the knowngood.runbooks collection is not importable "
             f"(run from a checkout or install the collection): {exc}"
         ) from None
-    return backup_wal
+    return tool
 
 
 def cmd_wal(args: argparse.Namespace) -> int:
-    backup_wal = _import_backup_wal()
+    tool = _import_tool()
     argv = ["--config", args.config, args.wal_command, *args.wal_args]
-    return backup_wal.tool_main(argv)
+    return tool.tool_main(argv)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -24,7 +24,7 @@ def backup_settings(lab) -> dict:
 
 
 def open_config(lab):
-    from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (
         parse_config,
     )
 
@@ -36,7 +36,7 @@ def open_config(lab):
 
 
 def catalog(lab) -> list[dict]:
-    from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_catalog import Catalog
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.catalog import Catalog
 
     return Catalog(open_config(lab)).entries()
 
@@ -57,8 +57,10 @@ def archiving(lab_session):
 
 
 def test_setup_archives_wal_to_every_location_and_converges(lab_session, archiving):
-    from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal
-    from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_store import (
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+        archive,
+    )
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.store import (
         open_locations,
     )
 
@@ -71,7 +73,7 @@ def test_setup_archives_wal_to_every_location_and_converges(lab_session, archivi
     with pg_conn(lab_session) as conn:
         command = conn.execute("SHOW archive_command").fetchone()[0]
     assert "kg-wal" in command and "push" in command
-    holders = [loc.name for loc in open_locations(cfg) if segment in backup_wal.list_segments(loc)]
+    holders = [loc.name for loc in open_locations(cfg) if segment in archive.list_segments(loc)]
     assert holders == [loc.name for loc in cfg.locations], (segment, holders)
     cron = Path(backup_settings(lab_session)["knowngood_backup_cron_file"]).read_text()
     assert "kg-wal backup full" in cron and "kg-wal backup incremental" in cron

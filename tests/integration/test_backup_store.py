@@ -16,14 +16,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_store as store
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import store
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BackupError,
     parse_iso,
     sha256_bytes,
     sha256_file,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (
     BackupConfig,
 )
 from conftest import REPO, TEST_LAB_ROOT
@@ -175,8 +175,8 @@ def test_unwritable_local_dir_named(tmp_path: Path) -> None:
     code = f"""
 import sys
 sys.path.insert(0, {str(REPO / "collections")!r})
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_store as s
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import BackupConfig
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import store as s
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import BackupConfig
 cfg = BackupConfig.from_dict({{"cluster": "c", "spool_dir": "/tmp",
     "locations": [{{"name": "local-b", "type": "local", "path": {str(target)!r}}}]}})
 try:

@@ -192,11 +192,11 @@ def test_every_planner_refusal_stops_before_writes_stop_with_service_and_data_un
     """Each class of refusal the planner makes, through the runbook: the run fails in the
     preflight with the planner's reason, before db_stop_writes, the safety backup or the
     restore start, and the service, the writes and the data are as they were."""
-    from ansible_collections.knowngood.runbooks.plugins.module_utils import pitr
-    from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import pitr
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
         next_segment,
     )
-    from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (
         BackupConfig,
     )
 

@@ -13,13 +13,22 @@ import time
 from pathlib import Path
 
 import pytest
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_native as native
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_verify, backup_wal
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_catalog import Catalog
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+    archive,
+    engine,
+    native,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+    install as wal_tool,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+    verify as backup_verify,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.catalog import Catalog
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BackupError,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (
     BackupConfig,
 )
 from pgcluster import PG_BIN, as_postgres, make_dirs_for_postgres, postgres_ids
@@ -63,7 +72,7 @@ def make_env(pg_factory, name, *, locations=None, archive=True, start=True, **ex
         **extra,
     }
     cfg = BackupConfig.from_dict(raw)
-    tool = backup_wal.install_tool(cfg, str(root / "tool"))
+    tool = wal_tool.install_tool(cfg, str(root / "tool"))
     if archive:
         pg.configure(archive_command=tool["archive_command"])
     if start:
@@ -111,7 +120,7 @@ class Restored:
 
     def start(self, env):
         run_dir = make_dirs_for_postgres(self.data.parent / "run")
-        native.write_recovery(
+        engine.write_recovery(
             str(self.data),
             env.cfg,
             env.tool["restore_command"],
@@ -304,7 +313,7 @@ def test_corruption_classes_and_wal_gap_are_named(pg_factory, monkeypatch):
     text = (bdir / "manifest.json").read_text().replace('"size": ', '"size": 1', 1)
     (bdir / "manifest.json").write_text(text)
     # a WAL segment after the backup's start, gone from local-a
-    segs = backup_wal.list_segments(targets[0].location)
+    segs = archive.list_segments(targets[0].location)
     gone = [s for s in segs if s > full["wal_start"]][0]
     for p in (env.loc_dir("local-a") / "wal").rglob(f"{gone}.*"):
         p.unlink()
@@ -349,10 +358,10 @@ def test_corruption_classes_and_wal_gap_are_named(pg_factory, monkeypatch):
 KILL_SCRIPT = """
 import json, sys
 sys.path.insert(0, {collections!r})
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import BackupConfig
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_native
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_native import take_backup
-backup_native.BUNDLE_SIZE = 256 * 1024  # bundles are uploaded while the backup runs
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import BackupConfig
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import native
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.native import take_backup
+native.BUNDLE_SIZE = 256 * 1024  # bundles are uploaded while the backup runs
 cfg = BackupConfig.from_dict(json.loads(sys.argv[1]))
 print(json.dumps(take_backup(cfg, "full", label="20990101T000000Z-full")["label"]))
 """
@@ -470,7 +479,7 @@ def test_clear_errors_before_anything_changes(pg_factory):
     down = BackupConfig.from_dict(
         {**env.cfg.to_dict(), "pg": {**env.pg.backend_config(), "port": 1}}
     )
-    with pytest.raises(BackupError, match="cluster not reachable at 127.0.0.1:1"):
+    with pytest.raises(BackupError, match="not reachable at 127.0.0.1:1"):
         native.take_backup(down, "full")
 
 
@@ -513,7 +522,7 @@ def test_restore_tier_with_sentinel_reports_rto(pg_factory):
     incr = native.take_backup(env.cfg, "incremental")
     env.pg.switch_wal()
     with pytest.raises(BackupError, match="refusing to expire"):
-        from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_catalog import (
+        from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.catalog import (
             expire,
         )
 
@@ -572,7 +581,9 @@ def test_unbundled_backups_still_restore_in_a_mixed_chain(pg_factory, monkeypatc
 
 
 def test_local_location_defers_fsync_until_flush(tmp_path):
-    from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_store
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+        store as backup_store,
+    )
 
     cfg = BackupConfig.from_dict(
         {

@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_pgbackrest as br
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import pgbackrest as br
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BackupError,
     parse_lsn,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (
     BackupConfig,
 )
 from pgcluster import PG_BIN, as_postgres, make_dirs_for_postgres

@@ -18,14 +18,19 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_native as native
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal, pitr
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+    install as wal_tool,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+    native,
+    pitr,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BackupError,
     next_segment,
     segment_parts,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (
     BackupConfig,
 )
 from conftest import BIN, PG_TEST_PORT_BASE, REPO, ansible_env
@@ -90,7 +95,7 @@ def world():
             "locations": [{"name": "local-a", "type": "local", "path": str(ROOT / "a")}],
         }
     )
-    tool = backup_wal.install_tool(cfg, str(ROOT / "tool"))
+    tool = wal_tool.install_tool(cfg, str(ROOT / "tool"))
     pg.configure(archive_command=tool["archive_command"])
     try:
         pg.start()
@@ -239,8 +244,8 @@ def test_killed_restore_reruns_and_converges_keeping_the_aside_copy(world):
     data = str(world.pg.data_dir)
     code = (
         "import sys, json; sys.path.insert(0, {!r})\n"
-        "from ansible_collections.knowngood.runbooks.plugins.module_utils import pitr\n"
-        "from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import "
+        "from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import pitr\n"
+        "from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import "
         "BackupConfig\n"
         "cfg = BackupConfig.from_dict(json.loads(sys.argv[1]))\n"
         "pitr.run(cfg, pitr.Request(**json.loads(sys.argv[2])))\n"

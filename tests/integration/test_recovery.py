@@ -492,7 +492,7 @@ def test_primary_killed_with_synchronous_replication_loses_no_acknowledged_commi
 
 
 def backup_cfg(lab):
-    from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (
         parse_config,
     )
 
@@ -506,8 +506,13 @@ def backup_cfg(lab):
 def test_promoted_standby_archives_its_timeline_to_the_backup_locations(recoverable, backed_up):
     """After a failover the new timeline's history file and WAL reach the backup locations, so
     a restore from backups can follow the new timeline to its newest commit."""
-    from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal, pitr
-    from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_store import (
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+        pitr,
+    )
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+        wal as backup_wal,
+    )
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.store import (
         open_locations,
     )
 

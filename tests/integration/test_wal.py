@@ -29,14 +29,20 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_store as store
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal as wal
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_codec import decode_file
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+    archive,
+    store,
+    wal,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+    install as wal_tool,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.codec import decode_file
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     next_segment,
     sha256_file,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (
     BackupConfig,
 )
 from conftest import BIN, REPO, TEST_LAB_ROOT
@@ -99,9 +105,9 @@ def walenv(labcfg: LabConfig):
 
 
 def start_archiving(pg_factory, cfg: BackupConfig, tool_dir: Path):
-    installed = wal.install_tool(cfg, str(tool_dir))
+    installed = wal_tool.install_tool(cfg, str(tool_dir))
     assert installed["changed"]
-    assert wal.install_tool(cfg, str(tool_dir))["changed"] is False  # idempotent
+    assert wal_tool.install_tool(cfg, str(tool_dir))["changed"] is False  # idempotent
     pg = pg_factory(
         "waltest", archive_mode="on", archive_command=installed["archive_command"]
     ).start()
@@ -247,7 +253,7 @@ def test_required_region_down_blocks_then_catches_up(pg_factory, walenv, labcfg:
     names = write_and_switch(pg, 1)  # wakes the archiver; it catches up in order
     assert names[0] > stuck
     s3 = store.open_locations(cfg)[2]
-    assert stuck in wal.list_segments(s3)
+    assert stuck in archive.list_segments(s3)
 
 
 def test_optional_region_down_pending_then_backfilled(
@@ -265,14 +271,14 @@ def test_optional_region_down_pending_then_backfilled(
         assert wal.pending_copies(cfg) == {"s3-region-a": [name]}
         assert "pending copies: 1" in pg.log()
         local_a = store.open_locations(cfg)[0]
-        assert name in wal.list_segments(local_a)
+        assert name in archive.list_segments(local_a)
     finally:
         lab_s3.s3_region_up(labcfg, lambda m: None, 0)
     time.sleep(wal._down_hold(cfg) + 0.5)
     (later,) = write_and_switch(pg, 1)  # the next push backfills first
     assert wal.pending_copies(cfg) == {}
     s3 = store.open_locations(cfg)[2]
-    assert {name, later} <= set(wal.list_segments(s3))
+    assert {name, later} <= set(archive.list_segments(s3))
     assert "backfilled 1 pending WAL file(s) to s3-region-a" in pg.log()
 
 
@@ -322,7 +328,7 @@ def test_fetch_prefetch_missing_and_continuity(pg_factory, walenv, tmp_path: Pat
     assert took < 1.0, f"fetch of a missing segment took {took:.2f}s"
     # Continuity names every gap (the three taken away above), per location.
     local_b = store.open_locations(cfg)[1]
-    report = wal.continuity(cfg, local_b, names[0])
+    report = archive.continuity(cfg, local_b, names[0])
     assert report == {
         "ok": False,
         "gaps": wanted,
@@ -330,8 +336,8 @@ def test_fetch_prefetch_missing_and_continuity(pg_factory, walenv, tmp_path: Pat
         "checked": len(names),
         "location": "local-b",
     }
-    assert wal.continuity(cfg, local_b, names[4])["ok"]
-    assert wal.newest_segment(local_b) == names[-1]
+    assert archive.continuity(cfg, local_b, names[4])["ok"]
+    assert archive.newest_segment(local_b) == names[-1]
 
 
 def test_fetch_skips_a_down_location(pg_factory, walenv, labcfg: LabConfig) -> None:
@@ -397,7 +403,7 @@ def test_black_holed_optional_location_costs_a_bounded_time_per_push(pg_factory,
     record = json.loads((base / "spool" / "pending" / "hole" / f"{pending[0]}.json").read_text())
     assert "no answer within 10s" in record["error"] or "less than" in record["error"]
     for location in store.open_locations(cfg)[:3]:
-        assert set(names) <= set(wal.list_segments(location)), location.name
+        assert set(names) <= set(archive.list_segments(location)), location.name
 
 
 def test_watchdog_exit_is_a_failed_attempt_postgresql_counts_and_retries(
@@ -413,7 +419,7 @@ def test_watchdog_exit_is_a_failed_attempt_postgresql_counts_and_retries(
     with StallingEndpoint(upstream=(endpoint.hostname, endpoint.port)) as stall:
         stalled = s3_spec(plain, "s3-region-a", endpoint_url=stall.url)
         cfg = reconfigured(plain, [*plain.to_dict()["locations"][:2], stalled])
-        installed = wal.install_tool(cfg, str(base / "tool"))
+        installed = wal_tool.install_tool(cfg, str(base / "tool"))
         pg = pg_factory(
             "waltest",
             archive_mode="on",
@@ -433,7 +439,7 @@ def test_watchdog_exit_is_a_failed_attempt_postgresql_counts_and_retries(
         write_and_switch(pg, 1)  # wakes the archiver; the stuck segment goes first
     assert pg.scalar("SELECT failed_count FROM pg_stat_archiver") > 0
     for location in store.open_locations(plain):
-        assert stuck in wal.list_segments(location), location.name
+        assert stuck in archive.list_segments(location), location.name
 
 
 SOAK_PUSHES = 2000
@@ -492,7 +498,7 @@ def test_soak_with_a_region_down_and_a_black_hole_never_hangs_and_loses_nothing(
             ],
             retries={"attempts": 4, "base_delay": 0.5, "max_delay": 8},
         )
-        tool = wal.install_tool(cfg, str(base / "tool"))["tool"]
+        tool = wal_tool.install_tool(cfg, str(base / "tool"))["tool"]
         lab_s3.s3_region_down(labcfg, 1)
         started = time.monotonic()
         try:
@@ -528,7 +534,7 @@ def test_soak_with_a_region_down_and_a_black_hole_never_hangs_and_loses_nothing(
         assert "s3-region-b" not in wal.pending_copies(cfg)
         assert wal.pending_copies(cfg)["hole"] == sorted(shas)
         for location in store.open_locations(cfg)[:3]:
-            assert set(wal.list_segments(location)) == set(shas), location.name
+            assert set(archive.list_segments(location)) == set(shas), location.name
             store.ensure_repo(location, cfg)
             decode = functools.partial(content_sha, cfg, location, tmp=tmp_path)
             with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:

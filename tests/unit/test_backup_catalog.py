@@ -6,17 +6,19 @@ import datetime
 from pathlib import Path
 
 import pytest
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_store
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_catalog import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+    store as backup_store,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.catalog import (
     Catalog,
     expire,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BackupError,
     iso,
     segment_from_parts,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (
     BackupConfig,
 )
 

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_codec as codec
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import codec
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     CHUNK,
     BackupError,
     sha256_file,

@@ -8,8 +8,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from ansible_collections.knowngood.runbooks.plugins.module_utils import pitr
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import BackupError
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import pitr
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import BackupError
 
 SYSID = "7300000000000000001"
 
@@ -27,7 +27,7 @@ def host(tmp_path, monkeypatch):
         out = f"Database system identifier:           {sysid}\n" if sysid else ""
         return subprocess.CompletedProcess(argv, 0 if sysid else 1, out, "")
 
-    monkeypatch.setattr(pitr.native, "run", fake_run)
+    monkeypatch.setattr(pitr.command, "run", fake_run)
     monkeypatch.setattr(pitr, "probe", lambda lcfg, q=None: {"system_identifier": SYSID})
     pg = SimpleNamespace(data_dir=str(data), binary=lambda name: f"/usr/bin/{name}")
     return SimpleNamespace(lcfg=SimpleNamespace(pg=pg), data=data, ids=ids, tmp=tmp_path)

@@ -22,15 +22,15 @@ import time
 from pathlib import Path
 
 import pytest
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_store as store
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal as wal
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_codec import decode_file
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import store, wal
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import tool as wal_tool
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.codec import decode_file
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BackupError,
     next_segment,
     sha256_file,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (
     BackupConfig,
 )
 from conftest import REPO
@@ -49,7 +49,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 AUDIT = """
 import json, sys, threading
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_wal import tool_main
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.tool import tool_main
 
 found = []
 
@@ -278,7 +278,7 @@ def test_watchdog_ends_a_stuck_push_with_exit_status_1(tmp_path, black_hole) -> 
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
     launcher = (
         "import sys; sys.path.insert(0, sys.argv[1]); "
-        "from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_wal import "
+        "from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.tool import "
         "tool_main; sys.exit(tool_main(sys.argv[2:]))"
     )
     start = time.monotonic()
@@ -303,4 +303,4 @@ def test_watchdog_ends_a_stuck_push_with_exit_status_1(tmp_path, black_hole) -> 
     + [({"KG_WAL_WATCHDOG": bad}, 60) for bad in ("0", "-1", "soon", "nan")],
 )
 def test_watchdog_limit_can_only_be_shortened(env, limit) -> None:
-    assert wal.watchdog_limit("push", env) == limit
+    assert wal_tool.watchdog_limit("push", env) == limit

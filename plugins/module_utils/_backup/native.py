@@ -22,31 +22,34 @@ Their manifest entries carry `bundle` (the bundle's key) and `offset`; `stored_s
 
 import concurrent.futures
 import contextlib
-import ctypes
 import datetime
 import fcntl
 import hashlib
 import io
 import json
 import os
-import pwd
 import re
 import shutil
-import signal
 import subprocess
 import tarfile
 import tempfile
 import threading
 import time
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_codec as codec
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_catalog import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils import postgres
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import codec, command
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.catalog import (
     Catalog,
     backups_prefix,
+    entry_key,
     is_committed,
     list_labels,
+    manifest_key,
+    read_manifest,
+    read_manifest_bytes,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.command import run
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BACKUP_TYPES,
     CHUNK,
     BackupError,
@@ -102,11 +105,13 @@ def _noop(*_args, **_kwargs):
     return None
 
 
-# ---- adapters to backup_store (kept here so the store's API can move without surprises) -----
+# ---- adapters to store (kept here so the store's API can move without surprises) -----
 
 
 def _store():
-    from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_store
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+        store as backup_store,
+    )
 
     return backup_store
 
@@ -128,107 +133,19 @@ def location_key(location, spec):
 # ---- small helpers ---------------------------------------------------------------------------
 
 
-# The environment of every command the engine runs: nothing of the caller's PG* / AWS_* leaks in.
-COMMAND_ENV = {
-    "PATH": "/usr/bin:/bin",
-    "LC_ALL": "C.UTF-8",
-    "HOME": "/tmp",
-    "PGCONNECT_TIMEOUT": "10",
-}
-
-
-def _postgres_ids(cfg):
-    try:
-        pw = pwd.getpwnam(cfg.pg.os_user)
-    except KeyError as err:
-        raise BackupError(f"pg.os_user {cfg.pg.os_user!r} does not exist on this host") from err
-    return pw.pw_uid, pw.pw_gid
-
-
-def _prctl():
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _prctl()  # resolved in the parent: the child must not dlopen between fork and exec
-
-
-def _die_with_parent():
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _child(argv):
-    """(argv, preexec_fn) for a child that dies with us (a kill -9 of the backup must not
-    leave pg_basebackup on). setpriv sets the parent-death signal with no Python code between
-    fork and exec: preexec_fn is unsafe in a threaded process (a child stuck before exec
-    leaves Popen waiting forever), so it is only the fallback where setpriv is missing."""
-    argv = [str(a) for a in argv]
-    setpriv = shutil.which("setpriv", path=COMMAND_ENV["PATH"])
-    if setpriv:
-        return [setpriv, "--pdeathsig", "KILL", "--", *argv], None
-    return argv, _die_with_parent
-
-
-def run(argv, *, cfg=None, as_postgres=False, timeout=None, check=True, what=None):
-    """Run a command (argv list); BackupError with its stderr tail on failure."""
-    kwargs = {}
-    if as_postgres:
-        uid, gid = _postgres_ids(cfg)
-        kwargs.update(user=uid, group=gid, extra_groups=[])
-    child, preexec = _child(argv)
-    if not shutil.which(str(argv[0]), path=COMMAND_ENV["PATH"]):
-        raise BackupError(f"{what or argv[0]}: command not found ({argv[0]})")
-    try:
-        proc = subprocess.run(
-            child,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=dict(COMMAND_ENV),
-            preexec_fn=preexec,
-            check=False,
-            **kwargs,
-        )
-    except FileNotFoundError as err:
-        raise BackupError(f"{what or argv[0]}: command not found ({argv[0]})") from err
-    except subprocess.TimeoutExpired as err:
-        raise BackupError(f"{what or argv[0]} did not finish in {timeout}s") from err
-    if check and proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
-        raise BackupError(f"{what or os.path.basename(str(argv[0]))} failed: " + " | ".join(tail))
-    return proc
-
-
-def connect(cfg, dbname=None):
-    try:
-        import psycopg
-    except ImportError as err:
-        raise BackupError("the native backup engine needs the psycopg package") from err
-    try:
-        return psycopg.connect(cfg.pg.conninfo(dbname), autocommit=True)
-    except psycopg.Error as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BackupError(
-            f"cluster not reachable at {cfg.pg.host}:{cfg.pg.port} as {cfg.pg.user}: {first}"
-        ) from None
-
-
 def cluster_info(conn):
     def one(query):
         return conn.execute(query).fetchone()
 
+    ident = postgres.identity(conn)
+    archiving = postgres.settings(conn, ("archive_mode", "archive_command", "archive_library"))
     info = {
-        "system_identifier": str(one("SELECT system_identifier FROM pg_control_system()")[0]),
-        "pg_version": int(one("SHOW server_version_num")[0]),
-        "data_directory": one("SHOW data_directory")[0],
-        "archive_mode": one("SHOW archive_mode")[0],
-        "archive_command": one("SHOW archive_command")[0],
-        "archive_library": one("SHOW archive_library")[0],
-        "in_recovery": one("SELECT pg_is_in_recovery()")[0],
-        "timeline": one("SELECT timeline_id FROM pg_control_checkpoint()")[0],
+        "system_identifier": str(ident["system_identifier"]),
+        "pg_version": int(ident["server_version_num"]),
+        "data_directory": ident["data_directory"],
+        **archiving,
+        "in_recovery": ident["in_recovery"],
+        "timeline": ident["timeline"],
     }
     row = one(
         "SELECT archived_count, last_archived_wal, last_archived_time, failed_count, "
@@ -609,13 +526,13 @@ def _stream_basebackup(cfg, label, staging, pool, add, progress, stop_timeout, d
             slots.release()
 
     with tempfile.TemporaryFile() as errors:
-        child, preexec = _child(argv)
+        child, preexec = command.child(argv)
         proc = subprocess.Popen(
             child,
             stdout=subprocess.PIPE,
             stderr=errors,
             stdin=subprocess.DEVNULL,
-            env=dict(COMMAND_ENV),
+            env=dict(command.COMMAND_ENV),
             preexec_fn=preexec,
         )
         watch = _IdleWatch(proc.stdout, proc, stop_timeout)
@@ -869,9 +786,7 @@ def _parent_manifests(cfg, catalog, parent, targets):
         raw = catalog.load_manifest(parent["label"], target.variant)
         if raw is None and copy.get("status") == "ok":
             with contextlib.suppress(Exception):
-                raw = target.location.get_bytes(
-                    f"{backups_prefix(cfg, parent['label'])}manifest.json"
-                )
+                raw = read_manifest_bytes(target.location, cfg, parent["label"])
         if raw is None or (want and sha256_bytes(raw) != want):
             continue
         out[target.variant] = json.loads(raw)
@@ -898,7 +813,7 @@ def take_backup(
     if backup_type not in BACKUP_TYPES:
         raise BackupError(f"backup_type must be one of {BACKUP_TYPES}, got {backup_type!r}")
     catalog = Catalog(cfg)
-    conn = connect(cfg)
+    conn = cfg.pg.connect()
     try:
         info = cluster_info(conn)
         if info["in_recovery"]:
@@ -1133,7 +1048,7 @@ def _take(cfg, catalog, conn, info, kind, label, parent, targets, failures, stag
     body = dump_json(entry).encode()
     _flush(targets, deferred)  # everything durable before the commit marker
     for target in [t for t in targets if t.ok]:
-        uploader.put_bytes(target, f"{prefix}backup.json", body)
+        uploader.put_bytes(target, entry_key(cfg, label), body)
     if not [t for t in targets if t.ok]:
         _fail_all(cfg, targets, failures, label)
     for target in targets:  # a location that failed at the very end
@@ -1174,11 +1089,11 @@ def _flush(targets, deferred):
 
 
 def _write_meta(uploader, cfg, target, prefix, manifest_raw, pg_manifest_raw):
-    uploader.put_bytes(target, f"{prefix}manifest.json", manifest_raw)
+    label = prefix.rstrip("/").rsplit("/", 1)[-1]
+    uploader.put_bytes(target, manifest_key(cfg, label), manifest_raw)
     if pg_manifest_raw is not None:
         uploader.put_bytes(target, f"{prefix}backup_manifest", pg_manifest_raw)
     if target.ok and target.spec.type == "export" and cfg.signing_key:
-        label = prefix.rstrip("/").rsplit("/", 1)[-1]
         try:  # rewrites manifest.json (same bytes) and adds manifest.sig
             target.location.write_signed_manifest(label, manifest_raw, cfg.signing_key)
         except Exception as err:  # noqa: BLE001
@@ -1317,30 +1232,6 @@ def _pick_restore_target(cfg, catalog, entry, location):
     )
 
 
-def read_manifest(cfg, target, label, expect_sha256=None):
-    prefix = backups_prefix(cfg, label)
-    try:
-        raw_entry = target.location.get_bytes(f"{prefix}backup.json")
-        raw = target.location.get_bytes(f"{prefix}manifest.json")
-    except Exception as err:  # noqa: BLE001
-        raise BackupError(f"location {target.name}: cannot read backup {label}: {err}") from None
-    stored_entry = json.loads(raw_entry)
-    want = expect_sha256 or ((stored_entry.get("locations") or {}).get(target.name) or {}).get(
-        "manifest_sha256"
-    )
-    if want is None:
-        want = (stored_entry.get("manifests") or {}).get(target.variant)
-    if want and sha256_bytes(raw) != want:
-        raise BackupError(
-            f"location {target.name}: manifest.json of {label} does not match the checksum in "
-            "its backup.json (bad manifest)"
-        )
-    try:
-        return json.loads(raw), stored_entry
-    except ValueError as err:
-        raise BackupError(f"location {target.name}: manifest.json of {label} is not JSON") from err
-
-
 def restore(cfg, label, target_dir, *, location=None, progress=None):
     """Restore backup `label` (with its chain) into target_dir; verify every file.
 
@@ -1358,7 +1249,7 @@ def restore(cfg, label, target_dir, *, location=None, progress=None):
     manifest, _stored = read_manifest(cfg, target, label)
     if os.path.exists(target_dir) and os.listdir(target_dir):
         raise BackupError(f"restore target {target_dir} exists and is not empty")
-    uid, gid = _postgres_ids(cfg)
+    uid, gid = cfg.pg.os_ids()
     os.makedirs(target_dir, mode=0o700, exist_ok=True)
     os.chown(target_dir, uid, gid)
     os.chmod(target_dir, 0o700)
@@ -1559,47 +1450,3 @@ def verify_full(cfg, target, label, data_dir, manifest):
         run([*argv, data_dir], what=f"pg_verifybackup of {label}")
     finally:
         os.unlink(path)
-
-
-def write_recovery(target_dir, cfg, restore_command, target=None, action="promote", settings=None):
-    """Recovery configuration for a restored data directory: restore_command, an optional
-    target ({time|lsn|xid|name: value} or {immediate: true}), the action, recovery.signal.
-
-    `settings` adds further lines to postgresql.auto.conf (port, archive_mode = off, ...)."""
-    if action not in ("promote", "pause", "shutdown"):
-        raise BackupError(f"recovery action must be promote, pause or shutdown, got {action!r}")
-    lines = {"restore_command": restore_command, "recovery_target_timeline": "latest"}
-    for key, value in (target or {}).items():
-        if key == "immediate":
-            if value:
-                lines["recovery_target"] = "immediate"
-        elif key in ("time", "lsn", "xid", "name"):
-            lines[f"recovery_target_{key}"] = str(value)
-        elif key == "inclusive":
-            lines["recovery_target_inclusive"] = "on" if value else "off"
-        else:
-            raise BackupError(f"unknown recovery target key {key!r}")
-    lines["recovery_target_action"] = action
-    lines.update(settings or {})
-    uid, gid = _postgres_ids(cfg)
-    path = os.path.join(target_dir, "postgresql.auto.conf")
-    text = "\n# knowngood restore\n" + "".join(
-        f"{k} = {_conf_value(v)}\n" for k, v in lines.items()
-    )
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(text)
-    signal_path = os.path.join(target_dir, "recovery.signal")
-    with open(signal_path, "w", encoding="utf-8"):
-        pass
-    for p in (path, signal_path):
-        os.chown(p, uid, gid)
-        os.chmod(p, 0o600)
-    return {"recovery_signal": signal_path, "settings": sorted(lines)}
-
-
-def _conf_value(value):
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, int):
-        return str(value)
-    return "'" + str(value).replace("'", "''") + "'"

@@ -32,13 +32,13 @@ Standard library only.
 import datetime
 import json
 import os
-import pwd
 import re
 import shutil
 import subprocess
 import time
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils import postgres
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     BackupError,
     format_lsn,
     iso,
@@ -97,10 +97,8 @@ def stanza(cfg):
 
 
 def _os_user(cfg):
-    try:
-        return pwd.getpwnam(cfg.pg.os_user)
-    except KeyError:
-        raise BackupError(f"pg.os_user {cfg.pg.os_user!r} does not exist on this host") from None
+    """(uid, gid, home) of the cluster's OS user."""
+    return postgres.os_user_ids(cfg.pg.os_user, BackupError)
 
 
 def wal_commands(cfg):
@@ -139,21 +137,21 @@ def run(cfg, args, *, check=True, timeout=TIMEOUT, repo=None):
     pgbackrest's ERROR line, with a hint for the errors an operator meets first.
     """
     binary = pgbackrest_binary()
-    user = _os_user(cfg)
+    uid, gid, home = _os_user(cfg)
     conf = config_path(cfg)
     argv = [binary, f"--config={conf}", f"--stanza={stanza(cfg)}"]
     if repo is not None:
         argv.append(f"--repo={repo}")
     argv += list(args)
-    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": user.pw_dir or "/tmp",
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "HOME": home,
            "LC_ALL": "C.UTF-8", "PGHOST": cfg.pg.host, "PGPORT": str(cfg.pg.port)}  # fmt: skip
     kwargs = {}
-    if os.geteuid() != user.pw_uid:
+    if os.geteuid() != uid:
         if os.geteuid() != 0:
             raise BackupError(
                 f"pgbackrest must run as {cfg.pg.os_user}: run this as root or as that user"
             )
-        kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        kwargs = {"user": uid, "group": gid, "extra_groups": []}
     try:
         done = subprocess.run(
             argv,
@@ -203,26 +201,7 @@ def _explain(cfg, args, done):
 
 def _psql(cfg, query):
     """One value from the cluster through psql, as the cluster's OS user."""
-    user = _os_user(cfg)
-    argv = [cfg.pg.binary("psql"), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-            "-d", cfg.pg.conninfo(), "-c", query]  # fmt: skip
-    kwargs = {}
-    if os.geteuid() == 0 and user.pw_uid != 0:
-        kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=60, cwd="/", check=False,
-            env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": user.pw_dir or "/tmp"},
-            **kwargs,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        where = f"{cfg.pg.host}:{cfg.pg.port}"
-        raise BackupError(f"could not run psql against {where}: {exc}") from None
-    if done.returncode != 0:
-        raise BackupError(
-            f"could not query PostgreSQL at {cfg.pg.host}:{cfg.pg.port}: {done.stderr.strip()}"
-        )
-    return done.stdout.strip()
+    return postgres.psql_value(cfg.pg.target, query, os_user=cfg.pg.os_user, error=BackupError)
 
 
 def check_archiving(cfg):
@@ -352,7 +331,7 @@ def configure(cfg):
     """Write pgbackrest.conf (0600, owned by the cluster's OS user) and the posix repositories'
     directories; return {changed, config_path, archive_command, restore_command}."""
     pgbackrest_binary()
-    user = _os_user(cfg)
+    user = _os_user(cfg)[:2]
     path = config_path(cfg)
     text = render_config(cfg)
     directory = os.path.dirname(path)
@@ -372,7 +351,7 @@ def configure(cfg):
         if changed:
             write_atomic(path, text, mode=0o600)
         if os.geteuid() == 0:
-            os.chown(path, user.pw_uid, user.pw_gid)
+            os.chown(path, *user)
         os.chmod(path, 0o600)
     except OSError as exc:
         raise BackupError(f"could not write pgbackrest configuration {path}: {exc}") from None
@@ -386,10 +365,11 @@ def configure(cfg):
 
 
 def _own_dir(path, user, mode=0o750):
+    """Make path (mode) owned by user, a (uid, gid), when it does not exist yet."""
     if not os.path.isdir(path):
         os.makedirs(path, mode=mode)
         if os.geteuid() == 0:
-            os.chown(path, user.pw_uid, user.pw_gid)
+            os.chown(path, *user)
         os.chmod(path, mode)
 
 
@@ -485,6 +465,42 @@ def _segment_lsn(name):
 
 def _from_epoch(seconds):
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+
+
+def _repo_archive_dir(cfg, repo):
+    root = os.path.join(repo["path"], "archive", stanza(cfg))
+    ids = sorted(
+        (d for d in os.listdir(root) if re.match(r"^\d+-\d+$", d)),
+        key=lambda d: int(d.split("-")[1]),
+    )
+    if not ids:
+        raise BackupError(f"pgBackRest repository {repo['path']} holds no WAL archive")
+    return os.path.join(root, ids[-1])
+
+
+def archived_wal(cfg):
+    """[(repoN, [archived WAL file names], error or None)]: what each posix repository's
+    archive holds (segments by name, history files)."""
+    out = []
+    for number, repo in enumerate(cfg.pgbackrest_repos, start=1):
+        name = f"repo{number}"
+        if (repo.get("type") or "posix") != "posix" or not repo.get("path"):
+            out.append((name, [], "only posix repositories can be listed for continuity"))
+            continue
+        names = []
+        try:
+            base = _repo_archive_dir(cfg, repo)
+            for entry in os.listdir(base):
+                if entry.endswith(".history"):
+                    names.append(entry)
+                elif re.match(r"^[0-9A-F]{16}$", entry):
+                    for item in os.listdir(os.path.join(base, entry)):
+                        names.append(item.split("-", 1)[0] if "-" in item else item)
+        except (OSError, BackupError) as err:
+            out.append((name, names, str(err)))  # what was listed before the error counts
+            continue
+        out.append((name, names, None))
+    return out
 
 
 def list_backups(cfg):
@@ -613,7 +629,7 @@ def restore(cfg, label, target_dir, *, target=None, progress=None, location=None
         raise BackupError(f"{target_dir} has a postmaster.pid: stop that cluster first")
     if archive_mode not in ("preserve", "off"):
         raise BackupError(f"archive_mode must be preserve or off, got {archive_mode!r}")
-    user = _os_user(cfg)
+    user = _os_user(cfg)[:2]
     try:
         _own_dir(target_dir, user, mode=0o700)
     except OSError as exc:

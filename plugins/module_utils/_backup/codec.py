@@ -30,7 +30,7 @@ import os
 import struct
 import tempfile
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     CHUNK,
     COMPRESSIONS,
     BackupError,

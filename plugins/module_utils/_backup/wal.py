@@ -1,7 +1,9 @@
 # Copyright: knowngood contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""WAL archiving: push (archive_command), fetch with prefetch (restore_command), continuity,
-and the installer of the standalone tool PostgreSQL runs (`kg-wal push %p`).
+"""WAL archiving: push (archive_command) and fetch with prefetch (restore_command).
+
+The standalone tool PostgreSQL runs (`kg-wal push %p`), its command line and its installer
+are in tool.py; listing the archive and checking its continuity in archive.py.
 
 push: the segment is compressed (and encrypted) once, then sent to every location in
 parallel, each location in a worker thread with a deadline. An object already there with the
@@ -16,12 +18,11 @@ renamed into place, no network); else from the first location that has it (confi
 location that is down is skipped), then one detached prefetcher fetches the next
 `wal_prefetch` segments of the timeline into the spool.
 
-Standard library + our backup_* siblings (boto3 etc. only through them, lazily).
+Standard library + this package (boto3 etc. only through them, lazily).
 """
 
 import concurrent.futures
 import contextlib
-import faulthandler
 import json
 import os
 import shutil
@@ -31,14 +32,14 @@ import tempfile
 import threading
 import time
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_codec import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.codec import (
     decode_file,
     encode_file,
     parse_suffix,
     preload,
     suffix,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     WAL_NAME_RE,
     WAL_SEGMENT_RE,
     BackupError,
@@ -46,16 +47,14 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common i
     dump_json,
     iso,
     next_segment,
-    segment_from_parts,
-    segment_parts,
     sha256_file,
     utcnow,
     write_atomic,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (
     BackupConfig,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_store import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.store import (
     ensure_repo,
     is_transient,
     location_key,
@@ -75,25 +74,6 @@ TOOL_NAME = "kg-wal"
 PREFETCH_POLL = 0.05  # seconds between looks at what recovery consumed
 PREFETCH_IDLE_TIMEOUT = 30.0
 PREFETCH_WORKERS = 2
-# Seconds before the tool gives up and PostgreSQL retries. A push to every location takes
-# under a second to seconds; a stuck one must not hold the archiver (and every backup waiting
-# on it) for long: 60 s leaves a backup's stop_timeout (120 s) room for the archiver's retry.
-# KG_WAL_WATCHDOG may shorten it, never lengthen it.
-WATCHDOG = {"push": 60, "fetch": 120}
-MODULES = (
-    "backup_common",
-    "backup_config",
-    "backup_codec",
-    "backup_store",
-    "backup_wal",
-    # The scheduled jobs (`kg-wal backup full`, `kg-wal verify`) run the engines themselves.
-    "backup_catalog",
-    "backup_native",
-    "backup_pgbackrest",
-    "backup_engine",
-    "backup_verify",
-)
-_PKG = "ansible_collections.knowngood.runbooks.plugins.module_utils"
 
 
 def log(message):
@@ -347,7 +327,7 @@ def _backfill_location(cfg, location, until, say):
             same = _copy_pending(cfg, location, data, record, stored_as)
         except Exception as err:  # noqa: BLE001 - location failure: keep it pending
             _mark_down(cfg, location.name)
-            say(f"pending copy {name} -> {location.name} still failing: {_safe(err)}")
+            say(f"pending copy {name} -> {location.name} still failing: {safe_error(err)}")
             break
         if not same:
             say(
@@ -388,7 +368,7 @@ def _drop_pending(directory, name, data_file=None):
             os.unlink(path)
 
 
-def _safe(err):
+def safe_error(err):
     """Error text for logs: BackupErrors are written to be safe; others only by type."""
     if isinstance(err, BackupError):
         return str(err)
@@ -522,8 +502,8 @@ def push(cfg, path):
             except Exception as perr:  # noqa: BLE001 - cannot even spool: that is a failure
                 statuses[location.name] = "failed"
                 errors[location.name] = BackupError(
-                    f"location {location.name}: {_safe(err)}; and cannot record the pending "
-                    f"copy: {_safe(perr)}"
+                    f"location {location.name}: {safe_error(err)}; and cannot record the pending "
+                    f"copy: {safe_error(perr)}"
                 )
         sha = encoded.sha256()
     finally:
@@ -537,7 +517,7 @@ def push(cfg, path):
     held = {True: ("stored", "exists"), False: ("stored", "exists", "pending")}
     failed = [loc for loc in locations if statuses.get(loc.name) not in held[loc.required]]
     if failed:
-        detail = "; ".join(_safe(errors.get(loc.name, "failed")) for loc in failed)
+        detail = "; ".join(safe_error(errors.get(loc.name, "failed")) for loc in failed)
         log(f"push {name} FAILED in {_ms(start)}ms: {summary}: {detail}")
         raise BackupError(f"push {name}: location(s) failed: {detail}")
     waiting = sum(len(v) for v in pending.values())
@@ -550,7 +530,7 @@ def push(cfg, path):
         "sha256": sha,
         "size": os.path.getsize(path),
         "locations": statuses,
-        "errors": {k: _safe(v) for k, v in errors.items()},
+        "errors": {k: safe_error(v) for k, v in errors.items()},
         "pending": pending,
         "backfill": backfill,
         "duration_ms": _ms(start),
@@ -665,7 +645,7 @@ def fetch(cfg, name, dest, prefetch=True):
             _download(cfg, location, found[0], found[1], dest)
         except Exception as err:  # noqa: BLE001 - next location
             tried.append(f"{location.name}=error")
-            log(f"fetch {name}: {_safe(err)}; trying the next location")
+            log(f"fetch {name}: {safe_error(err)}; trying the next location")
             continue
         log(f"fetch {name} ok in {_ms(start)}ms from {location.name}")
         if prefetch:
@@ -717,7 +697,7 @@ def _prefetcher_running(cfg):
 def _lib_root():
     """The directory holding ansible_collections/ for this very file."""
     here = os.path.abspath(__file__)
-    for _dummy in range(6):
+    for _dummy in range(__name__.count(".") + 1):
         here = os.path.dirname(here)
     return here
 
@@ -728,7 +708,7 @@ def start_prefetcher(cfg, after):
     The configuration (with secrets) goes through a pipe, never through argv or a file."""
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); "
-        f"from {_PKG}.backup_wal import _prefetch_main; _prefetch_main(sys.argv[2])"
+        f"from {__name__} import _prefetch_main; _prefetch_main(sys.argv[2])"
     )
     log_path = os.path.join(_prefetch_dir(cfg), "prefetch.log")
     with open(log_path, "ab") as logf:
@@ -769,7 +749,7 @@ def _fetch_into_spool(cfg, locations, seg, spool):
             )
             return True
         except Exception as err:  # noqa: BLE001 - next location
-            log(f"prefetch {seg}: {_safe(err)}")
+            log(f"prefetch {seg}: {safe_error(err)}")
     return False
 
 
@@ -829,417 +809,12 @@ def prefetch(cfg, after, count=None, follow=False, idle_timeout=PREFETCH_IDLE_TI
     return got
 
 
-def list_segments(location, timeline=None):
-    """Sorted names of the full WAL segments (not .partial/.backup/.history) in a location."""
-    prefix = f"wal/{timeline:08X}" if isinstance(timeline, int) else "wal"
-    if isinstance(timeline, str):
-        prefix = f"wal/{timeline}"
-    names = set()
-    for key in location.list(prefix):
-        base = key.rsplit("/", 1)[-1]
-        seg = base.split(".", 1)[0]
-        if WAL_SEGMENT_RE.match(seg) and parse_suffix(base) and base.count(".") in (1, 2):
-            rest = base[len(seg) + 1 :]
-            if rest.split(".")[0] in ("lz4", "zst", "raw"):
-                names.add(seg)
-    return sorted(names)
-
-
-def newest_segment(location_or_names, timeline=None):
-    names = (
-        location_or_names
-        if isinstance(location_or_names, (list, tuple, set))
-        else list_segments(location_or_names, timeline)
-    )
-    if not names:
-        return None
-    return max(names, key=lambda n: (segment_parts(n)[1], segment_parts(n)[0]))
-
-
-def continuity(cfg, location, start_segment, end_segment=None):
-    """Every segment from start to end (default: the newest archived) must be archived.
-
-    A segment number counts as present on the start timeline or any later one (a timeline
-    switch continues the numbering). Returns {ok, gaps: [names], newest, checked}."""
-    names = list_segments(location)
-    start_tli, start_no = segment_parts(start_segment)
-    have = {}
-    for n in names:
-        tli, no = segment_parts(n)
-        if tli >= start_tli:
-            have.setdefault(no, tli)
-    newest = newest_segment([n for n in names if segment_parts(n)[0] >= start_tli])
-    if end_segment is None:
-        end_no = segment_parts(newest)[1] if newest else start_no
-    else:
-        end_no = segment_parts(end_segment)[1]
-    gaps = []
-    tli = start_tli
-    for no in range(start_no, end_no + 1):
-        if no in have:
-            tli = max(tli, have[no])
-        else:
-            gaps.append(segment_from_parts(tli, no))
-    return {
-        "ok": not gaps,
-        "gaps": gaps,
-        "newest": newest,
-        "checked": max(0, end_no - start_no + 1),
-        "location": location.name,
-    }
-
-
-# ---- the standalone tool ---------------------------------------------------------------------
-
-_SHELL_LAUNCHER = """#!/bin/sh
-# kg-wal: knowngood WAL archiving for PostgreSQL (archive_command / restore_command).
-# Installed by knowngood; do not edit (it is rewritten on every install).
-# PostgreSQL runs restore_command once per 16 MB segment, so a segment the prefetcher already
-# fetched and verified is moved into place here without starting Python; everything else goes
-# to kg-wal.py.
-if [ "$1" = fetch ] && [ "$#" -eq 3 ] && [ "${{#2}}" -eq 24 ]; then
-    case "$2" in
-        *[!0-9A-F]*) ;;
-        *)
-            spool={spool}
-            if [ -f "$spool/$2.json" ] && mv -f "$spool/$2" "$3" 2>/dev/null; then
-                rm -f "$spool/$2.json"
-                echo "kg-wal: fetch $2 ok from prefetch spool" >&2
-                exit 0
-            fi
-            ;;
-    esac
-fi
-exec {python} {script} "$@"
-"""
-
-_LAUNCHER = """#!{python}
-# kg-wal.py: the Python half of kg-wal (see kg-wal). Installed by knowngood; do not edit.
-import sys
-
-sys.path.insert(0, {lib!r})
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_wal import tool_main
-
-sys.exit(tool_main(sys.argv[1:], default_config={config!r}))
-"""
-
-
-def _tool_modules():
-    """Import statements, not importlib: Ansible ships with a module exactly the module_utils
-    its import statements name (anywhere in the file), and the tool's scheduled jobs need
-    these beside the WAL code."""
-    from ansible_collections.knowngood.runbooks.plugins.module_utils import (  # noqa: F401
-        backup_catalog,
-        backup_engine,
-        backup_native,
-        backup_pgbackrest,
-        backup_verify,
-    )
-
-
-def _module_source(modname):
-    import importlib
-
-    _tool_modules()
-
-    module = importlib.import_module(f"{_PKG}.{modname}")
-    loader = getattr(module, "__loader__", None)
-    source = loader.get_source(module.__name__) if loader is not None else None
-    if source is None:
-        raise BackupError(f"cannot read the source of {modname} to install the WAL tool")
-    return source
-
-
-def _write_if_changed(path, data, mode, uid, gid):
-    if isinstance(data, str):
-        data = data.encode()
-    try:
-        with open(path, "rb") as handle:
-            same = handle.read() == data
-    except OSError:
-        same = False
-    changed = not same
-    if changed:
-        write_atomic(path, data, mode=mode)
-    return _ensure_attrs(path, mode, uid, gid) or changed
-
-
-def _ensure_attrs(path, mode, uid, gid):
-    """Mode and (when uid is given) owner of path; True if either had to change."""
-    changed = False
-    st = os.stat(path)
-    if (st.st_mode & 0o7777) != mode:
-        os.chmod(path, mode)
-        changed = True
-    if uid is not None and (st.st_uid, st.st_gid) != (uid, gid):
-        os.chown(path, uid, gid)
-        changed = True
-    return changed
-
-
-def _ensure_dir(path, mode, uid, gid):
-    changed = False
-    if not os.path.isdir(path):
-        os.makedirs(path, exist_ok=True)
-        changed = True
-    return _ensure_attrs(path, mode, uid, gid) or changed
-
-
-def tool_commands(tool_dir):
-    """archive_command and restore_command for a tool installed in tool_dir."""
-    tool = os.path.join(tool_dir, TOOL_NAME)
-    quoted = "'" + tool.replace("'", "'\\''") + "'"
-    return {
-        "tool": tool,
-        "config": os.path.join(tool_dir, "config.json"),
-        "archive_command": f"{quoted} push %p",
-        "restore_command": f"{quoted} fetch %f %p",
-    }
-
-
-def _same_content(path, data):
-    try:
-        with open(path, "rb") as handle:
-            return handle.read() == (data.encode() if isinstance(data, str) else data)
-    except OSError:
-        return False
-
-
-def _sh_quote(text):
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
-def _launchers(cfg, tool_dir, python):
-    """[(path, content)] of kg-wal (shell, with the spool fast path) and kg-wal.py."""
-    commands = tool_commands(tool_dir)
-    script = commands["tool"] + ".py"
-    lib = os.path.join(tool_dir, "lib")
-    return [
-        (
-            commands["tool"],
-            _SHELL_LAUNCHER.format(
-                spool=_sh_quote(os.path.join(cfg.spool_dir, "prefetch")),
-                python=_sh_quote(python),
-                script=_sh_quote(script),
-            ),
-        ),
-        (script, _LAUNCHER.format(python=python, lib=lib, config=commands["config"])),
-    ]
-
-
-def tool_is_current(cfg, tool_dir, python="/usr/bin/python3"):
-    """True when install_tool would write nothing: check mode's answer, read-only."""
-    commands = tool_commands(tool_dir)
-    pkg_dir = os.path.join(tool_dir, "lib", *_PKG.split("."))
-    wanted = [
-        (commands["config"], json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"),
-        *_launchers(cfg, tool_dir, python),
-    ]
-    wanted += [(os.path.join(pkg_dir, m + ".py"), _module_source(m)) for m in MODULES]
-    return all(_same_content(path, data) for path, data in wanted) and os.path.isdir(cfg.spool_dir)
-
-
-def install_tool(cfg, tool_dir, python="/usr/bin/python3", owner="postgres"):
-    """Install kg-wal into tool_dir: the backup_* sources, a launcher and config.json (0600,
-    owned by `owner`, it holds secrets). Idempotent. Also makes the spool and the local
-    locations' WAL directories writable by `owner`."""
-    import pwd
-
-    if not os.path.isabs(tool_dir):
-        raise BackupError(f"tool_dir must be an absolute path, got {tool_dir!r}")
-    uid = gid = None
-    if owner:
-        try:
-            entry = pwd.getpwnam(owner)
-        except KeyError:
-            raise BackupError(f"install WAL tool: no OS user {owner!r}") from None
-        uid, gid = entry.pw_uid, entry.pw_gid
-        if os.geteuid() != 0 and os.geteuid() != uid:
-            uid = gid = None  # not root: cannot chown; files stay ours
-    changed = False
-    lib = os.path.join(tool_dir, "lib")
-    pkg_dir = os.path.join(lib, *_PKG.split("."))
-    changed |= _ensure_dir(tool_dir, 0o755, None, None)
-    parts = _PKG.split(".")
-    for depth in range(1, len(parts) + 1):
-        directory = os.path.join(lib, *parts[:depth])
-        changed |= _ensure_dir(directory, 0o755, None, None)
-        changed |= _write_if_changed(os.path.join(directory, "__init__.py"), "", 0o644, None, None)
-    for modname in MODULES:
-        changed |= _write_if_changed(
-            os.path.join(pkg_dir, modname + ".py"), _module_source(modname), 0o644, None, None
-        )
-    cache_tag = os.path.join(pkg_dir, "__pycache__")
-    if (changed or not os.path.isdir(cache_tag)) and os.access(python, os.X_OK):
-        # Byte-compile for the tool's interpreter now: postgres cannot write __pycache__ here,
-        # and compiling on every archive_command call would cost tens of milliseconds.
-        subprocess.run(
-            [python, "-m", "compileall", "-q", lib],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=120,
-            check=False,
-        )
-    config_path = os.path.join(tool_dir, "config.json")
-    changed |= _write_if_changed(
-        config_path, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n", 0o600, uid, gid
-    )
-    for path, content in _launchers(cfg, tool_dir, python):
-        changed |= _write_if_changed(path, content, 0o755, None, None)
-    spool_created = not os.path.isdir(cfg.spool_dir)
-    os.makedirs(cfg.spool_dir, mode=0o700, exist_ok=True)
-    if uid is not None and (spool_created or os.stat(cfg.spool_dir).st_uid != uid):
-        os.chown(cfg.spool_dir, uid, gid)
-        changed = True
-    for spec in cfg.locations:
-        if spec.type not in ("local", "export") or not os.path.isdir(os.path.dirname(spec.path)):
-            continue
-        if spec.type == "export" and not os.path.isdir(spec.path):
-            continue  # removable medium not mounted now
-        for directory in (spec.path, os.path.join(spec.path, cfg.cluster)):
-            if not os.path.isdir(directory):
-                os.makedirs(directory, mode=0o755, exist_ok=True)
-                if uid is not None:
-                    os.chown(directory, uid, gid)
-                changed = True
-        for sub in ("wal", ".meta", os.path.join(".meta", "wal")):
-            directory = os.path.join(spec.path, cfg.cluster, sub)
-            if not os.path.isdir(directory):
-                os.makedirs(directory, mode=0o755, exist_ok=True)
-                changed = True
-            if uid is not None and os.stat(directory).st_uid != uid:
-                os.chown(directory, uid, gid)
-                changed = True
-    return {"changed": changed, **tool_commands(tool_dir)}
-
-
-# ---- command line (kg-wal and `knowngood wal`) -----------------------------------------------
-
-
-def load_config(path):
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
-    except OSError as err:
-        raise BackupError(f"cannot read WAL tool config {path}: {err.strerror}") from None
-    except ValueError:
-        raise BackupError(f"WAL tool config {path} is not valid JSON") from None
-    return BackupConfig.from_dict(data)
-
-
-def status(cfg):
-    """Newest archived segment per location, pending copies, reachability (no secrets)."""
-    out = {"cluster": cfg.cluster, "locations": {}, "pending": pending_copies(cfg)}
-    for location in open_locations(cfg):
-        entry = {"type": location.type, "required": location.required}
-        try:
-            segments = list_segments(location)
-            entry.update(ok=True, segments=len(segments), newest=newest_segment(segments))
-        except Exception as err:  # noqa: BLE001 - reported
-            entry.update(ok=False, error=_safe(err))
-        out["locations"][location.name] = entry
-    return out
-
-
-def _scheduled_job(cfg, args):
-    """`kg-wal backup TYPE` / `kg-wal verify`: what cron and systemd timers run."""
-    from ansible_collections.knowngood.runbooks.plugins.module_utils import (
-        backup_engine,
-        backup_verify,
-    )
-
-    if args.cmd == "backup":
-        entry = backup_engine.take_backup(cfg, args.type, fallback_full=args.fallback_full)
-        missing = sorted(
-            name
-            for name, copy in (entry.get("locations") or {}).items()
-            if copy.get("status") != "ok"
-        )
-        summary = {"backup_id": entry["label"], "type": entry["type"], "missing": missing}
-        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
-        return 1 if missing else 0
-    tiers = tuple(t for t in args.tiers.split(",") if t)
-    outcome = backup_verify.verify(cfg, tiers=tiers)
-    sys.stdout.write(
-        json.dumps({"ok": outcome.get("ok"), "tiers": sorted(outcome.get("tiers", {}))}) + "\n"
-    )
-    return 0 if outcome.get("ok") else 1
-
-
-def watchdog_limit(cmd, environ):
-    """Seconds the watchdog gives `cmd`: WATCHDOG's, or fewer when KG_WAL_WATCHDOG asks."""
-    limit = WATCHDOG[cmd]
-    try:
-        wanted = float(environ.get("KG_WAL_WATCHDOG", ""))
-    except ValueError:
-        return limit
-    return wanted if 0 < wanted < limit else limit
-
-
-def tool_main(argv, default_config=None):
-    import argparse
-
-    parser = argparse.ArgumentParser(prog=TOOL_NAME, description="knowngood WAL archiving")
-    parser.add_argument("--config", default=default_config, help="backup config JSON")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p_push = sub.add_parser("push", help="archive one WAL file (archive_command %%p)")
-    p_push.add_argument("path")
-    p_fetch = sub.add_parser("fetch", help="restore one WAL file (restore_command %%f %%p)")
-    p_fetch.add_argument("name")
-    p_fetch.add_argument("dest")
-    p_fetch.add_argument("--no-prefetch", action="store_true")
-    sub.add_parser("status", help="newest archived segment per location, pending copies")
-    p_backup = sub.add_parser("backup", help="take a backup now (the scheduled jobs)")
-    p_backup.add_argument("type", choices=("full", "incremental"))
-    p_backup.add_argument("--fallback-full", action="store_true")
-    p_verify = sub.add_parser("verify", help="verify the backups (integrity, freshness, restore)")
-    p_verify.add_argument("--tiers", default="integrity,freshness,restore")
-    args = parser.parse_args(argv)
-    if not args.config:
-        parser.error("--config is required")
-    watched = args.cmd in WATCHDOG
-    if watched:
-        # archive_command and restore_command must never hang: PostgreSQL waits on them, and
-        # a push that never returns stops archiving for good. faulthandler's watchdog is a C
-        # thread, so it fires even while a stuck thread holds the GIL or an import lock: it
-        # writes every thread's stack to the server log and exits with status 1, a failed
-        # attempt PostgreSQL counts and retries. Not a signal: an archive_command killed by
-        # one restarts the archiver uncounted, a restore_command killed by one aborts recovery.
-        faulthandler.dump_traceback_later(watchdog_limit(args.cmd, os.environ), exit=True)
-    try:
-        cfg = load_config(args.config)
-        if args.cmd == "push":
-            push(cfg, args.path)
-            return 0
-        if args.cmd == "fetch":
-            return 0 if fetch(cfg, args.name, args.dest, prefetch=not args.no_prefetch) else 1
-        if args.cmd in ("backup", "verify"):
-            return _scheduled_job(cfg, args)
-        sys.stdout.write(json.dumps(status(cfg), indent=2, sort_keys=True) + "\n")
-        return 0
-    except BackupError as err:
-        log(f"{args.cmd}: {err}")
-        return 1
-    except Exception as err:  # noqa: BLE001 - never a traceback with locals into the PG log
-        log(f"{args.cmd}: unexpected {type(err).__name__}")
-        return 1
-    finally:
-        if watched:
-            faulthandler.cancel_dump_traceback_later()
-
-
 __all__ = [
     "push",
     "fetch",
     "prefetch",
     "backfill_pending",
     "pending_copies",
-    "list_segments",
-    "newest_segment",
-    "continuity",
-    "install_tool",
-    "status",
-    "tool_main",
     "is_transient",
     "wal_key",
 ]

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Argument spec every backup module shares (documented once in doc_fragments/backup.py)."""
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_config import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (
     parse_config,
 )
 

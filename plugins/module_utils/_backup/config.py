@@ -2,15 +2,16 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The one backup configuration: module parameters and the WAL tool's JSON file parse here.
 
-Standard library only (the WAL tool imports it under the system Python). Every check raises
+Standard library and module_utils/postgres only (the WAL tool imports it under the system
+Python). Every check raises
 BackupError with a message that names the bad key, before anything is touched.
 """
 
 import dataclasses
-import os
 import posixpath
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils import postgres
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     COMPRESSIONS,
     ENGINES,
     LOCATION_NAME_RE,
@@ -56,14 +57,32 @@ class PgSpec:
     bin_dir: str = "/usr/lib/postgresql/15/bin"
     os_user: str = "postgres"
 
-    def conninfo(self, dbname=None):
-        return (
-            f"host={self.host} port={self.port} user={self.user} "
-            f"dbname={dbname or self.dbname} connect_timeout=5"
+    @property
+    def target(self):
+        """The cluster as the PostgreSQL layer (module_utils/postgres) reaches it."""
+        return postgres.Target(
+            host=self.host,
+            port=int(self.port),
+            user=self.user,
+            dbname=self.dbname,
+            bin_dir=self.bin_dir,
+            os_user=self.os_user,
         )
 
+    def conninfo(self, dbname=None):
+        return self.target.conninfo(dbname)
+
     def binary(self, name):
-        return os.path.join(self.bin_dir, name)
+        return self.target.binary(name)
+
+    def connect(self, dbname=None):
+        """A connection (autocommit) through the PostgreSQL layer; BackupError on failure."""
+        return postgres.connect(self.target, dbname, error=BackupError)
+
+    def os_ids(self):
+        """(uid, gid) of the cluster's OS user; BackupError when it does not exist."""
+        uid, gid, _home = postgres.os_user_ids(self.os_user, BackupError)
+        return uid, gid
 
 
 @dataclasses.dataclass(frozen=True)

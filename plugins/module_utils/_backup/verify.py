@@ -25,21 +25,25 @@ import socket
 import tempfile
 import time
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_codec as codec
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_native as native
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_catalog import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+    archive,
+    codec,
+    command,
+    engine,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.catalog import (
     Catalog,
     backups_prefix,
     list_labels,
-    wal_prefix,
+    read_entry,
+    read_manifest_bytes,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     CHUNK,
     WAL_SEGMENT_RE,
     BackupError,
     iso,
     parse_iso,
-    segment_from_parts,
     segment_parts,
     sha256_bytes,
     utcnow,
@@ -56,55 +60,6 @@ def _noop(*_args, **_kwargs):
 def _first_line(err):
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
-
-
-# ---- WAL listing and continuity --------------------------------------------------------------
-
-
-def wal_objects(location):
-    """{name: key} of every WAL segment / history file in a location."""
-    out = {}
-    for key in location.list(wal_prefix(None)):
-        base = key.rsplit("/", 1)[-1]
-        parsed = codec.parse_suffix(base)
-        name = base
-        if parsed is not None:
-            ext = "." + codec.suffix(*parsed)
-            name = base[: -len(ext)] if base.endswith(ext) else base
-        out.setdefault(name, key)
-    return out
-
-
-def _continuity(cfg, location, start_segment):
-    """backup_wal.continuity when available, else the same check from a listing here."""
-    try:
-        from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal
-
-        found = backup_wal.continuity(cfg, location, start_segment)
-        return {
-            "ok": bool(found.get("ok")),
-            "gaps": list(found.get("gaps") or []),
-            "newest": found.get("newest"),
-        }
-    except ImportError:
-        pass
-    names = [n for n in wal_objects(location) if WAL_SEGMENT_RE.match(n)]
-    start_tli, start_seg = segment_parts(start_segment)
-    have = {}
-    for name in names:
-        tli, seg = segment_parts(name)
-        if tli >= start_tli:
-            have.setdefault(seg, set()).add(tli)
-    if start_seg not in have:
-        return {"ok": False, "gaps": [start_segment], "newest": None}
-    newest_seg = max(have)
-    gaps = [
-        segment_from_parts(start_tli, seg)
-        for seg in range(start_seg, newest_seg + 1)
-        if seg not in have
-    ]
-    newest_tli = max(have[newest_seg])
-    return {"ok": not gaps, "gaps": gaps, "newest": segment_from_parts(newest_tli, newest_seg)}
 
 
 # ---- integrity -------------------------------------------------------------------------------
@@ -134,13 +89,13 @@ def check_copy(cfg, target, entry, tmp_dir, pool):
     prefix = backups_prefix(cfg, label)
     problems = []
     try:
-        stored_entry = json.loads(target.location.get_bytes(f"{prefix}backup.json"))
+        stored_entry = read_entry(target.location, cfg, label)
     except Exception as err:  # noqa: BLE001
         return [f"{where}: backup.json missing or unreadable ({_first_line(err)})"], {}
     want = ((stored_entry.get("locations") or {}).get(target.name) or {}).get("manifest_sha256")
     want = want or (stored_entry.get("manifests") or {}).get(target.variant)
     try:
-        raw = target.location.get_bytes(f"{prefix}manifest.json")
+        raw = read_manifest_bytes(target.location, cfg, label)
     except Exception as err:  # noqa: BLE001
         return [f"{where}: manifest.json missing ({_first_line(err)})"], {}
     if want and sha256_bytes(raw) != want:
@@ -338,7 +293,8 @@ def integrity(cfg, catalog, targets, *, label=None, progress=_noop):
             continue
         start = min(starts, key=lambda s: segment_parts(s)[1])
         try:
-            found = _continuity(cfg, target.location, start)
+            checked = archive.continuity(cfg, target.location, start)
+            found = {k: checked[k] for k in ("ok", "gaps", "newest")}
         except Exception as err:  # noqa: BLE001
             found = {"ok": False, "gaps": [], "newest": None, "error": _first_line(err)}
         wal[target.name] = {"from": start, **found}
@@ -410,7 +366,7 @@ def freshness(cfg, catalog, targets, *, progress=_noop):
         )
     wal = {"last_archived_wal": None, "age_minutes": None}
     try:
-        with contextlib.closing(native.connect(cfg)) as conn:
+        with contextlib.closing(cfg.pg.connect()) as conn:
             row = conn.execute(
                 "SELECT last_archived_wal, last_archived_time, last_failed_wal, "
                 "last_failed_time FROM pg_stat_archiver"
@@ -473,7 +429,7 @@ def _free_port():
 def write_sentinel(cfg, timeout=120):
     """A random token in knowngood_sentinel on the live cluster, its WAL archived."""
     token = secrets.token_hex(16)
-    with contextlib.closing(native.connect(cfg)) as conn:
+    with contextlib.closing(cfg.pg.connect()) as conn:
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {SENTINEL_TABLE} "
             "(token text PRIMARY KEY, written_at timestamptz NOT NULL DEFAULT now())"
@@ -500,7 +456,7 @@ def _fetch_wal(cfg, target, entry, wal_dir, progress):
     """Python fallback for restore_command: every WAL file from the backup's start segment on
     (and every history file), decoded into wal_dir; restore_command then copies from it."""
     start_tli, start_seg = segment_parts(entry["wal_start"])
-    names = wal_objects(target.location)
+    names = archive.wal_objects(target.location)
     wanted = []
     for name, key in names.items():
         if name.endswith(".history"):
@@ -538,13 +494,10 @@ def _fetch_wal(cfg, target, entry, wal_dir, progress):
 
 def _wal_tool_restore_command(cfg, scratch_dir):
     """restore_command of the installed WAL tool, or None when it is not available here."""
-    try:
-        from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal
-    except ImportError:
-        return None
-    install = getattr(backup_wal, "install_tool", None)
-    if install is None:
-        return None
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.install import (
+        install_tool as install,
+    )
+
     tool_dir = os.path.join(scratch_dir, "tool")
     try:
         installed = install(cfg, tool_dir)
@@ -573,7 +526,7 @@ def _scratch_settings(cfg, port, run_dir, hba):
 
 
 def _pg_ctl(cfg, *args, timeout=None, check=True):
-    return native.run(
+    return command.run(
         [cfg.pg.binary("pg_ctl"), *args],
         cfg=cfg,
         as_postgres=True,
@@ -601,7 +554,7 @@ def restore_test(
     label = entry["label"]
     scratch_dir = scratch_dir or os.path.join(cfg.spool_dir, "restore-test")
     port = scratch_port or _free_port()
-    uid, gid = native._postgres_ids(cfg)
+    uid, gid = cfg.pg.os_ids()
     result = {"label": label, "scratch_port": port, "ok": False}
     marker = None
     started = None
@@ -621,17 +574,17 @@ def restore_test(
             os.makedirs(path, mode=0o755)
             os.chown(path, uid, gid)
         started = time.monotonic()
-        restored = native.restore(cfg, label, data, progress=progress)
+        restored = engine.restore(cfg, label, data, progress=progress)
         result["restore"] = restored
-        command = restore_command or _wal_tool_restore_command(cfg, scratch_dir)
-        if command:
+        fetch_command = restore_command or _wal_tool_restore_command(cfg, scratch_dir)
+        if fetch_command:
             result["restore_command"] = "wal tool"
         else:
-            target = native.open_targets(cfg, names=[restored["location"]])[0][0]
+            target = engine.open_targets(cfg, names=[restored["location"]])[0][0]
             result["wal_files"] = _fetch_wal(cfg, target, entry, wal_dir, progress)
             for name in os.listdir(wal_dir):
                 os.chown(os.path.join(wal_dir, name), uid, gid)
-            command = f"cp {shlex.quote(wal_dir)}/%f %p"
+            fetch_command = f"cp {shlex.quote(wal_dir)}/%f %p"
             result["restore_command"] = "python prefetch"
         hba = os.path.join(scratch_dir, "pg_hba.conf")
         with open(hba, "w", encoding="utf-8") as handle:
@@ -641,8 +594,8 @@ def restore_test(
         if not os.path.exists(conf):
             open(conf, "w").close()  # noqa: SIM115 - Debian keeps it in /etc
             os.chown(conf, uid, gid)
-        native.write_recovery(
-            data, cfg, command, settings=_scratch_settings(cfg, port, run_dir, hba)
+        engine.write_recovery(
+            data, cfg, fetch_command, settings=_scratch_settings(cfg, port, run_dir, hba)
         )
         progress(f"restore test: starting the scratch cluster on port {port}, replaying WAL")
         log = os.path.join(scratch_dir, "server.log")
@@ -656,7 +609,7 @@ def restore_test(
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with contextlib.closing(native.connect(scfg)) as conn:
+                with contextlib.closing(scfg.pg.connect()) as conn:
                     if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
                         break
             except BackupError:
@@ -670,7 +623,7 @@ def restore_test(
         result["replay_seconds"] = round(time.monotonic() - replay_started, 3)
         progress("restore test: pg_amcheck --all")
         amcheck_started = time.monotonic()
-        proc = native.run(
+        proc = command.run(
             [cfg.pg.binary("pg_amcheck"), "--all", "--install-missing", "-h", "127.0.0.1",
              "-p", port, "-U", cfg.pg.user, "--no-password"],
             check=False, timeout=timeout,
@@ -681,7 +634,7 @@ def restore_test(
             "output": (proc.stdout + proc.stderr).strip().splitlines()[-10:],
         }
         if sentinel:
-            with contextlib.closing(native.connect(scfg)) as conn:
+            with contextlib.closing(scfg.pg.connect()) as conn:
                 found = conn.execute(
                     f"SELECT count(*) FROM {SENTINEL_TABLE} WHERE token = %s",
                     (marker["token"],),
@@ -784,7 +737,7 @@ def verify(
     if label and catalog.get(label) is None:
         raise BackupError(f"no backup labelled {label!r} in the catalog")
     out = {"tiers": {}, "label": label, "at": iso(utcnow())}
-    targets, failures = native.open_targets(cfg)
+    targets, failures = engine.open_targets(cfg)
     for name in tiers:
         started = time.monotonic()
         try:

@@ -8,7 +8,7 @@ Every location exposes the same small object API; keys are relative to the locat
 thing?" does not need a download; the stored bytes are verified while they are written
 (local: hashed while copied; S3: ETag == locally computed MD5 / multipart MD5).
 
-Standard library + boto3 (imported lazily: only S3 locations need it).
+Standard library + boto3 through module_utils/aws (imported lazily: only S3 locations need it).
 """
 
 import codecs
@@ -19,15 +19,14 @@ import hashlib
 import hmac
 import json
 import os
-import random
 import shutil
-import socket
 import tempfile
 import threading
 import time
 import uuid
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils import aws
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     CHUNK,
     BackupError,
     LocationUnavailable,
@@ -56,67 +55,26 @@ class TransientError(LocationUnavailable):
     """A failure worth retrying (connection refused/reset, timeouts, 5xx, throttling)."""
 
 
-_TRANSIENT_CODES = {
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "TooManyRequests",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "InternalError",
-    "ServiceUnavailable",
-    "503",
-    "500",
-    "502",
-    "504",
-}
-
-
 def is_transient(err):
     if isinstance(err, TransientError):
         return True
     if isinstance(err, BackupError):
         return False
-    try:
-        from botocore import exceptions as bexc
-    except ImportError:  # pragma: no cover - no boto3: nothing of it to classify
-        bexc = None
-    if bexc is not None:
-        transient_types = (
-            bexc.EndpointConnectionError,
-            bexc.ConnectTimeoutError,
-            bexc.ReadTimeoutError,
-            bexc.ConnectionClosedError,
-            bexc.ConnectionError,
-            bexc.IncompleteReadError,
-        )
-        if isinstance(err, transient_types):
-            return True
-        if isinstance(err, bexc.ClientError):
-            code = str(err.response.get("Error", {}).get("Code", ""))
-            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-            return code in _TRANSIENT_CODES or status >= 500 or status == 429
-    return isinstance(err, (ConnectionError, socket.timeout, TimeoutError))
+    return aws.is_transient(err)
 
 
 def retry(fn, cfg, what, attempts=None, sleep=time.sleep):
-    """fn() with jittered exponential backoff on transient errors only.
+    """fn() with jittered exponential backoff on transient errors only (`what` names it).
 
     Not-found, access denied, bad credentials and every BackupError are raised at once."""
-    attempts = attempts or getattr(cfg, "retry_attempts", 4)
-    base = getattr(cfg, "retry_base_delay", 0.5)
-    cap = getattr(cfg, "retry_max_delay", 8.0)
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as err:  # noqa: BLE001 - classified below
-            if attempt >= attempts or not is_transient(err):
-                raise
-            delay = min(cap, base * (2 ** (attempt - 1)))
-            sleep(delay * (0.5 + random.random() / 2))
-    raise BackupError(f"{what}: gave up")  # pragma: no cover - loop always returns or raises
+    return aws.retry(
+        fn,
+        attempts=attempts or getattr(cfg, "retry_attempts", 4),
+        base_delay=getattr(cfg, "retry_base_delay", 0.5),
+        max_delay=getattr(cfg, "retry_max_delay", 8.0),
+        retryable=is_transient,
+        sleep=sleep,
+    )
 
 
 # ---- keys ------------------------------------------------------------------------------------
@@ -174,7 +132,7 @@ class Location:
 
     def prepare(self):
         """Import and build now, on the calling thread, what the first request would: for
-        callers about to use the location from a worker thread (see backup_codec.preload)."""
+        callers about to use the location from a worker thread (see codec.preload)."""
 
     def exists(self, key):
         return self.head(key) is not None
@@ -647,34 +605,24 @@ class S3Location(Location):
                     self._client = self._make_client()
 
     def _make_client(self):
-        try:
-            import boto3
-            from botocore.config import Config
-        except ImportError as err:
-            raise self._err("S3 locations need the python boto3 package") from err
-        options = {
-            "s3": {"addressing_style": "path"},
-            "signature_version": "s3v4",
-            "connect_timeout": 3,
-            "read_timeout": 30,
-            "retries": {"max_attempts": 1, "mode": "standard"},
-            "max_pool_connections": max(10, 2 * getattr(self.cfg, "parallel", 2)),
-        }
-        try:  # botocore >= 1.36 adds CRC checksums by default; keep requests portable
-            config = Config(
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-                **options,
-            )
-        except TypeError:
-            config = Config(**options)
-        return boto3.session.Session().client(
+        if not aws.available():
+            raise self._err("S3 locations need the python boto3 package")
+        return aws.client(
             "s3",
-            endpoint_url=self.spec.endpoint_url or None,
-            region_name=self.spec.region or None,
-            aws_access_key_id=self.spec.access_key or None,
-            aws_secret_access_key=self.spec.secret_key or None,
-            config=config,
+            endpoint_url=self.spec.endpoint_url,
+            region=self.spec.region,
+            access_key=self.spec.access_key,
+            secret_key=self.spec.secret_key,
+            config={
+                "portable_checksums": True,
+                "s3": {"addressing_style": "path"},
+                "signature_version": "s3v4",
+                "connect_timeout": 3,
+                "read_timeout": 30,
+                "retries": {"max_attempts": 1, "mode": "standard"},
+                "max_pool_connections": max(10, 2 * getattr(self.cfg, "parallel", 2)),
+            },
+            error=self._err,
         )
 
     def _key(self, key):
@@ -1097,7 +1045,7 @@ def default_salt(cluster):
 
 def location_key(cfg, salt):
     """The derived key for cfg.encryption_key and salt (cached per process)."""
-    from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_codec import (
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.codec import (
         derive_key,
     )
 
@@ -1131,7 +1079,7 @@ def ensure_repo(location, cfg, cache_dir=None):
     repo.json: format, cluster, created, encryption {salt, key_check}. A location whose
     key check does not match cfg.encryption_key raises "location X: wrong encryption key".
     cache_dir: remember repo.json locally (the WAL tool calls this once per segment)."""
-    from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_codec import (
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.codec import (
         key_check_value,
     )
 

@@ -29,14 +29,18 @@ import subprocess
 import tempfile
 import time
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_native as native
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_verify as verify
-from ansible_collections.knowngood.runbooks.plugins.module_utils import backup_wal, postgres
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_catalog import (
-    Catalog,
-    is_committed,
+from ansible_collections.knowngood.runbooks.plugins.module_utils import postgres
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+    command,
+    engine,
+    install,
+    verify,
 )
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+
+# kg-wal's entry point: imported so that Ansible ships every source install_tool copies.
+# pylint: disable-next=unused-import
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import tool as kg_wal  # noqa: F401
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     SEGMENT_SIZE,
     WAL_SEGMENT_RE,
     BackupError,
@@ -60,7 +64,6 @@ RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
 BACKUP_LABEL_RE = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 TARGET_KEYS = "target_time, target_lsn, target_xid, target_name, target_immediate"
 SCAN_LIMIT = 64  # archived segments decoded, newest first, looking for the last commit
-RECOVERY_KEYS = ("restore_command", "recovery_target", "recovery_target_action")
 _COMMIT_RE = re.compile(
     r"lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: (?:COMMIT|ABORT)(?:_PREPARED)? "
     r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC"
@@ -243,7 +246,7 @@ def primary_identity(cfg, req, queries=None):
             "cluster's name to confirm"
         )
     pg = dataclasses.replace(cfg.pg, port=req.port or cfg.pg.port)
-    with contextlib.closing(native.connect(dataclasses.replace(cfg, pg=pg))) as conn:
+    with contextlib.closing(pg.connect()) as conn:
         ident = postgres.identity(conn)
         _audit(queries, "identity: " + ", ".join(postgres.IDENTITY_SQL))
         if ident["in_recovery"]:
@@ -279,10 +282,7 @@ class Archive:
         self.histories = set()
         self.sources = []
         self.unreachable = {}
-        if cfg.engine == "pgbackrest":
-            self._list_pgbackrest()
-        else:
-            self._list_native()
+        self._list()
         if not self.sources:
             raise BackupError(
                 "no WAL archive reachable: "
@@ -295,62 +295,19 @@ class Archive:
         elif re.match(r"^[0-9A-F]{8}\.history$", name):
             self.histories.add(int(name[:8], 16))
 
-    def _list_native(self):
-        for spec in self.cfg.locations:
-            try:
-                location = native.open_target_location(spec, self.cfg)
-                names = verify.wal_objects(location)
-            except Exception as err:  # noqa: BLE001 - reported, other locations may do
-                self.unreachable[spec.name] = str(err).splitlines()[0] if str(err) else "error"
-                continue
-            for name in names:
-                self._add(name)
-            self.sources.append(spec.name)
-
-    def _repo_archive_dir(self, repo):
-        from ansible_collections.knowngood.runbooks.plugins.module_utils import (
-            backup_pgbackrest as pgbr,
-        )
-
-        root = os.path.join(repo["path"], "archive", pgbr.stanza(self.cfg))
-        ids = sorted(
-            (d for d in os.listdir(root) if re.match(r"^\d+-\d+$", d)),
-            key=lambda d: int(d.split("-")[1]),
-        )
-        if not ids:
-            raise BackupError(f"pgBackRest repository {repo['path']} holds no WAL archive")
-        return os.path.join(root, ids[-1])
-
-    def _list_pgbackrest(self):
-        for number, repo in enumerate(self.cfg.pgbackrest_repos, start=1):
-            name = f"repo{number}"
-            if (repo.get("type") or "posix") != "posix" or not repo.get("path"):
-                self.unreachable[name] = "only posix repositories can be listed for continuity"
-                continue
-            try:
-                base = self._repo_archive_dir(repo)
-                for entry in os.listdir(base):
-                    if entry.endswith(".history"):
-                        self._add(entry)
-                    elif re.match(r"^[0-9A-F]{16}$", entry):
-                        for item in os.listdir(os.path.join(base, entry)):
-                            self._add(item.split("-", 1)[0] if "-" in item else item)
-            except (OSError, BackupError) as err:
-                self.unreachable[name] = str(err)
-                continue
-            self.sources.append(name)
+    def _list(self):
+        for name, names, error in engine.list_wal(self.cfg):
+            for item in names:
+                self._add(item)
+            if error is None:
+                self.sources.append(name)
+            else:
+                self.unreachable[name] = error
 
     def fetch(self, name, dest_dir):
         """Decode one archived WAL file into dest_dir; its path."""
         dest = os.path.join(dest_dir, name)
-        if self.cfg.engine == "pgbackrest":
-            from ansible_collections.knowngood.runbooks.plugins.module_utils import (
-                backup_pgbackrest as pgbr,
-            )
-
-            pgbr.run(self.cfg, ["archive-get", name, dest], timeout=600)
-        elif not backup_wal.fetch(self.cfg, name, dest, prefetch=False):
-            raise BackupError(f"WAL file {name} is in no location")
+        engine.fetch_wal(self.cfg, name, dest)
         return dest
 
 
@@ -505,14 +462,7 @@ def last_archived_commit(cfg, archive, path, start_no, newest_no, tmp_dir):
 
 def backup_entries(cfg):
     """Committed backups, oldest first, as catalog entries (either engine)."""
-    if cfg.engine == "pgbackrest":
-        from ansible_collections.knowngood.runbooks.plugins.module_utils import (
-            backup_pgbackrest as pgbr,
-        )
-
-        entries = [e for e in pgbr.list_backups(cfg) if not e.get("error")]
-    else:
-        entries = [e for e in Catalog(cfg).entries() if is_committed(e)]
+    entries = engine.list_backups(cfg)
     usable = [e for e in entries if e.get("stop_lsn") and e.get("wal_start") and e.get("timeline")]
     return sorted(usable, key=lambda e: (parse_lsn(e["stop_lsn"]), e["label"]))
 
@@ -527,7 +477,7 @@ def plan(cfg, req, target, *, tmp_dir=None):
     if own_tmp:
         tmp_dir = tempfile.mkdtemp(prefix="kg-pitr-")
     if cfg.engine == "pgbackrest":
-        os.chown(tmp_dir, *native._postgres_ids(cfg))
+        os.chown(tmp_dir, *cfg.pg.os_ids())
     try:
         return _plan(cfg, req, target, tmp_dir)
     finally:
@@ -749,7 +699,7 @@ def probe(lcfg, queries=None):
         "data_directory": "SHOW data_directory",
         "in_recovery": "SELECT pg_is_in_recovery()",
     }
-    with contextlib.closing(native.connect(lcfg)) as conn:
+    with contextlib.closing(lcfg.pg.connect()) as conn:
         for key, query in sql.items():
             out[key] = conn.execute(query).fetchone()[0]
             _audit(queries, query)
@@ -813,74 +763,31 @@ def _stamp():
     return utcnow().strftime("%Y%m%dT%H%M%SZ")
 
 
-def _strip_recovery_settings(data_dir, cfg):
-    """Drop earlier recovery settings from postgresql.auto.conf (two targets = FATAL)."""
-    path = os.path.join(data_dir, "postgresql.auto.conf")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except FileNotFoundError:
-        return
-    keep = []
-    for line in lines:
-        key = line.split("=", 1)[0].strip()
-        if line.strip() == "# knowngood restore" or key in RECOVERY_KEYS:
-            continue
-        if key.startswith("recovery_target_") or key == "hot_standby":
-            continue
-        keep.append(line)
-    write_atomic(path, "\n".join(keep) + "\n", mode=0o600)
-    os.chown(path, *native._postgres_ids(cfg))
-
-
 def _restore_command(cfg, req):
     if cfg.engine == "pgbackrest":
         return None
     tool_dir = req.tool_dir or os.path.join(cfg.spool_dir, "pitr-tool")
-    return backup_wal.install_tool(cfg, tool_dir, req.python, cfg.pg.os_user)["restore_command"]
+    return install.install_tool(cfg, tool_dir, req.python, cfg.pg.os_user)["restore_command"]
 
 
 def _restore_into(cfg, req, plan_, data_dir, settings):
     """Restore the plan's backup into data_dir and write its recovery settings (pause)."""
-    target = plan_["recovery_target"]
-    if cfg.engine == "pgbackrest":
-        from ansible_collections.knowngood.runbooks.plugins.module_utils import (
-            backup_pgbackrest as pgbr,
-        )
-
-        kind = next(iter(k for k in target if k != "inclusive"))
-        spec = {"type": kind, "action": "pause"}
-        if kind != "immediate":
-            spec["value"] = target[kind]
-        if "inclusive" in target:
-            spec["inclusive"] = target["inclusive"]
-        restored = pgbr.restore(cfg, plan_["backup"], data_dir, target=spec)
-        _append_settings(cfg, data_dir, settings)
-        return restored
-    restored = native.restore(cfg, plan_["backup"], data_dir)
-    _strip_recovery_settings(data_dir, cfg)
-    extra = dict(settings)
-    if req.target_timeline not in (None, "", "latest"):
-        extra["recovery_target_timeline"] = str(req.target_timeline)
-    native.write_recovery(
-        data_dir, cfg, _restore_command(cfg, req), target=target, action="pause", settings=extra
+    timeline = req.target_timeline
+    return engine.restore_to_target(
+        cfg,
+        plan_["backup"],
+        data_dir,
+        plan_["recovery_target"],
+        settings,
+        lambda: _restore_command(cfg, req),
+        timeline=None if timeline in (None, "", "latest") else timeline,
     )
-    return restored
-
-
-def _append_settings(cfg, data_dir, settings):
-    if not settings:
-        return
-    path = os.path.join(data_dir, "postgresql.auto.conf")
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write("".join(f"{k} = {native._conf_value(v)}\n" for k, v in settings.items()))
-    os.chown(path, *native._postgres_ids(cfg))
 
 
 def start_and_wait_paused(cfg, data_dir, log, timeout, result, queries=None):
     """Start data_dir recovering (as postgres) and wait until replay pauses at the target.
     Fails with PostgreSQL's message when recovery ends first; the cluster is then stopped."""
-    uid, gid = native._postgres_ids(cfg)
+    uid, gid = cfg.pg.os_ids()
     if not os.path.exists(log):
         open(log, "a").close()  # noqa: SIM115 - pg_ctl appends as postgres
     os.chown(log, uid, gid)
@@ -897,7 +804,7 @@ def start_and_wait_paused(cfg, data_dir, log, timeout, result, queries=None):
                 f"(log {log})"
             )
         try:
-            with contextlib.closing(native.connect(cfg)) as conn:
+            with contextlib.closing(cfg.pg.connect()) as conn:
                 if result["first_read_seconds"] is None:
                     conn.execute("SELECT 1").fetchone()
                     result["first_read_seconds"] = round(time.monotonic() - started, 3)
@@ -941,7 +848,7 @@ def report_position(cfg, result, plan_, queries=None):
         "SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp(), "
         "pg_get_wal_replay_pause_state(), (SELECT timeline_id FROM pg_control_checkpoint())"
     )
-    with contextlib.closing(native.connect(cfg)) as conn:
+    with contextlib.closing(cfg.pg.connect()) as conn:
         lsn, when, state, timeline = conn.execute(query).fetchone()
     _audit(queries, query)
     result["reached_lsn"] = lsn
@@ -1079,7 +986,7 @@ def _assert_offline_identity(lcfg, data_dir, plan_):
     want = (plan_.get("base") or {}).get("system_identifier")
     if not os.path.isdir(data_dir) or not want:
         return
-    proc = native.run([lcfg.pg.binary("pg_controldata"), data_dir], check=False)
+    proc = command.run([lcfg.pg.binary("pg_controldata"), data_dir], check=False)
     match = re.search(r"Database system identifier:\s+(\d+)", proc.stdout)
     if match and match.group(1) != str(want):
         raise BackupError(
@@ -1142,7 +1049,7 @@ def promote(cfg, req, result=None):
         )
     report_position(lcfg, result, plan_, queries)
     with steps("promote"):
-        with contextlib.closing(native.connect(lcfg)) as conn:
+        with contextlib.closing(lcfg.pg.connect()) as conn:
             query = "SELECT pg_promote(true, %s)"
             done = conn.execute(query, (int(min(req.timeout, 3600)),)).fetchone()[0]
             _audit(queries, query)
@@ -1151,7 +1058,7 @@ def promote(cfg, req, result=None):
             query = "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
             result["timeline"] = int(conn.execute(query).fetchone()[0], 16)
             _audit(queries, query)
-        _strip_recovery_settings(data_dir, cfg)
+        engine.strip_recovery_settings(data_dir, cfg)
     result.update(changed=True, promoted=True, paused=False)
     _write_json(state_path(data_dir), {**state, "phase": "promoted", "timeline": result["timeline"],
                                        "plan": plan_})  # fmt: skip
@@ -1202,7 +1109,7 @@ def restore_tables(cfg, req, result=None):
     scratch = req.scratch_dir or os.path.join(cfg.spool_dir, f"pitr-scratch-{stamp}")
     port = req.scratch_port or verify.free_port()
     data = os.path.join(scratch, "data")
-    uid, gid = native._postgres_ids(cfg)
+    uid, gid = cfg.pg.os_ids()
     scfg = verify.scratch_cfg(cfg, port)
     try:
         if os.path.exists(scratch):
@@ -1232,7 +1139,7 @@ def restore_tables(cfg, req, result=None):
         # transactions that were open there: a DROP TABLE logs its AccessExclusiveLock before
         # the commit the target stops at, and pg_dump would wait on it forever. Promoting the
         # throwaway scratch (archive_mode off) aborts them.
-        with steps("end_scratch_recovery"), contextlib.closing(native.connect(scfg)) as conn:
+        with steps("end_scratch_recovery"), contextlib.closing(scfg.pg.connect()) as conn:
             query = "SELECT pg_promote(true, %s)"
             if not conn.execute(query, (int(min(req.timeout, 600)),)).fetchone()[0]:
                 raise BackupError("the scratch cluster did not leave recovery")
@@ -1245,7 +1152,7 @@ def restore_tables(cfg, req, result=None):
                     "-f", dump]  # fmt: skip
             for schema, table in names:
                 argv += ["-t", f'"{schema}"."{table}"']
-            native.run(argv, timeout=req.timeout, what="pg_dump from the scratch cluster")
+            command.run(argv, timeout=req.timeout, what="pg_dump from the scratch cluster")
         with steps("load"):
             result["tables"] = _load_tables(lcfg, names, dump, stamp, req.timeout, queries)
     finally:
@@ -1263,7 +1170,7 @@ def _expand_tables(scfg, wanted, queries):
         "SELECT schemaname, tablename FROM pg_tables WHERE schemaname = %s "
         "AND (%s::text = '*' OR tablename = %s::text) ORDER BY tablename"
     )
-    with contextlib.closing(native.connect(scfg)) as conn:
+    with contextlib.closing(scfg.pg.connect()) as conn:
         for schema, table in wanted:
             rows = conn.execute(query, (schema, table, table)).fetchall()
             _audit(queries, query)
@@ -1276,7 +1183,7 @@ def _expand_tables(scfg, wanted, queries):
 def _tables_done(lcfg, wanted, stamp, queries):
     """The report of an earlier run with this run_id when it already loaded every table."""
     query = "SELECT to_regclass(%s) IS NOT NULL"
-    with contextlib.closing(native.connect(lcfg)) as conn:
+    with contextlib.closing(lcfg.pg.connect()) as conn:
         out = []
         for schema, table in wanted:
             if table == "*":
@@ -1329,7 +1236,7 @@ def _count_rows(conn, rel, item):
 
 def _load_tables(lcfg, names, dump, stamp, timeout, queries):
     report, renames = [], []
-    with contextlib.closing(native.connect(lcfg)) as conn:
+    with contextlib.closing(lcfg.pg.connect()) as conn:
         for schema, table in names:
             rel = f'"{schema}"."{table}"'
             exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (rel,)).fetchone()[0]
@@ -1352,13 +1259,13 @@ def _load_tables(lcfg, names, dump, stamp, timeout, queries):
             shutil.copyfileobj(handle, out)
     queries.extend(renames)
     queries.append(f"psql --single-transaction -f <pg_dump of {len(names)} table(s)>")
-    native.run(
-        [lcfg.pg.binary("psql"), "-X", "-q", "--single-transaction", "-v", "ON_ERROR_STOP=1",
-         "-h", lcfg.pg.host, "-p", lcfg.pg.port, "-U", lcfg.pg.user, "-d", lcfg.pg.dbname,
-         "--no-password", "-f", script],
-        timeout=timeout, what="loading the restored tables (one transaction)",
-    )  # fmt: skip
-    with contextlib.closing(native.connect(lcfg)) as conn:
+    argv = postgres.psql_argv(lcfg.pg.target, files=[script], single_transaction=True)
+    command.run(
+        [*argv, "--no-password"],
+        timeout=timeout,
+        what="loading the restored tables (one transaction)",
+    )
+    with contextlib.closing(lcfg.pg.connect()) as conn:
         for item in report:
             schema, table = item["table"].split(".", 1)
             item["rows_after"] = conn.execute(
@@ -1381,7 +1288,7 @@ def release(cfg, req, result=None):
             raise BackupError("releasing renamed-aside tables needs the run_id that made them")
         stamp = re.sub(r"[^A-Za-z0-9_]", "_", req.run_id).lower()
         dropped = []
-        with contextlib.closing(native.connect(lcfg)) as conn, conn.transaction():
+        with contextlib.closing(lcfg.pg.connect()) as conn, conn.transaction():
             for schema, table in parse_tables(req.tables):
                 if table == "*":
                     raise BackupError("release names each table (schema.table), not schema.*")
@@ -1463,7 +1370,7 @@ def release_target(lcfg, req, queries=None):
     want = info.get("system_identifier") or ((state.get("plan") or {}).get("base") or {}).get(
         "system_identifier"
     )
-    proc = native.run([lcfg.pg.binary("pg_controldata"), given], check=False)
+    proc = command.run([lcfg.pg.binary("pg_controldata"), given], check=False)
     match = re.search(r"Database system identifier:\s+(\d+)", proc.stdout or "")
     if not match:
         raise BackupError(f"cannot read the system identifier of {req.aside_dir}: {refuse}")

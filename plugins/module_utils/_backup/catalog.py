@@ -15,14 +15,15 @@ import datetime
 import json
 import os
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils.backup_common import (
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import archive
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
     WAL_SEGMENT_RE,
     BackupError,
     dump_json,
     iso,
     parse_iso,
     read_json,
-    segment_parts,
+    sha256_bytes,
     utcnow,
     write_atomic,
 )
@@ -31,7 +32,7 @@ VERIFY_TIERS_PROVING = ("integrity", "restore")
 
 
 def location_name(location):
-    """The configured name of a backup_store Location object."""
+    """The configured name of a store Location object."""
     name = getattr(location, "name", None)
     if name:
         return name
@@ -46,12 +47,53 @@ def location_spec(location):
 
 
 def backups_prefix(cfg, label=None):
-    """Keys are relative to the location's `<cluster>/` root (backup_store adds it)."""
+    """Keys are relative to the location's `<cluster>/` root (store adds it)."""
     return "backups/" + (f"{label}/" if label else "")
 
 
-def wal_prefix(cfg):
-    return "wal/"
+def entry_key(cfg, label):
+    """The key of a copy's backup.json (its commit marker: written last, deleted first)."""
+    return f"{backups_prefix(cfg, label)}backup.json"
+
+
+def manifest_key(cfg, label):
+    """The key of a copy's manifest.json (every file of the backup and where it is stored)."""
+    return f"{backups_prefix(cfg, label)}manifest.json"
+
+
+def read_entry(location, cfg, label):
+    """The backup.json of the copy of `label` in location, parsed."""
+    return json.loads(location.get_bytes(entry_key(cfg, label)))
+
+
+def read_manifest_bytes(location, cfg, label):
+    """The manifest.json of the copy of `label` in location, as stored."""
+    return location.get_bytes(manifest_key(cfg, label))
+
+
+def read_manifest(cfg, target, label, expect_sha256=None):
+    """(manifest, backup.json) of one copy, the manifest checked against the checksum given
+    or the one in backup.json; BackupError naming the location when either is bad."""
+    try:
+        raw_entry = target.location.get_bytes(entry_key(cfg, label))
+        raw = read_manifest_bytes(target.location, cfg, label)
+    except Exception as err:  # noqa: BLE001
+        raise BackupError(f"location {target.name}: cannot read backup {label}: {err}") from None
+    stored_entry = json.loads(raw_entry)
+    want = expect_sha256 or ((stored_entry.get("locations") or {}).get(target.name) or {}).get(
+        "manifest_sha256"
+    )
+    if want is None:
+        want = (stored_entry.get("manifests") or {}).get(target.variant)
+    if want and sha256_bytes(raw) != want:
+        raise BackupError(
+            f"location {target.name}: manifest.json of {label} does not match the checksum in "
+            "its backup.json (bad manifest)"
+        )
+    try:
+        return json.loads(raw), stored_entry
+    except ValueError as err:
+        raise BackupError(f"location {target.name}: manifest.json of {label} is not JSON") from err
 
 
 def _when(entry):
@@ -239,8 +281,7 @@ class Catalog:
             for label, ok in seen[name].items():
                 if ok and self.get(label) is None:
                     try:
-                        raw = location.get_bytes(f"{backups_prefix(self.cfg, label)}backup.json")
-                        entry = json.loads(raw)
+                        entry = read_entry(location, self.cfg, label)
                     except Exception as err:  # noqa: BLE001
                         result["unreachable"].setdefault(name, f"backup.json of {label}: {err}")
                         continue
@@ -378,9 +419,8 @@ class Catalog:
 
 def _delete_copy(location, cfg, label):
     """backup.json first, so a half-deleted copy never looks valid."""
-    prefix = backups_prefix(cfg, label)
-    location.delete(f"{prefix}backup.json")
-    location.delete_prefix(prefix)
+    location.delete(entry_key(cfg, label))
+    location.delete_prefix(backups_prefix(cfg, label))
 
 
 def _lock_note(spec, err):
@@ -457,19 +497,13 @@ def expire(cfg, plan, locations):
         result["expired"].append(label)
     keep_from = plan.get("wal_keep_from")
     if keep_from and WAL_SEGMENT_RE.match(keep_from):
-        keep_tli, keep_seg = segment_parts(keep_from)
         for location in locations:
             name = location_name(location)
             deleted = 0
             try:
-                for key in location.list(wal_prefix(cfg)):
-                    base = key.rsplit("/", 1)[-1][:24]
-                    if not WAL_SEGMENT_RE.match(base) or ".history" in key:
-                        continue
-                    tli, seg = segment_parts(base)
-                    if tli <= keep_tli and seg < keep_seg:
-                        location.delete(key)
-                        deleted += 1
+                for key in archive.keys_before(location, keep_from):
+                    location.delete(key)
+                    deleted += 1
             except Exception as err:  # noqa: BLE001
                 if _lock_note(location_spec(location), err):
                     result["locked"].setdefault(name, []).append("wal")

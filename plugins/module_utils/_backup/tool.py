@@ -1,0 +1,156 @@
+# Copyright: knowngood contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""kg-wal's command line (also `knowngood wal`): what PostgreSQL runs as archive_command /
+restore_command (push, fetch), status, and the scheduled jobs (backup, verify).
+
+The archiving itself is wal.py's; install.py puts this tool onto a host.
+Standard library + this package (boto3 etc. only through it, lazily).
+"""
+
+import faulthandler
+import json
+import os
+import sys
+
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.archive import (
+    list_segments,
+    newest_segment,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
+    BackupError,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (
+    BackupConfig,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.store import (
+    open_locations,
+)
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.wal import (
+    TOOL_NAME,
+    fetch,
+    log,
+    pending_copies,
+    push,
+    safe_error,
+)
+
+# Seconds before the tool gives up and PostgreSQL retries. A push to every location takes
+# under a second to seconds; a stuck one must not hold the archiver (and every backup waiting
+# on it) for long: 60 s leaves a backup's stop_timeout (120 s) room for the archiver's retry.
+# KG_WAL_WATCHDOG may shorten it, never lengthen it.
+WATCHDOG = {"push": 60, "fetch": 120}
+
+
+def load_config(path):
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except OSError as err:
+        raise BackupError(f"cannot read WAL tool config {path}: {err.strerror}") from None
+    except ValueError:
+        raise BackupError(f"WAL tool config {path} is not valid JSON") from None
+    return BackupConfig.from_dict(data)
+
+
+def status(cfg):
+    """Newest archived segment per location, pending copies, reachability (no secrets)."""
+    out = {"cluster": cfg.cluster, "locations": {}, "pending": pending_copies(cfg)}
+    for location in open_locations(cfg):
+        entry = {"type": location.type, "required": location.required}
+        try:
+            segments = list_segments(location)
+            entry.update(ok=True, segments=len(segments), newest=newest_segment(segments))
+        except Exception as err:  # noqa: BLE001 - reported
+            entry.update(ok=False, error=safe_error(err))
+        out["locations"][location.name] = entry
+    return out
+
+
+def _scheduled_job(cfg, args):
+    """`kg-wal backup TYPE` / `kg-wal verify`: what cron and systemd timers run."""
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
+        engine,
+        verify,
+    )
+
+    if args.cmd == "backup":
+        entry = engine.take_backup(cfg, args.type, fallback_full=args.fallback_full)
+        missing = sorted(
+            name
+            for name, copy in (entry.get("locations") or {}).items()
+            if copy.get("status") != "ok"
+        )
+        summary = {"backup_id": entry["label"], "type": entry["type"], "missing": missing}
+        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+        return 1 if missing else 0
+    tiers = tuple(t for t in args.tiers.split(",") if t)
+    outcome = verify.verify(cfg, tiers=tiers)
+    sys.stdout.write(
+        json.dumps({"ok": outcome.get("ok"), "tiers": sorted(outcome.get("tiers", {}))}) + "\n"
+    )
+    return 0 if outcome.get("ok") else 1
+
+
+def watchdog_limit(cmd, environ):
+    """Seconds the watchdog gives `cmd`: WATCHDOG's, or fewer when KG_WAL_WATCHDOG asks."""
+    limit = WATCHDOG[cmd]
+    try:
+        wanted = float(environ.get("KG_WAL_WATCHDOG", ""))
+    except ValueError:
+        return limit
+    return wanted if 0 < wanted < limit else limit
+
+
+def tool_main(argv, default_config=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=TOOL_NAME, description="knowngood WAL archiving")
+    parser.add_argument("--config", default=default_config, help="backup config JSON")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_push = sub.add_parser("push", help="archive one WAL file (archive_command %%p)")
+    p_push.add_argument("path")
+    p_fetch = sub.add_parser("fetch", help="restore one WAL file (restore_command %%f %%p)")
+    p_fetch.add_argument("name")
+    p_fetch.add_argument("dest")
+    p_fetch.add_argument("--no-prefetch", action="store_true")
+    sub.add_parser("status", help="newest archived segment per location, pending copies")
+    p_backup = sub.add_parser("backup", help="take a backup now (the scheduled jobs)")
+    p_backup.add_argument("type", choices=("full", "incremental"))
+    p_backup.add_argument("--fallback-full", action="store_true")
+    p_verify = sub.add_parser("verify", help="verify the backups (integrity, freshness, restore)")
+    p_verify.add_argument("--tiers", default="integrity,freshness,restore")
+    args = parser.parse_args(argv)
+    if not args.config:
+        parser.error("--config is required")
+    watched = args.cmd in WATCHDOG
+    if watched:
+        # archive_command and restore_command must never hang: PostgreSQL waits on them, and
+        # a push that never returns stops archiving for good. faulthandler's watchdog is a C
+        # thread, so it fires even while a stuck thread holds the GIL or an import lock: it
+        # writes every thread's stack to the server log and exits with status 1, a failed
+        # attempt PostgreSQL counts and retries. Not a signal: an archive_command killed by
+        # one restarts the archiver uncounted, a restore_command killed by one aborts recovery.
+        faulthandler.dump_traceback_later(watchdog_limit(args.cmd, os.environ), exit=True)
+    try:
+        cfg = load_config(args.config)
+        if args.cmd == "push":
+            push(cfg, args.path)
+            return 0
+        if args.cmd == "fetch":
+            return 0 if fetch(cfg, args.name, args.dest, prefetch=not args.no_prefetch) else 1
+        if args.cmd in ("backup", "verify"):
+            return _scheduled_job(cfg, args)
+        sys.stdout.write(json.dumps(status(cfg), indent=2, sort_keys=True) + "\n")
+        return 0
+    except BackupError as err:
+        log(f"{args.cmd}: {err}")
+        return 1
+    except Exception as err:  # noqa: BLE001 - never a traceback with locals into the PG log
+        log(f"{args.cmd}: unexpected {type(err).__name__}")
+        return 1
+    finally:
+        if watched:
+            faulthandler.cancel_dump_traceback_later()
+
+
+__all__ = ["load_config", "status", "tool_main", "watchdog_limit"]
