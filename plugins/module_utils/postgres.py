@@ -225,12 +225,13 @@ def recovery_state(conn):
     if in_recovery:
         row = conn.execute(
             "SELECT pg_get_wal_replay_pause_state(), pg_last_wal_replay_lsn()::text, "
-            "pg_last_xact_replay_timestamp()"
+            "pg_last_xact_replay_timestamp(), pg_last_wal_receive_lsn()::text"
         ).fetchone()
         state.update(
             pause_state=row[0],
             replay_lsn=row[1],
             last_replay_timestamp=row[2].isoformat() if row[2] else None,
+            receive_lsn=row[3],
         )
     return state
 

@@ -121,7 +121,8 @@ identity:
   type: dict
 recovery:
   description: in_recovery, pause_state (C(not paused), C(pause requested), C(paused)),
-    replay_lsn and last_replay_timestamp.
+    replay_lsn, receive_lsn (WAL a standby received, streamed or not) and
+    last_replay_timestamp.
   returned: when reachable
   type: dict
 wal:
