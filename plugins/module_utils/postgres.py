@@ -161,13 +161,17 @@ def run(argv, *, os_user=None, env=None, timeout=60, cwd="/", error=PgError, wha
         raise error("could not run %s: %s" % (name, exc)) from None
 
 
+def _connection_args(target):
+    """Where a libpq client tool connects: host, port and user (the password goes in env)."""
+    return ["-h", target.host, "-p", str(target.port), "-U", target.user]
+
+
 def psql_argv(target, sql=None, dbname=None, files=(), single_transaction=False):
     """psql's command line against `target`: no psqlrc, unaligned tuples only, stop on error."""
     argv = [target.binary("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
     if single_transaction:
         argv.append("--single-transaction")
-    argv += ["-h", target.host, "-p", str(target.port), "-U", target.user, "-d"]
-    argv.append(dbname or target.dbname)
+    argv += _connection_args(target) + ["-d", dbname or target.dbname]
     if sql is not None:
         argv += ["-c", sql]
     for path in files:
@@ -271,20 +275,8 @@ CORRUPT_RELATION = re.compile(r'(?:table|index) "[^".]+\.([^".]+\.[^".]+)"')
 def amcheck(target, dbname, exclude=(), heapallindexed=False, timeout=600, error=PgError):
     """What pg_amcheck finds in one database: corrupt?, the first findings, the relations.
     `exclude` holds pg_amcheck relation patterns (a table's indexes and TOAST go with it)."""
-    argv = [
-        target.binary("pg_amcheck"),
-        "-h",
-        target.host,
-        "-p",
-        str(target.port),
-        "-U",
-        target.user,
-        "-d",
-        dbname,
-        "--no-dependent-toast",
-    ]
-    if heapallindexed:
-        argv.append("--heapallindexed")
+    argv = [target.binary("pg_amcheck"), *_connection_args(target), "-d", dbname]
+    argv += ["--no-dependent-toast"] + (["--heapallindexed"] if heapallindexed else [])
     argv += ["--exclude-relation=" + pattern for pattern in exclude]
     proc = run(argv, env=target.env(), timeout=timeout, cwd=None, error=error)
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]

@@ -168,7 +168,8 @@ def _connect(target, dbname, wait):
         time.sleep(1)
 
 
-def _data_checks(target, names, params, exclude):
+def _data_checks(target, names, params):
+    exclude = params["exclude_tables"]
     amchecked, read, problems = [], [], []
     patterns = [postgres.exact_relation(name) for name in exclude]
     for name in names:
@@ -241,7 +242,7 @@ def main():
     finally:
         conn.close()
     checks["amcheck"], checks["full_read"], problems = _data_checks(
-        target, result["databases"], params, params["exclude_tables"]
+        target, result["databases"], params
     )
     checks["queries"], failed = _queries(target, params["queries"], params["query_database"])
     checks["problems"] = problems + failed

@@ -254,7 +254,7 @@ def primary_identity(cfg, req, queries=None):
                 f"the cluster at {pg.host}:{pg.port} is in recovery (a standby): run against "
                 "the primary"
             )
-        lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        lsn = postgres.wal_position(conn, in_recovery=False)["lsn"]
     if ident["cluster_name"] != req.confirm:
         raise BackupError(
             f"confirm {req.confirm!r} does not match the cluster: its cluster_name is "
