@@ -17,11 +17,13 @@ from ansible.plugins.action import ActionBase
 
 
 class InProcessModule:
-    """The slice of AnsibleModule our shared code uses: params, check_mode, run_command, warn."""
+    """The slice of AnsibleModule our shared code uses: params, check_mode, _diff, run_command,
+    warn."""
 
-    def __init__(self, params, check_mode):
+    def __init__(self, params, check_mode, diff=False):
         self.params = params
         self.check_mode = check_mode
+        self._diff = diff
         self.warnings = []
 
     def run_command(self, argv):
@@ -72,7 +74,7 @@ class InProcessAction(ActionBase):
         if errors:
             result.update(failed=True, msg="; ".join(errors))
             return result
-        module = InProcessModule(params, self._play_context.check_mode)
+        module = InProcessModule(params, self._play_context.check_mode, self._play_context.diff)
         failed, outcome = self.run_here(module)
         result.update(outcome)
         if failed:
