@@ -10,6 +10,7 @@ remote host - goes through the module as usual.
 Controller-only: action plugins import this; modules never do.
 """
 
+import os
 import subprocess
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
@@ -26,8 +27,9 @@ class InProcessModule:
         self._diff = diff
         self.warnings = []
 
-    def run_command(self, argv):
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    def run_command(self, argv, environ_update=None):
+        env = dict(os.environ, **environ_update) if environ_update else None
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
         return proc.returncode, proc.stdout, proc.stderr
 
     def warn(self, message):
