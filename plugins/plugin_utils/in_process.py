@@ -10,6 +10,7 @@ remote host - goes through the module as usual.
 Controller-only: action plugins import this; modules never do.
 """
 
+import os
 import subprocess
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
@@ -17,15 +18,18 @@ from ansible.plugins.action import ActionBase
 
 
 class InProcessModule:
-    """The slice of AnsibleModule our shared code uses: params, check_mode, run_command, warn."""
+    """The slice of AnsibleModule our shared code uses: params, check_mode, _diff, run_command,
+    warn."""
 
-    def __init__(self, params, check_mode):
+    def __init__(self, params, check_mode, diff=False):
         self.params = params
         self.check_mode = check_mode
+        self._diff = diff
         self.warnings = []
 
-    def run_command(self, argv):
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    def run_command(self, argv, environ_update=None):
+        env = dict(os.environ, **environ_update) if environ_update else None
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
         return proc.returncode, proc.stdout, proc.stderr
 
     def warn(self, message):
@@ -72,7 +76,7 @@ class InProcessAction(ActionBase):
         if errors:
             result.update(failed=True, msg="; ".join(errors))
             return result
-        module = InProcessModule(params, self._play_context.check_mode)
+        module = InProcessModule(params, self._play_context.check_mode, self._play_context.diff)
         failed, outcome = self.run_here(module)
         result.update(outcome)
         if failed:
