@@ -369,10 +369,10 @@ def test_audit_record_of_a_rollback(lab):
     assert json.loads(index[-1])["run_id"] == record["run_id"]
 
 
-def test_bad_inputs_are_refused_by_one_check_before_the_gate(v1_then_v1_1):
+def test_bad_inputs_are_refused_by_one_check_before_the_gate(lab):
     """Every role's argument spec is checked in one task for the whole batch, before the
     approval gate: a bad extra var is named for every host, and nothing else ran."""
-    lab = v1_then_v1_1
+    lab.seed("v1", "v1.1")
     before = [lab.ledger(i) for i in range(len(lab.status["hosts"]))]
     audit = Path(lab.root) / "audit"
     known = set(audit.glob("kg-*.json"))
@@ -397,13 +397,15 @@ def test_bad_inputs_are_refused_by_one_check_before_the_gate(v1_then_v1_1):
     assert lab.live_releases() == {"v1.1"}
 
 
-def test_a_host_var_is_checked_on_its_own_host(v1_then_v1_1, tmp_path):
+def test_a_host_var_is_checked_on_its_own_host(lab, tmp_path):
     """Host variables are checked per host: one host's bad value names that host only."""
-    lab = v1_then_v1_1
+    lab.seed("v1", "v1.1")
+    before = lab.ledger(1)
     inventory = tmp_path / "app2.yml"  # a second inventory source on top of the lab's
     inventory.write_text(json.dumps({"all": {"hosts": {"app2": {"code_verify_requests": "many"}}}}))
     run = lab.playbook("rollback-code", "-i", str(inventory), rollback_reason="host var")
     assert run.rc != 0
     assert "app2: code_verify (baseline): argument 'code_verify_requests'" in run.output
     assert "app1: code_verify" not in run.output and "app3: code_verify" not in run.output
+    assert lab.ledger(1) == before
     assert lab.live_releases() == {"v1.1"}
