@@ -63,7 +63,7 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         del tmp
-        _, params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[1]
         task_vars = task_vars or {}
         hosts = (
             params["hosts"]

@@ -67,7 +67,7 @@ checked:
   type: list
   elements: str
 argument_errors:
-  description: Every problem found, as C(host: role (entry point): message).
+  description: "Every problem found, as C(host: role (entry point): message)."
   returned: failure
   type: list
   elements: str
