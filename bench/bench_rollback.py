@@ -41,9 +41,17 @@ FLOOR_SCRIPT = REPO / "bench" / "floor_rollback.sh"
 RESULTS_DIR = REPO / "bench" / "results"
 FROM_RELEASE = "v1.1"
 TARGET_RELEASE = "v1"
-GOAL_TTM_AT_10 = 2.0
-# Bare Ansistrano rollback on these machines, from the issue, for context on the chart.
-ANSISTRANO_REFERENCE = {3: 2.3, 10: 5.4}
+# Bare Ansistrano rollback of the same 10 local hosts, timed by hand on this machine in the
+# hour issue 16 measured the runbook at 8.06 s (bench/README.md#ansistrano says how). No
+# package registry reachable here offers Ansistrano's roles (PyPI, npm and Debian have none;
+# Galaxy and GitHub are out of reach), so the bench cannot run it beside the runbook: it is
+# quoted, with the floor and the no-op playbook measured in the same run as the anchors.
+ANSISTRANO_REFERENCE = {10: 16.0}
+# Issue 16: time to mitigate at 10 hosts at most 0.25x a bare Ansistrano rollback, and at 30
+# hosts under 2x the 10-host figure.
+GOAL_RATIO_TO_ANSISTRANO = 0.25
+GOAL_TTM_AT_10 = GOAL_RATIO_TO_ANSISTRANO * ANSISTRANO_REFERENCE[10]
+GOAL_30_OVER_10 = 2.0
 NOOP_PLAYBOOK = """\
 - name: Ansible's fixed overhead on this inventory
   hosts: app
@@ -705,6 +713,71 @@ COLUMNS = (
 )
 
 
+def ratio(value: float | None, anchor: float | None) -> str:
+    return "-" if not value or not anchor else f"{value / anchor:.2f}x"
+
+
+def ansistrano_roles() -> list[Path]:
+    """Ansistrano's roles wherever Ansible would find them, if anything installed them."""
+    places = [REPO / "roles", Path.home() / ".ansible" / "roles", Path("/usr/share/ansible/roles")]
+    places += [Path("/etc/ansible/roles")]
+    return sorted(p for place in places for p in place.glob("ansistrano*") if p.is_dir())
+
+
+def ratios(results: list[dict], load: tuple[float, float]) -> str:
+    """Every figure beside its anchor: the floor and the no-op playbook of the same run, the
+    quoted Ansistrano rollback, and the scaling goals."""
+    lines = [
+        f"load average (1 min) at start {load[0]:.2f}, at end {load[1]:.2f}, "
+        f"on {os.cpu_count()} CPUs",
+        "hosts | runbook TTM s | / floor TTM | / no-op wall | runbook wall s | / no-op wall"
+        " | failed",
+    ]
+    ttm = {}
+    for res in results:
+        m = res["median"]
+        rb, fl, noop = m["runbook"], m["floor"], m["noop"]
+        ttm[res["hosts"]] = rb["ttm_s"]
+        lines.append(
+            f"{res['hosts']:>5} | {fmt(rb['ttm_s']):>13} | {ratio(rb['ttm_s'], fl['ttm_s']):>11} | "
+            f"{ratio(rb['ttm_s'], noop['wall_s']):>12} | {fmt(rb['wall_s']):>14} | "
+            f"{ratio(rb['wall_s'], noop['wall_s']):>12} | {rb['failed_total']:>6}"
+        )
+    found = ansistrano_roles()
+    if 10 in ttm and ttm[10]:
+        anchor = ANSISTRANO_REFERENCE[10]
+        verdict = "PASS" if ttm[10] / anchor <= GOAL_RATIO_TO_ANSISTRANO else "FAIL"
+        lines.append(
+            f"10 hosts: TTM {ttm[10]:.2f}s / bare Ansistrano rollback {anchor:.1f}s = "
+            f"{ttm[10] / anchor:.2f}x (goal <= {GOAL_RATIO_TO_ANSISTRANO}x: {verdict}); "
+            "Ansistrano quoted from issue 16's hand run (bench/README.md#ansistrano), "
+            + (
+                f"its roles are installed here ({', '.join(map(str, found))}) but not run by "
+                "the bench"
+                if found
+                else "not run here: no reachable registry offers its roles"
+            )
+        )
+    if ttm.get(10) and ttm.get(30):
+        verdict = "PASS" if ttm[30] / ttm[10] < GOAL_30_OVER_10 else "FAIL"
+        lines.append(
+            f"30 hosts: TTM {ttm[30]:.2f}s / 10-host TTM {ttm[10]:.2f}s = {ttm[30] / ttm[10]:.2f}x "
+            f"(goal < {GOAL_30_OVER_10}x: {verdict})"
+        )
+    counts = sorted(h for h, v in ttm.items() if v)
+    if len(counts) >= 3:
+        slopes = [(ttm[b] - ttm[a]) / (b - a) for a, b in zip(counts, counts[1:], strict=False)]
+        lines.append(
+            "cost per added host: "
+            + ", ".join(
+                f"{a}->{b} hosts {slope * 1000:.0f} ms"
+                for (a, b), slope in zip(zip(counts, counts[1:], strict=False), slopes, strict=True)
+            )
+            + " (a linear cost gives about the same figure in each range)"
+        )
+    return "\n".join(lines)
+
+
 def fmt(value: float | int | None, digits: int = 2) -> str:
     if value is None:
         return "-"
@@ -853,7 +926,10 @@ def svg_chart(results: list[dict], title: str, subtitle: str) -> str:
         )
     ly += 20 * len(WALL_SERIES) + 10
     for i, ((_, colour, dash), label) in enumerate(
-        ((goal, "goal: TTM under 2 s at 10 hosts"), (ansistrano, "bare Ansistrano rollback"))
+        (
+            (goal, f"goal: TTM at 10 hosts <= {GOAL_RATIO_TO_ANSISTRANO}x Ansistrano"),
+            (ansistrano, "bare Ansistrano rollback (issue 16)"),
+        )
     ):
         out.append(
             f'<line x1="{lx}" x2="{lx + 12}" y1="{ly + 20 * i + 6}" y2="{ly + 20 * i + 6}" '
@@ -1007,7 +1083,13 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": args.repeat,
         "from_release": FROM_RELEASE,
         "target_release": TARGET_RELEASE,
-        "goal": {"hosts": 10, "ttm_s": GOAL_TTM_AT_10, "failed": 0},
+        "goal": {
+            "hosts": 10,
+            "ttm_s": GOAL_TTM_AT_10,
+            "ratio_to_ansistrano": GOAL_RATIO_TO_ANSISTRANO,
+            "ttm_30_over_10_below": GOAL_30_OVER_10,
+            "failed": 0,
+        },
         "ansistrano_reference_s": ANSISTRANO_REFERENCE,
         "results": results,
     }
@@ -1017,6 +1099,8 @@ def main(argv: list[str] | None = None) -> int:
     svg_path.write_text(chart_for([document]))
     print()
     print(table(results, args.repeat))
+    print()
+    print(ratios(results, (info["loadavg_at_start"][0], info["loadavg_at_end"][0])))
     print(
         f"\nwrote {json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path}"
         f" and {svg_path}"

@@ -367,3 +367,45 @@ def test_audit_record_of_a_rollback(lab):
     assert all(e["result"]["release_id"] == "v1" for e in switched)
     index = (Path(lab.root) / "audit" / "index.jsonl").read_text().splitlines()
     assert json.loads(index[-1])["run_id"] == record["run_id"]
+
+
+def test_bad_inputs_are_refused_by_one_check_before_the_gate(lab):
+    """Every role's argument spec is checked in one task for the whole batch, before the
+    approval gate: a bad extra var is named for every host, and nothing else ran."""
+    lab.seed("v1", "v1.1")
+    before = [lab.ledger(i) for i in range(len(lab.status["hosts"]))]
+    audit = Path(lab.root) / "audit"
+    known = set(audit.glob("kg-*.json"))
+    run = rollback(lab, code_identify_strategy="canary", code_stop_lock_max_age="soon")
+    assert run.rc != 0
+    assert "Validation of arguments failed, nothing was changed" in run.output
+    for host in ("app1", "app2", "app3"):
+        assert f"{host}: code_identify (main): value of code_identify_strategy must be one of" in (
+            run.output
+        )
+        assert f"{host}: code_stop (main): argument 'code_stop_lock_max_age'" in run.output
+    record = json.loads(
+        max(
+            (p for p in set(audit.glob("kg-*.json")) - known if not p.name.endswith(".open.json")),
+            key=os.path.getmtime,
+        ).read_text()
+    )
+    assert [(e["action"], e["status"]) for e in record["events"]] == [
+        ("knowngood.runbooks.role_inputs", "failed")
+    ]
+    assert [lab.ledger(i) for i in range(len(lab.status["hosts"]))] == before
+    assert lab.live_releases() == {"v1.1"}
+
+
+def test_a_host_var_is_checked_on_its_own_host(lab, tmp_path):
+    """Host variables are checked per host: one host's bad value names that host only."""
+    lab.seed("v1", "v1.1")
+    before = lab.ledger(1)
+    inventory = tmp_path / "app2.yml"  # a second inventory source on top of the lab's
+    inventory.write_text(json.dumps({"all": {"hosts": {"app2": {"code_verify_requests": "many"}}}}))
+    run = lab.playbook("rollback-code", "-i", str(inventory), rollback_reason="host var")
+    assert run.rc != 0
+    assert "app2: code_verify (baseline): argument 'code_verify_requests'" in run.output
+    assert "app1: code_verify" not in run.output and "app3: code_verify" not in run.output
+    assert lab.ledger(1) == before
+    assert lab.live_releases() == {"v1.1"}
