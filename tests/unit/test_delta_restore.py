@@ -125,3 +125,11 @@ def test_symlinks_and_another_file_system_are_refused_read_only(live, tmp_path):
     if Path("/dev/shm").is_dir() and os.stat("/dev/shm").st_dev != os.stat(live).st_dev:
         with pytest.raises(BackupError, match="another file system"):
             native.delta_refusal(str(live), "/dev/shm/kg-delta-snap")
+
+
+def test_the_pgbackrest_engine_refuses_delta_before_anything(live, tmp_path):
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import engine
+
+    with pytest.raises(BackupError, match="native engine only"):
+        engine.delta_refusal(SimpleNamespace(engine="pgbackrest"), str(live), str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists()
