@@ -53,7 +53,9 @@ description:
     Modification times are never trusted. Every file replaced or removed is first hard-linked
     into C(aside_dir) (the delta snapshot, no data copied), with C(kg-delta.json) listing the
     files created, replaced and removed. The new content is written beside the file and
-    renamed over it, so the old bytes stay in the snapshot. Check mode computes the same
+    renamed over it, so the old bytes stay in the snapshot. There is no pg_verifybackup pass
+    afterwards (every kept file was compared by sha256, every written file verified). Check
+    mode computes the same
     comparison read-only and reports it in RV(delta) and as a diff.
   - Kill safety. A marker C(<data_dir>.kg-pitr-restoring) is written before the data
     directory moves and removed once the restore is complete. A re-run of a killed run finds
