@@ -11,6 +11,14 @@ Each contender restores its base and replays to the target with recovery_target_
 Reported: total, restore, replay, WAL MB/s, first consistent read-only query vs paused at the
 target (the point a promote could follow). Results: bench/results/pitr-<stamp>[-quick].json/md.
 
+Delta (issue 16): 5 % of the data changes after the backups (every row of one of twenty equal
+tables updated). The stopped live data directory is then copied once, and from that same state
+  ours delta   pitr.run(state=recovered, mode=delta): only what differs from the backup written
+  pgBackRest   pgbackrest restore --delta --type=time into a copy of that data directory
+  ours full    (the row above) moves it aside and restores everything
+each replays to the same target; restore and total are printed beside their anchors as ratios,
+with the machine's load (os.getloadavg) at the start and the end.
+
     sudo .venv/bin/python bench/bench_pitr.py [--quick]
 """
 
@@ -114,6 +122,9 @@ def run(args: argparse.Namespace) -> dict:
     bb.as_postgres([bb.PG_BIN / "pg_basebackup", "-h", "127.0.0.1", "-p", args.port, "-U",
                     "postgres", "-D", raw, "-X", "none", "-c", "fast"], timeout=3600)  # fmt: skip
     start_lsn = cluster.scalar("SELECT pg_current_wal_lsn()::text")
+    progress("changing 5% of the data (every row of orders_00 updated)")
+    cluster.sql("UPDATE orders_00 SET note = md5(random()::text) || ' changed', "
+                "amount = amount + 1")  # fmt: skip
     progress(f"writing {args.wal_gb} GB of WAL before the target")
     wal_bytes = bb.generate_wal(cluster, start_lsn, int(args.wal_gb * bb.GB))
     cluster.sql("CREATE TABLE IF NOT EXISTS marker (tag text)")
@@ -158,23 +169,63 @@ def run(args: argparse.Namespace) -> dict:
     rows["floor"] = {"restore": restore_s, **got, "total": time.monotonic() - t0}
     shutil.rmtree(fl_data)
 
-    progress("ours: pg_pitr state=recovered on the live cluster")
+    # One pre-restore state for every restore into an existing data directory.
+    cluster.stop()
+    pristine = root / "pristine"
+    bb.sh(["cp", "-a", str(cluster.data_dir), str(pristine)])
+
+    progress("pgBackRest --delta: restore into a copy of the live data directory, then replay")
+    brd_data = root / "brd-data"
+    bb.sh(["cp", "-a", str(pristine), str(brd_data)])
+    (brd_data / "postmaster.pid").unlink(missing_ok=True)
     t0 = time.monotonic()
-    req = pitr.Request(state="recovered", target_time=target, confirm="kgbench", run_id="bench",
-                       timeout=7200, tool_dir=str(n_root / "tool"))  # fmt: skip
-    ours = pitr.run(cfg, req)
-    total = time.monotonic() - t0
-    steps = ours["steps"]
-    rows["ours"] = {"restore": steps.get("restore"), "replay": steps.get("replay"),
-                    "first_read": ours["first_read_seconds"], "total": total,
-                    "reached_lsn": ours["reached_lsn"], "steps": steps}  # fmt: skip
-    ok = cluster.sql("SELECT tag FROM marker") == [("before",)]
-    backup_verify.stop_scratch(cfg, str(cluster.data_dir))
+    bb.pgbr.restore(br_cfg, label, str(brd_data),
+                    target={"type": "time", "value": target, "action": "pause"},
+                    archive_mode="off")  # fmt: skip
+    restore_s = time.monotonic() - t0
+    _local_settings(brd_data, args.port + 1, bb.make_dirs_for_postgres(root / "brd-run"))
+    got = _paused(scfg, brd_data, root / "brd.log", 7200)
+    rows["pgbackrest_delta"] = {"restore": restore_s, **got, "total": time.monotonic() - t0}
+    shutil.rmtree(brd_data)
+
+    landed = {}
+    for mode in ("delta", "full"):  # delta first: the later run gets no warmer cache
+        progress(f"ours: pg_pitr state=recovered mode={mode} on the live cluster")
+        _reset_live(cluster, pristine)
+        t0 = time.monotonic()
+        req = pitr.Request(state="recovered", target_time=target, confirm="kgbench",
+                           run_id=f"bench-{mode}", timeout=7200, mode=mode,
+                           tool_dir=str(n_root / "tool"))  # fmt: skip
+        ours = pitr.run(cfg, req)
+        total = time.monotonic() - t0
+        steps = ours["steps"]
+        name = "ours" if mode == "full" else "ours_delta"
+        rows[name] = {"restore": steps.get("restore"), "replay": steps.get("replay"),
+                      "first_read": ours["first_read_seconds"], "total": total,
+                      "reached_lsn": ours["reached_lsn"], "steps": steps,
+                      "delta": ours["delta"]}  # fmt: skip
+        landed[mode] = cluster.sql("SELECT tag FROM marker") == [("before",)]
+        backup_verify.stop_scratch(cfg, str(cluster.data_dir))
+        shutil.rmtree(ours["aside_dir"], ignore_errors=True)
+    ok = all(landed.values())
     replayed = parse_lsn(ours["reached_lsn"]) - parse_lsn(start_lsn)
     for item in rows.values():
         item["wal_mb_s"] = round(replayed / MB / item["replay"], 1) if item["replay"] else None
     return {"dataset": dataset, "wal_bytes": wal_bytes, "target": target, "rows": rows,
-            "ours_landed_on_target": ok, "plan": ours["plan"]}  # fmt: skip
+            "ours_landed_on_target": ok, "landed": landed, "plan": ours["plan"]}  # fmt: skip
+
+
+def _reset_live(cluster, pristine: Path) -> None:
+    """The live cluster back in the pre-restore state (a copy of the stopped data directory),
+    started, with no PITR run recorded: each of ours starts from the same data directory."""
+    data = cluster.data_dir
+    cluster.stop(mode="immediate")
+    if data.exists():
+        shutil.rmtree(data)
+    for path in (pitr.state_path(str(data)), pitr.marker_path(str(data))):
+        Path(path).unlink(missing_ok=True)
+    bb.sh(["cp", "-a", str(pristine), str(data)])
+    cluster.start()
 
 
 def table(res: dict) -> str:
@@ -190,6 +241,29 @@ def table(res: dict) -> str:
                      f"{ratio:.2f}x |")  # fmt: skip
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in rows["ours"]["steps"].items())
     lines.append(f"\nours per step: {steps}")
+    lines.append("\nDelta PITR after 5 % change (same target, same pre-restore data directory):\n")
+    lines += ["| contender | restore s | replay s | total s | restore vs anchor | "
+              "total vs anchor | anchor (goal) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    delta, full, brd = rows["ours_delta"], rows["ours"], rows["pgbackrest_delta"]
+    for name, r, anchor, label in (
+        ("ours delta", delta, full, "ours full (<= 0.30x)"),
+        ("ours delta", delta, brd, "pgBackRest --delta (<= 1.00x)"),
+        ("pgBackRest --delta", brd, full, "ours full"),
+        ("ours full", full, full, "ours full"),
+    ):
+        lines.append(f"| {name} | {r['restore']:.1f} | {r['replay']:.1f} | {r['total']:.1f} | "
+                     f"{r['restore'] / anchor['restore']:.2f}x | "
+                     f"{r['total'] / anchor['total']:.2f}x | {label} |")  # fmt: skip
+    d = delta["delta"]
+    lines.append(f"\nours delta: {d.get('files_checked')} files checked "
+                 f"({d.get('bytes_checksummed', 0) / MB:.0f} MB checksummed), "
+                 f"{d.get('files_rewritten')} rewritten, {d.get('files_created')} created, "
+                 f"{d.get('files_removed')} removed, {d.get('bytes_written', 0) / MB:.0f} MB "
+                 "written; per step: "
+                 + ", ".join(f"{k} {v:.1f}s" for k, v in delta["steps"].items()))  # fmt: skip
+    load = res.get("load", {})
+    lines.append(f"load average (1, 5, 15 min) at start {load.get('start')}, "
+                 f"at end {load.get('end')}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -208,9 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_pitr runs clusters as the postgres user: run it as root", file=sys.stderr)
         return 2
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    load_start = [round(x, 2) for x in os.getloadavg()]
     try:
         with bb.only_bench_running():
             res = run(args)
+        res["load"] = {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]}
     except (bb.BenchError, pitr.BackupError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1

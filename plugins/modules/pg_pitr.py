@@ -43,9 +43,25 @@ description:
     (only a copy this cluster's own restore recorded in C(<data_dir>.kg-pitr.json), never a
     symlink, the live data directory or another system's data directory),
     or with C(strategy=table) the renamed-aside tables of C(run_id).
+  - C(mode=delta) (state C(recovered), native engine) restores in place instead of moving
+    the data directory aside, the idea of pgBackRest's C(--delta). After the same identity
+    checks, and before the cluster is stopped, it refuses a data directory holding a symlink
+    (a linked pg_wal or tablespace) and an aside directory on another file system. Each file
+    of the backup's manifest whose size differs, or whose sha256 differs when the size is
+    the same, is rewritten. Files the backup does not have are removed; that includes pg_wal
+    segments, postmaster.pid and the signal files, as a full restore leaves them out too.
+    Modification times are never trusted. Every file replaced or removed is first hard-linked
+    into C(aside_dir) (the delta snapshot, no data copied), with C(kg-delta.json) listing the
+    files created, replaced and removed. The new content is written beside the file and
+    renamed over it, so the old bytes stay in the snapshot. There is no pg_verifybackup pass
+    afterwards (every kept file was compared by sha256, every written file verified). Check
+    mode computes the same
+    comparison read-only and reports it in RV(delta) and as a diff.
   - Kill safety. A marker C(<data_dir>.kg-pitr-restoring) is written before the data
     directory moves and removed once the restore is complete. A re-run of a killed run finds
-    it, discards the half-restored directory and restores again. The aside directory is never
+    it, discards the half-restored directory and restores again. A killed delta run is
+    re-run in delta mode (its marker says so); the comparison converges, and a file the
+    snapshot already keeps is not linked again. The aside directory is never
     overwritten or deleted, except by C(released).
   - Engine C(pgbackrest) plans from C(pgbackrest info) and a posix repository's archive, and
     restores with C(pgbackrest restore --type=... --target-action=pause).
@@ -125,6 +141,13 @@ options:
     description: Seconds to wait for a stop, replay to the target or promotion.
     type: int
     default: 1800
+  mode:
+    description: C(full) moves the data directory aside and restores every file; C(delta)
+      rewrites in place only the files that differ from the backup (state C(recovered),
+      native engine, not strategy C(table)).
+    type: str
+    choices: [full, delta]
+    default: full
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - knowngood.runbooks.backup
@@ -134,7 +157,9 @@ attributes:
     support: full
     details: Every state runs the preflight only and reports whether it would change.
   diff_mode:
-    support: none
+    support: partial
+    details: With C(mode=delta), check mode lists the files a delta restore would create,
+      rewrite and remove.
 author:
   - knowngood contributors (!UNKNOWN)
 """
@@ -149,6 +174,16 @@ EXAMPLES = r"""
     confirm: "{{ knowngood_backup.cluster }}"
     run_id: "{{ __rollback_run_id }}"
   register: __pg_pitr_recovered
+
+- name: The same, in place, rewriting only the files that differ from the backup
+  knowngood.runbooks.pg_pitr:
+    config: "{{ knowngood_backup }}"
+    encryption_key: "{{ knowngood_backup_encryption_key }}"
+    state: recovered
+    mode: delta
+    target_time: "2026-01-31T12:00:00+00:00"
+    confirm: "{{ knowngood_backup.cluster }}"
+    run_id: "{{ __rollback_run_id }}"
 
 - name: Promote it
   knowngood.runbooks.pg_pitr:
@@ -242,6 +277,16 @@ cluster:
     cluster's primary; empty otherwise.
   returned: always
   type: dict
+mode:
+  description: The restore mode used (a killed run is finished in the mode it started).
+  returned: always
+  type: str
+delta:
+  description: With C(mode=delta), files_checked, files_checksummed, files_created,
+    files_rewritten, files_removed, bytes_checksummed, bytes_to_write, bytes_removed and
+    (when not in check mode) bytes_written and seconds; empty otherwise.
+  returned: always
+  type: dict
 refused:
   description: The read-only preflight (C(state=planned)) refused; nothing was changed.
     The message starts with C(refused, nothing was changed) and names the reason.
@@ -287,6 +332,7 @@ def main():
             scratch_port={"type": "int"},
             run_id={"type": "str"},
             timeout={"type": "int", "default": 1800},
+            mode={"type": "str", "choices": list(pitr.MODES), "default": "full"},
         ),
         supports_check_mode=True,
     )

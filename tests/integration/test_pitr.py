@@ -65,6 +65,26 @@ class World:
             Path(path).unlink(missing_ok=True)
         self.pg.start()
 
+    def save(self) -> Path:
+        """A copy of the live data directory (stopped for the copy), for put_back_copy: a delta
+        restore rewrites the live directory in place."""
+        copy = ROOT / "saved-data"
+        shutil.rmtree(copy, ignore_errors=True)
+        self.pg.stop(remove=False)
+        subprocess.run(["cp", "-a", str(self.pg.data_dir), str(copy)], check=True)
+        self.pg.start()
+        return copy
+
+    def put_back_copy(self, copy: Path, result: dict) -> None:
+        data = self.pg.data_dir
+        as_postgres([PG_BIN / "pg_ctl", "stop", "-D", data, "-m", "immediate"], check=False)
+        shutil.rmtree(data)
+        os.rename(copy, data)
+        shutil.rmtree(result["aside_dir"], ignore_errors=True)
+        for path in (pitr.state_path(str(data)), pitr.marker_path(str(data))):
+            Path(path).unlink(missing_ok=True)
+        self.pg.start()
+
 
 def _mark(pg: PgCluster, tag: str) -> dict:
     """Commit one sentinel row in its own transaction; its xid, commit LSN and time."""
@@ -186,6 +206,127 @@ def test_each_target_lands_exactly_on_the_sentinel_rows(world, kind, expected):
         world.put_back(result)
 
 
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("time", _expect("before_time")),
+        ("xid_exclusive", _expect("xid_boundary", inclusive=False)),
+        ("immediate", BEFORE_BACKUP),
+    ],
+)
+def test_delta_lands_exactly_on_the_sentinel_rows(world, kind, expected):
+    marks = world.marks
+    target = {
+        "time": {"target_time": marks["before_time"]["time"]},
+        "xid_exclusive": {
+            "target_xid": str(marks["xid_boundary"]["xid"]),
+            "target_inclusive": False,
+        },  # fmt: skip
+        "immediate": {"target_immediate": True},
+    }[kind]
+    sentinel = world.pg.scalar("SELECT pg_relation_filepath('sentinel')")  # changed since
+    copy = world.save()
+    req = world.request(state="recovered", run_id=f"d-{kind}", mode="delta", **target)
+    checked = pitr.run(world.cfg, req, check_mode=True)  # what it would change, read-only
+    assert checked["delta"]["files_checked"] > 0 and checked["delta"]["files_rewritten"] > 0
+    assert "rewrite global/pg_control" in checked["diff"]["prepared"]
+    assert world.pg.scalar("SELECT NOT pg_is_in_recovery()")
+    assert not list(world.pg.data_dir.parent.glob("data.pre-restore-*"))
+    result = pitr.run(world.cfg, req)
+    try:
+        assert result["changed"] and result["paused"] and not result["promoted"]
+        assert result["mode"] == "delta"
+        assert world.tags() == expected
+        assert result["wal_bytes_replayed"] > 0 and result["reached_lsn"]
+        assert {"plan", "stop", "restore", "replay"} <= set(result["steps"])
+        assert "move_aside" not in result["steps"]
+        delta = result["delta"]
+        total = sum(f.stat().st_size for f in copy.rglob("*") if f.is_file())
+        assert delta["files_checked"] > 100 and delta["files_removed"] > 0, delta
+        assert 0 < delta["bytes_written"] < total / 2, (delta, total)  # not a full restore
+        aside = Path(result["aside_dir"])
+        journal = json.loads((aside / native.DELTA_JOURNAL).read_text())
+        assert "global/pg_control" in journal["replaced"] and sentinel in journal["replaced"]
+        assert (aside / sentinel).read_bytes() == (copy / sentinel).read_bytes()  # old bytes
+        assert not (aside / "PG_VERSION").exists()  # only what was replaced or removed
+        with world.pg.connect() as conn:  # read-only while paused
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        again = pitr.run(world.cfg, req)  # converged: nothing to do
+        assert not again["changed"] and again["paused"]
+    finally:
+        world.put_back_copy(copy, result)
+
+
+def _spawn_pitr(world, **kw) -> subprocess.Popen:
+    """pitr.run(state=recovered, **kw) in a child process, to be killed mid-way."""
+    code = (
+        "import sys, json; sys.path.insert(0, {!r})\n"
+        "from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import pitr\n"
+        "from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import "
+        "BackupConfig\n"
+        "cfg = BackupConfig.from_dict(json.loads(sys.argv[1]))\n"
+        "pitr.run(cfg, pitr.Request(**json.loads(sys.argv[2])))\n"
+    ).format(str(REPO / "collections"))
+    args = {"state": "recovered", "confirm": NAME, **kw}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(world.cfg.to_dict()), json.dumps(args)]
+    )
+
+
+def test_killed_delta_reruns_and_converges(world):
+    target = {"target_time": world.marks["before_time"]["time"]}
+    sentinel = world.pg.scalar("SELECT pg_relation_filepath('sentinel')")
+    copy = world.save()
+    data = str(world.pg.data_dir)
+    proc = _spawn_pitr(world, run_id="dkill", mode="delta", **target)
+    marker = Path(pitr.marker_path(data))
+    journal = Path(f"{data}.pre-restore-dkill") / native.DELTA_JOURNAL
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists():  # files are being replaced now
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, "the delta finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists() and json.loads(marker.read_text())["mode"] == "delta"
+    # The re-run does not name the mode: the marker finishes the killed run as a delta.
+    result = pitr.run(world.cfg, world.request(state="recovered", run_id="dkill", **target))
+    try:
+        assert result["paused"] and result["mode"] == "delta" and not marker.exists()
+        assert world.tags() == _expect("before_time")
+        kept = Path(result["aside_dir"]) / sentinel
+        assert kept.read_bytes() == (copy / sentinel).read_bytes()
+    finally:
+        world.put_back_copy(copy, result)
+
+
+def test_delta_restores_a_file_changed_behind_our_back(world):
+    rel = world.pg.scalar("SELECT pg_relation_filepath('bulk')")
+    want = world.pg.sql("SELECT count(*), sum(hashtext(v)) FROM bulk")
+    copy = world.save()
+    world.pg.stop(remove=False)
+    path = world.pg.data_dir / rel
+    stat = path.stat()
+    good = path.read_bytes()
+    bad = bytearray(good)
+    for offset in range(8192 * 10 + 200, 8192 * 10 + 8000, 37):  # inside the 11th page's rows
+        bad[offset] ^= 0xFF
+    path.write_bytes(bytes(bad))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime
+    result = pitr.run(world.cfg, world.request(state="recovered", run_id="dcorrupt",
+                                               mode="delta", target_immediate=True))  # fmt: skip
+    try:
+        aside = Path(result["aside_dir"])
+        assert rel in json.loads((aside / native.DELTA_JOURNAL).read_text())["replaced"]
+        assert (aside / rel).read_bytes() == bytes(bad)  # the damaged file, kept
+        assert path.read_bytes() != bytes(bad)
+        assert world.pg.sql("SELECT count(*), sum(hashtext(v)) FROM bulk") == want
+        assert world.tags() == BEFORE_BACKUP
+    finally:
+        world.put_back_copy(copy, result)
+
+
 def _untouched(world, call):
     before = sorted(os.listdir(world.pg.data_dir))
     with pytest.raises(BackupError) as err:
@@ -242,18 +383,7 @@ def test_wal_gap_is_refused_naming_the_segment(world):
 def test_killed_restore_reruns_and_converges_keeping_the_aside_copy(world):
     target = {"target_time": world.marks["before_time"]["time"]}
     data = str(world.pg.data_dir)
-    code = (
-        "import sys, json; sys.path.insert(0, {!r})\n"
-        "from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import pitr\n"
-        "from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import "
-        "BackupConfig\n"
-        "cfg = BackupConfig.from_dict(json.loads(sys.argv[1]))\n"
-        "pitr.run(cfg, pitr.Request(**json.loads(sys.argv[2])))\n"
-    ).format(str(REPO / "collections"))
-    args = {"state": "recovered", "run_id": "killed", "confirm": NAME, **target}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, json.dumps(world.cfg.to_dict()), json.dumps(args)]
-    )
+    proc = _spawn_pitr(world, run_id="killed", **target)
     marker = Path(pitr.marker_path(data))
     aside = Path(f"{data}.pre-restore-killed")
     deadline = time.monotonic() + 60

@@ -112,3 +112,20 @@ def test_kept_asides_keeps_the_history_in_order_without_repeats():
     state = {"asides": ["/d.pre-restore-a", "/d.pre-restore-b/"], "aside_dir": "/d.pre-restore-b"}
     assert pitr.kept_asides(state) == ["/d.pre-restore-a", "/d.pre-restore-b"]
     assert pitr.kept_asides(None) == []
+
+
+def test_a_delta_snapshot_is_released_by_its_journal(host):
+    """A delta restore's aside directory holds only the replaced files and kg-delta.json (no
+    PG_VERSION, maybe no pg_control): its journal's system identifier decides."""
+    snap = host.data.parent / "data.pre-restore-d"
+    (snap / "base/1").mkdir(parents=True)
+    (snap / "base/1/1259").write_bytes(b"old")
+    journal = snap / "kg-delta.json"
+    record(host, run="d", phase="promoted", aside_dir=str(snap), data_dir=str(host.data))
+    refused(host, snap, "is not a PostgreSQL data directory")  # no journal: not ours to judge
+    journal.write_text(json.dumps({"system_identifier": "42", "replaced": ["base/1/1259"]}))
+    refused(host, snap, "belongs to system 42")
+    journal.write_text(json.dumps({"system_identifier": SYSID, "replaced": ["base/1/1259"]}))
+    assert target(host, snap) == str(snap)
+    record(host, run="d", phase="paused", aside_dir=str(snap), data_dir=str(host.data))
+    refused(host, snap, "not promoted")

@@ -26,6 +26,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common 
     write_atomic,
 )
 
+DELTA_JOURNAL = native.DELTA_JOURNAL
 RECOVERY_KEYS = ("restore_command", "recovery_target", "recovery_target_action")
 
 
@@ -82,11 +83,16 @@ def fetch_wal(cfg, name, dest):
         raise BackupError(f"WAL file {name} is in no location")
 
 
-def restore_to_target(cfg, label, data_dir, target, settings, restore_command, timeline=None):
+def restore_to_target(
+    cfg, label, data_dir, target, settings, restore_command, timeline=None, delta=None
+):
     """Restore backup `label` into data_dir to stop (paused) at `target`, a pitr recovery target
     ({time|lsn|xid|name: value} or {immediate: true}, maybe inclusive); `settings` go to
     postgresql.auto.conf. restore_command() gives the native engine's restore_command, which
-    follows `timeline` when given (else the latest)."""
+    follows `timeline` when given (else the latest). `delta` ({snapshot_dir,
+    system_identifier}): rewrite only what differs in an existing data_dir (native engine)."""
+    if delta is not None and cfg.engine == "pgbackrest":
+        raise BackupError("mode delta restores with the native engine only; use mode full")
     if cfg.engine == "pgbackrest":
         kind = next(iter(k for k in target if k != "inclusive"))
         spec = {"type": kind, "action": "pause"}
@@ -97,13 +103,30 @@ def restore_to_target(cfg, label, data_dir, target, settings, restore_command, t
         restored = pgbackrest.restore(cfg, label, data_dir, target=spec)
         append_settings(cfg, data_dir, settings)
         return restored
-    restored = native.restore(cfg, label, data_dir)
+    restored = native.restore(cfg, label, data_dir, delta=delta)
     strip_recovery_settings(data_dir, cfg)
     extra = dict(settings)
     if timeline is not None:
         extra["recovery_target_timeline"] = str(timeline)
     write_recovery(data_dir, cfg, restore_command(), target=target, action="pause", settings=extra)
     return restored
+
+
+def delta_refusal(cfg, data_dir, snapshot_dir):
+    """BackupError when a delta restore of data_dir (its replaced files kept in snapshot_dir)
+    cannot be done; read-only, asked before anything is stopped or written."""
+    if cfg.engine == "pgbackrest":
+        raise BackupError("mode delta restores with the native engine only; use mode full")
+    native.delta_refusal(data_dir, snapshot_dir)
+
+
+def delta_preview(cfg, label, data_dir):
+    """What a delta restore of backup `label` into data_dir would change (read-only): the
+    plan (paths per kind of change) and its counts."""
+    delta_refusal(cfg, data_dir, data_dir + ".pre-restore-preview")
+    _entry, _target, manifest = native.open_backup(cfg, label, None)
+    plan = native.delta_plan(manifest, data_dir, cfg.io_parallel)
+    return plan, native.delta_report(plan)
 
 
 # ---- the recovery configuration of a restored data directory ---------------------------------

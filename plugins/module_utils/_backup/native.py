@@ -58,9 +58,12 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common 
     new_label,
     parse_iso,
     parse_lsn,
+    read_json,
     segment_name,
     sha256_bytes,
+    sha256_file,
     utcnow,
+    write_atomic,
 )
 
 MANIFEST_FORMAT = 2  # 2: small files are slices of bundle objects (format 1 still restores)
@@ -1232,36 +1235,94 @@ def _pick_restore_target(cfg, catalog, entry, location):
     )
 
 
-def restore(cfg, label, target_dir, *, location=None, progress=None):
-    """Restore backup `label` (with its chain) into target_dir; verify every file.
-
-    The newest manifest lists every file and the backup that stores it, so files removed
-    between backups are simply absent. Full backups then pass pg_verifybackup. Recovery
-    configuration is left to the caller (write_recovery).
-    """
-    progress = progress or _noop
-    started = time.monotonic()
+def open_backup(cfg, label, location):
+    """(catalog entry, the location to restore from, manifest) of backup `label`."""
     catalog = Catalog(cfg)
     entry = catalog.get(label)
     if entry is None:
         raise BackupError(f"no backup labelled {label!r} in the catalog")
     target = _pick_restore_target(cfg, catalog, entry, location)
     manifest, _stored = read_manifest(cfg, target, label)
-    if os.path.exists(target_dir) and os.listdir(target_dir):
-        raise BackupError(f"restore target {target_dir} exists and is not empty")
+    return entry, target, manifest
+
+
+def restore(cfg, label, target_dir, *, location=None, progress=None, delta=None):
+    """Restore backup `label` (with its chain) into target_dir; verify every file.
+
+    The newest manifest lists every file and the backup that stores it, so files removed
+    between backups are simply absent. Full backups then pass pg_verifybackup. Recovery
+    configuration is left to the caller (write_recovery).
+
+    With `delta` ({"snapshot_dir": path}) target_dir may hold a stopped data directory of
+    the same system: only the files whose size or sha256 differ from the manifest are
+    written and the files the backup does not have are removed (see delta_plan). Every file
+    replaced or removed is first hard-linked into snapshot_dir, so its old bytes stay there.
+    """
+    progress = progress or _noop
+    started = time.monotonic()
+    entry, target, manifest = open_backup(cfg, label, location)
+    report = None
+    if delta is None:
+        if os.path.exists(target_dir) and os.listdir(target_dir):
+            raise BackupError(f"restore target {target_dir} exists and is not empty")
+        files = manifest["files"]
     uid, gid = cfg.pg.os_ids()
     os.makedirs(target_dir, mode=0o700, exist_ok=True)
     os.chown(target_dir, uid, gid)
     os.chmod(target_dir, 0o700)
     tmp_dir = os.path.join(target_dir, ".kg-restore")
+    shutil.rmtree(tmp_dir, ignore_errors=True)  # a killed delta run's downloads
+    if delta is not None:
+        plan = delta_plan(manifest, target_dir, cfg.io_parallel)
+        files = _apply_delta_plan(plan, manifest, target_dir, delta, label, cfg)
+        report = delta_report(plan)
     os.makedirs(tmp_dir, mode=0o700)
     for rel in manifest.get("dirs") or []:
         path = os.path.join(target_dir, rel)
         os.makedirs(path, mode=0o700, exist_ok=True)
     for rel in ("pg_wal", "pg_wal/archive_status"):
         os.makedirs(os.path.join(target_dir, rel), mode=0o700, exist_ok=True)
-    files = manifest["files"]
     progress(f"restoring {len(files)} files of {label} from {target.name}")
+    try:
+        written = _fetch_files(cfg, target, entry, files, target_dir, tmp_dir)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        for current, _subdirs, names in os.walk(target_dir):
+            os.chown(current, uid, gid)
+            os.chmod(current, 0o700)
+            for name in names:
+                os.chown(os.path.join(current, name), uid, gid)
+                os.chmod(os.path.join(current, name), 0o600)
+        verified_by = ["sha256"]
+        # A delta proved every file it kept by sha256 against the manifest and verified every
+        # file it wrote; pg_verifybackup would read the whole directory again, the very cost a
+        # delta saves (pgBackRest's --delta does not re-read either).
+        if delta is None and entry.get("type") == "full" and manifest.get("backup_manifest"):
+            verify_full(cfg, target, label, target_dir, manifest)
+            verified_by.append("pg_verifybackup")
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    seconds = time.monotonic() - started
+    out = {
+        "label": label,
+        "chain": entry.get("chain") or [label],
+        "location": target.name,
+        "target_dir": target_dir,
+        "files": len(files),
+        "bytes": written,
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(written / 1e6 / seconds, 1) if seconds else None,
+        "verified_by": verified_by,
+        "timeline": entry.get("timeline"),
+        "wal_start": entry.get("wal_start"),
+    }
+    if report is not None:
+        out["delta"] = {**report, "bytes_written": written, "seconds": out["seconds"]}
+    return out
+
+
+def _fetch_files(cfg, target, entry, files, target_dir, tmp_dir):
+    """Fetch, decode and verify (sha256) the manifest items `files` into target_dir; bytes."""
     done = {"bytes": 0}
     lock = threading.Lock()
     default_compression = entry.get("compression")
@@ -1326,54 +1387,178 @@ def restore(cfg, label, target_dir, *, location=None, progress=None):
         with lock:
             done["bytes"] += size
 
-    try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=cfg.io_parallel) as pool:
-            fetches = {pool.submit(fetch_bundle, key): key for key in bundled}
-            pending = set(fetches)
-            for item in sorted(standalone, key=lambda f: -f["size"]):
-                pending.add(pool.submit(one, item))
-            try:
-                while pending:
-                    finished, pending = concurrent.futures.wait(
-                        pending, return_when=concurrent.futures.FIRST_COMPLETED
-                    )
-                    for future in finished:
-                        got = future.result()
-                        if future in fetches:
-                            for group in _slice_groups(bundled[fetches[future]]):
-                                pending.add(pool.submit(slices, got, group))
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        for current, _subdirs, names in os.walk(target_dir):
-            os.chown(current, uid, gid)
-            os.chmod(current, 0o700)
-            for name in names:
-                os.chown(os.path.join(current, name), uid, gid)
-                os.chmod(os.path.join(current, name), 0o600)
-        verified_by = ["sha256"]
-        if entry.get("type") == "full" and manifest.get("backup_manifest"):
-            verify_full(cfg, target, label, target_dir, manifest)
-            verified_by.append("pg_verifybackup")
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    seconds = time.monotonic() - started
+    with concurrent.futures.ThreadPoolExecutor(max_workers=cfg.io_parallel) as pool:
+        fetches = {pool.submit(fetch_bundle, key): key for key in bundled}
+        pending = set(fetches)
+        for item in sorted(standalone, key=lambda f: -f["size"]):
+            pending.add(pool.submit(one, item))
+        try:
+            while pending:
+                finished, pending = concurrent.futures.wait(
+                    pending, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in finished:
+                    got = future.result()
+                    if future in fetches:
+                        for group in _slice_groups(bundled[fetches[future]]):
+                            pending.add(pool.submit(slices, got, group))
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    return done["bytes"]
+
+
+# ---- delta restore ---------------------------------------------------------------------------
+
+DELTA_JOURNAL = "kg-delta.json"
+_TEMP_RE = re.compile(r"^\..+\.tmp$")  # codec's temp files a killed run left beside a file
+
+
+def delta_refusal(target_dir, snapshot_dir):
+    """Why a delta restore of target_dir keeping its old files in snapshot_dir cannot be done
+    (a symlink in it, the snapshot on another file system), as a BackupError, or None. Read
+    only: the preflight asks before anything is stopped or written."""
+    if not os.path.isdir(target_dir):
+        return
+    _live_tree(target_dir)
+    parent = os.path.dirname(os.path.abspath(snapshot_dir).rstrip("/"))
+    if os.stat(parent).st_dev != os.stat(target_dir).st_dev:
+        raise BackupError(
+            f"the delta snapshot {snapshot_dir} would be on another file system than "
+            f"{target_dir}: hard links cannot keep the replaced files; use mode full, nothing "
+            "was changed"
+        )
+
+
+def _live_tree(target_dir):
+    """({relpath: size} of the regular files, [relpath of the dirs], [temp files]) under
+    target_dir. BackupError for a symlink anywhere (a linked pg_wal or tablespace): a delta
+    restore would hard-link across file systems or write through the link."""
+    files, dirs, temps = {}, [], []
+    for current, subdirs, names in os.walk(target_dir):
+        rel_dir = os.path.relpath(current, target_dir)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        if rel_dir == ".kg-restore":
+            subdirs[:] = []
+            continue
+        for name in subdirs + names:
+            path = os.path.join(current, name)
+            if os.path.islink(path):
+                raise BackupError(
+                    f"{path} is a symlink (a linked pg_wal or tablespace): mode delta restores "
+                    "plain data directories only; use mode full, nothing was changed"
+                )
+        if rel_dir:
+            dirs.append(rel_dir)
+        for name in names:
+            rel = os.path.join(rel_dir, name) if rel_dir else name
+            if _TEMP_RE.match(name):
+                temps.append(rel)
+                continue
+            st = os.lstat(os.path.join(current, name))
+            if not os.path.isdir(os.path.join(current, name)):
+                files[rel] = st.st_size
+    return files, dirs, temps
+
+
+def delta_plan(manifest, target_dir, parallel=2):
+    """What a delta restore of `manifest` into target_dir changes, read-only: the manifest's
+    files that are missing (create) or differ (rewrite), and the files (remove) and
+    directories (remove_dirs) the backup does not have. Sizes are compared first; a file of
+    the right size is read and its sha256 compared with the manifest's (the checksum the
+    backup stored and restores verify). Modification times are not trusted: a file changed
+    behind our back can keep its size and mtime, and pgBackRest's --delta checksums too."""
+    live, live_dirs, temps = _live_tree(target_dir) if os.path.isdir(target_dir) else ({}, [], [])
+    wanted = {item["path"]: item for item in manifest["files"]}
+    create = [p for p in wanted if p not in live]
+    rewrite = [p for p in wanted if p in live and live[p] != wanted[p]["size"]]
+    same_size = [p for p in wanted if p in live and live[p] == wanted[p]["size"]]
+
+    def differs(rel):
+        return sha256_file(os.path.join(target_dir, rel)) != wanted[rel]["sha256"]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        changed = [
+            rel for rel, bad in zip(same_size, pool.map(differs, same_size), strict=True) if bad
+        ]
+    keep_dirs = set(manifest.get("dirs") or []) | {"pg_wal", "pg_wal/archive_status"}
     return {
-        "label": label,
-        "chain": entry.get("chain") or [label],
-        "location": target.name,
-        "target_dir": target_dir,
-        "files": len(files),
-        "bytes": done["bytes"],
-        "seconds": round(seconds, 3),
-        "mb_per_s": round(done["bytes"] / 1e6 / seconds, 1) if seconds else None,
-        "verified_by": verified_by,
-        "timeline": entry.get("timeline"),
-        "wal_start": entry.get("wal_start"),
+        "create": sorted(create),
+        "rewrite": sorted(rewrite + changed),
+        "remove": sorted(p for p in live if p not in wanted),
+        "remove_dirs": sorted((d for d in live_dirs if d not in keep_dirs), reverse=True),
+        "temps": temps,
+        "checked": len(live),
+        "checksummed": len(same_size),
+        "bytes_checksummed": sum(live[p] for p in same_size),
+        "bytes_to_write": sum(wanted[p]["size"] for p in create + rewrite + changed),
+        "bytes_to_remove": sum(live[p] for p in live if p not in wanted),
     }
+
+
+def delta_report(plan):
+    """The counts of a delta plan (what the module reports)."""
+    return {
+        "files_checked": plan["checked"],
+        "files_checksummed": plan["checksummed"],
+        "files_created": len(plan["create"]),
+        "files_rewritten": len(plan["rewrite"]),
+        "files_removed": len(plan["remove"]),
+        "bytes_checksummed": plan["bytes_checksummed"],
+        "bytes_to_write": plan["bytes_to_write"],
+        "bytes_removed": plan["bytes_to_remove"],
+    }
+
+
+def _retire(target_dir, snapshot_dir, rel):
+    """Hard-link target_dir/rel into snapshot_dir (unless an earlier, killed run already kept
+    the original there), then unlink it from target_dir: the old bytes stay in the snapshot,
+    nothing is copied."""
+    kept = os.path.join(snapshot_dir, rel)
+    if not os.path.lexists(kept):
+        os.makedirs(os.path.dirname(kept), mode=0o700, exist_ok=True)
+        os.link(os.path.join(target_dir, rel), kept)
+    os.unlink(os.path.join(target_dir, rel))
+
+
+def _apply_delta_plan(plan, manifest, target_dir, delta, label, cfg):
+    """Journal the plan into snapshot_dir, keep (hard links) and remove every file to replace
+    or remove; the manifest items left to restore."""
+    snapshot_dir, system_identifier = delta["snapshot_dir"], delta.get("system_identifier")
+    os.makedirs(snapshot_dir, mode=0o700, exist_ok=True)
+    if os.stat(snapshot_dir).st_dev != os.stat(target_dir).st_dev:
+        raise BackupError(
+            f"the delta snapshot {snapshot_dir} is on another file system than {target_dir}: "
+            "hard links cannot keep the replaced files; use mode full, nothing was changed"
+        )
+    journal_path = os.path.join(snapshot_dir, DELTA_JOURNAL)
+    journal = read_json(journal_path) or {"backup": label, "created": [], "replaced": [],
+                                          "removed": [], "data_dir": target_dir,
+                                          "system_identifier": system_identifier}  # fmt: skip
+    # A file the first (killed) run created is still "created": putting the old state back
+    # removes it; the originals of replaced and removed files are the snapshot's.
+    known = set(journal["created"])
+    journal["created"] = sorted(known | set(plan["create"]))
+    replaced = {p for p in plan["rewrite"] if p not in known}
+    journal["replaced"] = sorted(set(journal["replaced"]) | replaced)
+    journal["removed"] = sorted(set(journal["removed"]) | set(plan["remove"]))
+    journal["updated"] = utcnow().isoformat()
+    write_atomic(journal_path, json.dumps(journal, indent=1, sort_keys=True), mode=0o600)
+    for rel in plan["temps"]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(target_dir, rel))
+    for rel in plan["remove"] + plan["rewrite"]:
+        _retire(target_dir, snapshot_dir, rel)
+    for rel in plan["remove_dirs"]:  # deepest first; emptied above
+        shutil.rmtree(os.path.join(target_dir, rel), ignore_errors=True)
+    uid, gid = cfg.pg.os_ids()
+    os.chown(journal_path, uid, gid)
+    for current, _subdirs, _names in os.walk(snapshot_dir):
+        os.chown(current, uid, gid)
+        os.chmod(current, 0o700)
+    todo = set(plan["create"]) | set(plan["rewrite"])
+    return [item for item in manifest["files"] if item["path"] in todo]
 
 
 def _some_paths(items, limit=5):

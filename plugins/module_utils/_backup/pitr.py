@@ -58,6 +58,8 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common 
 
 STATES = ("planned", "recovered", "promoted", "table_restored", "released")
 STRATEGIES = ("pitr", "snapshot", "table")
+MODES = ("full", "delta")
+DIFF_PATHS = 50  # paths per kind of change a delta check mode lists
 ENDED_EARLY = "recovery ended before configured recovery target was reached"
 TABLE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_$]*)\.([A-Za-z_][A-Za-z0-9_$]*|\*)$")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
@@ -95,6 +97,7 @@ class Request:
     scratch_port: int = None
     run_id: str = None
     timeout: int = 1800
+    mode: str = "full"
     tool_dir: str = None
     python: str = "/usr/bin/python3"
 
@@ -120,6 +123,8 @@ def empty_result(req):
         "refused": False,
         "request": {},
         "cluster": {},
+        "mode": req.mode,
+        "delta": {},
     }
 
 
@@ -770,7 +775,7 @@ def _restore_command(cfg, req):
     return install.install_tool(cfg, tool_dir, req.python, cfg.pg.os_user)["restore_command"]
 
 
-def _restore_into(cfg, req, plan_, data_dir, settings):
+def _restore_into(cfg, req, plan_, data_dir, settings, delta=None):
     """Restore the plan's backup into data_dir and write its recovery settings (pause)."""
     timeline = req.target_timeline
     return engine.restore_to_target(
@@ -781,6 +786,7 @@ def _restore_into(cfg, req, plan_, data_dir, settings):
         settings,
         lambda: _restore_command(cfg, req),
         timeline=None if timeline in (None, "", "latest") else timeline,
+        delta=delta,
     )
 
 
@@ -882,6 +888,9 @@ def recover(cfg, req, result=None):
     result["backup_id"] = plan_["backup"]
     marker = read_json(marker_path(data_dir))
     state = read_json(state_path(data_dir))
+    # A killed run is finished in the mode it started (its marker says which).
+    mode = (marker.get("mode") or "full") if marker else req.mode
+    result["mode"] = mode
     if req.run_id and not RUN_ID_RE.match(req.run_id):
         raise BackupError(f"run_id {req.run_id!r}: letters, digits, '.', '_' and '-' only")
     unfinished = state if (state or {}).get("phase") != "promoted" else None
@@ -933,29 +942,42 @@ def recover(cfg, req, result=None):
                 )
             if not info["running"] and not ours:
                 _assert_offline_identity(lcfg, data_dir, plan_)
+            if mode == "delta":
+                engine.delta_refusal(cfg, data_dir, aside)
             # A node whose data directory is gone (a lost disk) is rebuilt: nothing to keep
             # aside, and a half-restored copy a killed run leaves is replaced on the re-run.
             lost = not os.path.exists(data_dir) and not os.path.exists(aside)
             marker = {"run": run, "data_dir": data_dir, "aside_dir": aside,
                       "backup": plan_["backup"], "started": iso(utcnow()),
-                      "replace_restored": ours or lost}  # fmt: skip
+                      "replace_restored": ours or lost, "mode": mode}  # fmt: skip
             _write_json(marker_path(data_dir), marker)
         with steps("stop"):
             if _pid_dir(data_dir) is not None:
-                mode = "immediate" if (ours or os.path.exists(aside)) else "fast"
-                verify.pg_ctl(lcfg, "stop", "-D", data_dir, "-m", mode, "-w", "-t",
+                how = "immediate" if (ours or os.path.exists(aside)) else "fast"
+                verify.pg_ctl(lcfg, "stop", "-D", data_dir, "-m", how, "-w", "-t",
                               str(req.timeout), timeout=req.timeout + 30)  # fmt: skip
-        with steps("move_aside"):
-            _converge_dirs(data_dir, aside, marker)
-        with steps("restore"):
-            restored = _restore_into(cfg, req, plan_, data_dir, {"hot_standby": True})
+        if mode == "delta":
+            # In place: only what differs is written; what is replaced or removed is
+            # hard-linked into the aside directory first (the delta snapshot).
+            sysid = (plan_.get("base") or {}).get("system_identifier")
+            with steps("restore"):
+                restored = _restore_into(cfg, req, plan_, data_dir, {"hot_standby": True},
+                                         delta={"snapshot_dir": aside,
+                                                "system_identifier": sysid})  # fmt: skip
+            result["delta"] = restored["delta"]
+        else:
+            with steps("move_aside"):
+                _converge_dirs(data_dir, aside, marker)
+            with steps("restore"):
+                restored = _restore_into(cfg, req, plan_, data_dir, {"hot_standby": True})
         result["plan"]["restored_from"] = restored.get("location")
         # Every aside copy this cluster's rollbacks kept: state=released deletes only these.
         asides = [a for a in kept_asides(state) if a != os.path.abspath(aside)]
         _write_json(state_path(data_dir), {"run": run, "phase": "recovering",
                                            "key": _run_key(plan_), "aside_dir": aside,
                                            "asides": asides + [os.path.abspath(aside)],
-                                           "data_dir": data_dir})  # fmt: skip
+                                           "data_dir": data_dir, "mode": mode,
+                                           "delta": result["delta"]})  # fmt: skip
         os.unlink(marker_path(data_dir))
     with steps("replay"):
         if _pid_dir(data_dir) is None:
@@ -1364,19 +1386,26 @@ def release_target(lcfg, req, queries=None):
         return None
     if _pid_dir(given) is not None:
         raise BackupError(f"a postmaster runs {req.aside_dir}: {refuse}")
-    if not os.path.isdir(given) or not os.path.exists(os.path.join(given, "PG_VERSION")):
+    journal = read_json(os.path.join(given, engine.DELTA_JOURNAL)) if os.path.isdir(given) else None
+    if not os.path.isdir(given) or not (
+        journal or os.path.exists(os.path.join(given, "PG_VERSION"))
+    ):
         raise BackupError(f"{req.aside_dir} is not a PostgreSQL data directory: {refuse}")
     info = probe(lcfg, queries)
     want = info.get("system_identifier") or ((state.get("plan") or {}).get("base") or {}).get(
         "system_identifier"
     )
-    proc = command.run([lcfg.pg.binary("pg_controldata"), given], check=False)
-    match = re.search(r"Database system identifier:\s+(\d+)", proc.stdout or "")
-    if not match:
+    if journal:  # a delta snapshot: the files a delta restore replaced, and its journal
+        found = str(journal.get("system_identifier") or "")
+    else:
+        proc = command.run([lcfg.pg.binary("pg_controldata"), given], check=False)
+        match = re.search(r"Database system identifier:\s+(\d+)", proc.stdout or "")
+        found = match.group(1) if match else ""
+    if not found:
         raise BackupError(f"cannot read the system identifier of {req.aside_dir}: {refuse}")
-    if want and match.group(1) != str(want):
+    if want and found != str(want):
         raise BackupError(
-            f"{req.aside_dir} belongs to system {match.group(1)}, this cluster is {want}: {refuse}"
+            f"{req.aside_dir} belongs to system {found}, this cluster is {want}: {refuse}"
         )
     return given
 
@@ -1408,7 +1437,25 @@ def preflight(cfg, req, result=None):
         result["changed"] = not (
             req.state == "recovered" and info.get("pause_state") == "paused"
         ) and not (req.state == "promoted" and info["running"] and not info.get("in_recovery"))
+        if req.state == "recovered" and req.mode == "delta" and result["changed"]:
+            with steps("delta_preview"):
+                delta_preview(cfg, lcfg, plan_, result)
     return result
+
+
+def delta_preview(cfg, lcfg, plan_, result):
+    """Check mode of a delta recovery: what it would rewrite and remove, as counts and as a
+    diff (files as they are now; a running cluster keeps changing them)."""
+    preview, result["delta"] = engine.delta_preview(
+        cfg, plan_["backup"], lcfg.pg.data_dir.rstrip("/")
+    )
+    lines = [f"delta restore of {plan_['backup']} into {lcfg.pg.data_dir}"]
+    for what in ("create", "rewrite", "remove"):
+        paths = preview[what]
+        lines += [f"{what} {p}" for p in paths[:DIFF_PATHS]]
+        if len(paths) > DIFF_PATHS:
+            lines.append(f"{what} ... and {len(paths) - DIFF_PATHS} more")
+    result["diff"] = {"prepared": "\n".join(lines) + "\n"}
 
 
 def run(cfg, req, check_mode=False, result=None):
@@ -1418,6 +1465,10 @@ def run(cfg, req, check_mode=False, result=None):
         raise BackupError(f"state must be one of {list(STATES)}, got {req.state!r}")
     if req.strategy not in STRATEGIES:
         raise BackupError(f"strategy must be one of {list(STRATEGIES)}, got {req.strategy!r}")
+    if req.mode not in MODES:
+        raise BackupError(f"mode must be one of {list(MODES)}, got {req.mode!r}")
+    if req.mode == "delta" and req.strategy == "table":
+        raise BackupError("mode delta goes with strategy pitr or snapshot (state recovered)")
     result = result if result is not None else empty_result(req)
     started = time.monotonic()
     if check_mode or req.state == "planned":
