@@ -91,10 +91,11 @@ class Meter:
         }
 
 
-def stream_only(cluster: PgCluster, pipe_size: int = 0) -> dict:
+def stream_only(cluster: PgCluster, pipe_size: int = 0, manifest: bool = True) -> dict:
     argv = [str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(cluster.port),
-            "-U", "postgres", "-D", "-", "-Ft", "-X", "none", "--manifest-checksums=CRC32C",
-            "--checkpoint=fast", "--no-password"]  # fmt: skip
+            "-U", "postgres", "-D", "-", "-Ft", "-X", "none", "--checkpoint=fast",
+            "--no-password"]  # fmt: skip
+    argv.append("--manifest-checksums=CRC32C" if manifest else "--no-manifest")
     with Meter() as m:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         if pipe_size:
@@ -148,15 +149,21 @@ def native_full(cluster: PgCluster, root: Path, profile: bool) -> dict:
     shutil.rmtree(n_root, ignore_errors=True)
     cfg = bb.native_config(cluster, make_dirs_for_postgres(n_root))
     stop = profiled_threads() if profile else None
+    marks = []
+    t0 = time.monotonic()
+
+    def mark(message, *_args, **_kwargs):
+        marks.append(f"{time.monotonic() - t0:6.2f}s {message}")
+
     with Meter() as m:
-        entry = backup_native.take_backup(cfg, "full", require_archiving=False)
+        entry = backup_native.take_backup(cfg, "full", require_archiving=False, progress=mark)
     top = []
     if stop:
         stats, out = stop()
         stats.sort_stats("tottime").print_stats(18)
         top = out.getvalue().splitlines()
     return {**m.result, "stored_bytes": entry.get("stored_size"), "files": entry.get("file_count"),
-            "profile_top": top}  # fmt: skip
+            "phases": marks, "profile_top": top}  # fmt: skip
 
 
 def pgbackrest_full(cluster: PgCluster, root: Path) -> dict:
@@ -231,6 +238,8 @@ def main() -> int:
             print("stream (64 KiB pipe)", results["stream"], flush=True)
             results["stream_1m_pipe"] = stream_only(cluster, CHUNK)
             print("stream (1 MiB pipe)", results["stream_1m_pipe"], flush=True)
+            results["stream_no_manifest"] = stream_only(cluster, CHUNK, manifest=False)
+            print("stream (1 MiB pipe, --no-manifest)", results["stream_no_manifest"], flush=True)
         if "native" in only:
             results["native"] = native_full(cluster, root, not args.no_cprofile)
             print("native", {k: v for k, v in results["native"].items() if k != "profile_top"})

@@ -749,8 +749,8 @@ class _Uploader:
             target.fail(f"writing {key} failed: {err}")
 
     def store(self, src, key_for, size_hint=-1):
-        """Encode src (a path, or an iterable of byte chunks read once) for every variant in
-        one pass and upload; {variant: EncodeResult}."""
+        """Encode src (a path, bytes, or an iterable of byte chunks read once) for every
+        variant in one pass and upload; {variant: EncodeResult}."""
         if not self.live():
             raise BackupError("every location failed")
         with self._lock:
@@ -760,7 +760,12 @@ class _Uploader:
         tmps = {v: os.path.join(self.tmp_dir, f"{n}.{v}") for v in variants}
         try:
             with contextlib.ExitStack() as stack:
-                chunks = stack.enter_context(_chunks_of(src)) if isinstance(src, str) else src
+                if isinstance(src, str):
+                    chunks = stack.enter_context(_chunks_of(src))
+                elif isinstance(src, bytes):
+                    chunks = (src,)
+                else:
+                    chunks = src
                 outs = [
                     (stack.enter_context(open(tmps[v], "wb", buffering=CHUNK)), live[0].key)
                     for v, live in variants.items()
