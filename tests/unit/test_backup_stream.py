@@ -77,3 +77,49 @@ def test_a_stream_broken_inside_a_file_fails_its_encoder() -> None:
     assert next(chunks) == b"z" * BLOCK
     with pytest.raises(BackupError, match="broke inside this file"):
         next(chunks)
+
+
+def test_uploader_stores_a_path_bytes_and_chunks_alike(tmp_path) -> None:
+    """The encoders take a file by path (data directory), bytes (small files, backup_label)
+    or chunks (the stream): the same content gives the same stored object and checksums."""
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import codec
+    from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config import (
+        BackupConfig,
+    )
+
+    cfg = BackupConfig.from_dict(
+        {
+            "cluster": "kgt",
+            "spool_dir": str(tmp_path / "spool"),
+            "catalog_dir": str(tmp_path / "catalog"),
+            "compression": "lz4",
+            "locations": [{"name": "d", "type": "local", "path": str(tmp_path / "d")}],
+        }
+    )
+    targets, failures = native.open_targets(cfg)
+    assert not failures
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    uploader = native._Uploader(cfg, targets, str(enc), lambda *a: None, label="L")
+    content = b"".join(b"row %06d of the stream " % i for i in range(40_000))
+    src = tmp_path / "src"
+    src.write_bytes(content)
+    try:
+        stored = {
+            "path": uploader.store(str(src), lambda _e: "x/path"),
+            "bytes": uploader.store(content, lambda _e: "x/bytes"),
+            "chunks": uploader.store(
+                (content[i : i + BLOCK] for i in range(0, len(content), BLOCK)),
+                lambda _e: "x/chunks",
+            ),
+        }
+    finally:
+        uploader.close()
+    want = hashlib.sha256(content).hexdigest()
+    for name, results in stored.items():
+        res = results["plain"]
+        assert (res.size, res.sha256) == (len(content), want), name
+        data = targets[0].location.get_bytes(f"x/{name}")
+        assert len(data) == res.stored_size < len(content)
+        assert hashlib.sha256(data).hexdigest() == res.stored_sha256
+        assert codec.decode_bytes(data, compression="lz4", expect_sha256=want) == content
