@@ -197,3 +197,34 @@ def test_record_reordering_is_detected(tmp_path: Path) -> None:
     blob[24 + rec : 24 + 2 * rec] = first
     with pytest.raises(BackupError, match="corrupt"):
         codec.decode_bytes(bytes(blob), compression="none", key=KEY)
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd"])
+def test_encoder_one_pass_into_plain_and_encrypted_outputs(
+    tmp_path: Path, plain: Path, compression: str
+) -> None:
+    """The engine compresses and hashes each file once and writes one stored stream per key
+    variant: each output decodes to the content, with its own stored size and sha256."""
+    outs = {"plain": tmp_path / "o.plain", "enc": tmp_path / "o.enc"}
+    with outs["plain"].open("wb") as p_out, outs["enc"].open("wb") as e_out:
+        encoder = codec.Encoder(
+            [(p_out, None), (e_out, KEY)], compression=compression, size_hint=-1
+        )
+        with plain.open("rb") as src:
+            for block in iter(lambda: src.read(300_001), b""):  # not CHUNK-aligned
+                encoder.write(block)
+        results = encoder.finish()
+    want = sha256_file(plain)
+    for (name, path), result, key in zip(outs.items(), results, (None, KEY), strict=True):
+        assert result.size == plain.stat().st_size
+        assert result.sha256 == want
+        assert result.stored_size == path.stat().st_size
+        assert result.stored_sha256 == sha256_file(path), name
+        out = tmp_path / f"back.{name}"
+        size, digest = codec.decode_file(
+            path, out, compression=compression, key=key, expect_sha256=want
+        )
+        assert (size, digest) == (result.size, want)
+        assert out.read_bytes() == plain.read_bytes()
+    assert outs["enc"].read_bytes()[:8] == codec.MAGIC
+    assert b"some text that compresses well" not in outs["enc"].read_bytes()

@@ -365,24 +365,55 @@ def _decrypt_records(fh, key):
 # ---- streams ---------------------------------------------------------------------------------
 
 
+class Encoder:
+    """Encodes one object as it is written to, into one stored stream per key: compressed
+    once, the content hashed once, then encrypted (when the key is not None) and hashed per
+    output. finish() returns an EncodeResult per output, in the order of `outs`.
+
+    outs: [(binary file object, key or None)]; the writers need not be seekable, so content
+    can arrive in pieces from a pipe and go to several locations' variants in one pass."""
+
+    def __init__(self, outs, *, compression, level=1, size_hint=-1):
+        self._comp = _compressor(compression, level, size_hint)
+        self._plain = hashlib.sha256()
+        self.size = 0
+        self._stored = [_HashingWriter(fh) for fh, _key in outs]
+        self._sinks = [
+            _EncryptingWriter(stored, key) if key is not None else stored
+            for stored, (_fh, key) in zip(self._stored, outs, strict=True)
+        ]
+
+    def write(self, block):
+        if not block:
+            return
+        self.size += len(block)
+        self._plain.update(block)
+        out = self._comp.compress(block)
+        for sink in self._sinks:
+            sink.write(out)
+
+    def finish(self):
+        tail = self._comp.flush()
+        for sink in self._sinks:
+            sink.write(tail)
+            sink.close()
+        digest = self._plain.hexdigest()
+        return [
+            EncodeResult(self.size, digest, stored.size, stored.digest.hexdigest())
+            for stored in self._stored
+        ]
+
+
 def encode_stream(src, dst, *, compression, level=1, key=None, size_hint=-1):
     """Read src (binary file object) to EOF, write the stored form to dst; EncodeResult."""
-    comp = _compressor(compression, level, size_hint)
-    stored = _HashingWriter(dst)
-    sink = _EncryptingWriter(stored, key) if key is not None else stored
-    plain = hashlib.sha256()
-    size = 0
+    encoder = Encoder([(dst, key)], compression=compression, level=level, size_hint=size_hint)
     read = src.read
     while True:
         block = read(CHUNK)
         if not block:
             break
-        size += len(block)
-        plain.update(block)
-        sink.write(comp.compress(block))
-    sink.write(comp.flush())
-    sink.close()
-    return EncodeResult(size, plain.hexdigest(), stored.size, stored.digest.hexdigest())
+        encoder.write(block)
+    return encoder.finish()[0]
 
 
 def decode_stream(src, dst, *, compression, key=None, encrypted=None):

@@ -3,9 +3,10 @@
 """The native backup engine: full backups with pg_basebackup, file-level incrementals with the
 low-level API, and restores of a chain.
 
-A backup is staged under `spool_dir/backup-staging/<label>`, every file is encoded (compressed, and
-encrypted for locations with encrypt: true) once per key variant in parallel threads and
-uploaded to every location in parallel. manifest.json (+ pg's backup_manifest) follow, and
+A backup is staged under `spool_dir/backup-staging/<label>`: every file is read once (from
+pg_basebackup's stream, in memory, or from the data directory), compressed and hashed once and
+encrypted per key variant (locations with encrypt: true) in parallel threads, and uploaded to
+every location in parallel. manifest.json (+ pg's backup_manifest) follow, and
 `backup.json` is written LAST in each location: it is the commit marker. Only then does the
 local catalog learn about the backup.
 
@@ -20,6 +21,7 @@ Their manifest entries carry `bundle` (the bundle's key) and `offset`; `stored_s
 `stored_sha256` describe the slice. Large files keep `key` (one object each).
 """
 
+import collections
 import concurrent.futures
 import contextlib
 import datetime
@@ -71,6 +73,9 @@ MANIFEST_FORMAT = 2  # 2: small files are slices of bundle objects (format 1 sti
 # to a bundle object instead of being stored as one object each: a cluster is mostly tiny
 # files, and a PUT (or a create + fsync) per file dominated the time of a backup.
 BUNDLE_THRESHOLD = 256 * 1024
+# A full backup's stream is read ahead of the encoders by at most this many bytes (memory).
+STREAM_BUFFER = 64 * 1024 * 1024
+PIPE_SIZE = 1024 * 1024  # pg_basebackup's stdout pipe (Linux's default is 64 KiB)
 # A bundle is closed (and uploaded) once it holds this many stored bytes.
 BUNDLE_SIZE = 24 * 1024 * 1024
 # Restore decodes the slices of one bundle in groups of about this many stored bytes / files.
@@ -496,18 +501,17 @@ class _IdleWatch:
         self._thread.join()
 
 
-def _stream_basebackup(cfg, label, staging, pool, add, progress, stop_timeout, diagnose):
+def _stream_basebackup(cfg, label, pool, add, progress, stop_timeout, diagnose):
     """pg_basebackup's tar stream (stdout), stored while it streams.
 
-    Each file goes to the encoders as soon as it has arrived, so copying and compressing
-    overlap instead of following each other. WAL is not in the stream (-X none): the backup
-    needs the archive from its start to its stop segment, which take_backup checked is working
-    and the integrity tier proves. Returns (futures, dirs, links, backup_manifest bytes,
-    backup_label text). Only for clusters without extra tablespaces (a stdout backup cannot
-    hold them); _run_basebackup covers those.
+    Each file goes to an encoder as it arrives, in memory (chunks of a large file are encoded
+    while the rest is still coming; at most STREAM_BUFFER bytes wait for the encoders), so
+    copying, compressing and hashing overlap, and nothing is written twice. WAL is not in the
+    stream (-X none): the backup needs the archive from its start to its stop segment, which
+    take_backup checked is working and the integrity tier proves. Returns (futures, dirs,
+    links, backup_manifest bytes, backup_label text). Only for clusters without extra
+    tablespaces (a stdout backup cannot hold them); _run_basebackup covers those.
     """
-    incoming = os.path.join(staging, "incoming")
-    os.makedirs(incoming, mode=0o700, exist_ok=True)
     argv = [
         cfg.pg.binary("pg_basebackup"),
         "-h", cfg.pg.host, "-p", str(cfg.pg.port), "-U", cfg.pg.user,
@@ -515,18 +519,20 @@ def _stream_basebackup(cfg, label, staging, pool, add, progress, stop_timeout, d
         "--checkpoint=fast", "--no-password", "-l", label,
     ]  # fmt: skip
     progress("pg_basebackup streaming (files are stored as they arrive)")
-    # Bounded staging: at most this many large files wait for an encoder at once.
-    slots = threading.BoundedSemaphore(max(4, cfg.io_parallel * 2))
+    budget = _Budget(STREAM_BUFFER)
     futures, dirs, links = [], [], {}
     manifest_raw = label_text = None
+    feed = None
 
-    def store(rel, path, size, mtime_ns):
+    def store(rel, src, size, mtime_ns):
         try:
-            add(rel, path, size, mtime_ns)
+            add(rel, src, size, mtime_ns)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            slots.release()
+            if isinstance(src, _Feed):
+                src.drop()
+            else:
+                with budget.cond:
+                    budget.give(size)
 
     with tempfile.TemporaryFile() as errors:
         child, preexec = command.child(argv)
@@ -538,9 +544,11 @@ def _stream_basebackup(cfg, label, staging, pool, add, progress, stop_timeout, d
             env=dict(command.COMMAND_ENV),
             preexec_fn=preexec,
         )
+        with contextlib.suppress(AttributeError, OSError):  # fewer, larger reads from the pipe
+            fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         watch = _IdleWatch(proc.stdout, proc, stop_timeout)
         try:
-            for number, (member, chunks) in enumerate(_tar_members(watch)):
+            for member, chunks in _tar_members(watch):
                 rel = member.name.rstrip("/")
                 if member.isdir():
                     dirs.append(rel)
@@ -551,26 +559,26 @@ def _stream_basebackup(cfg, label, staging, pool, add, progress, stop_timeout, d
                     continue
                 if not member.isreg():
                     continue
-                if rel in ("backup_manifest", "backup_label"):
+                mtime_ns = int(member.mtime) * 1_000_000_000
+                if member.size < BUNDLE_THRESHOLD or rel in ("backup_manifest", "backup_label"):
+                    with budget.cond:
+                        budget.take(member.size)
                     data = b"".join(chunks)
                     if rel == "backup_manifest":
                         manifest_raw = data
+                        with budget.cond:
+                            budget.give(member.size)
                         continue
-                    label_text = data.decode()
-                path = os.path.join(incoming, str(number))
-                slots.acquire()
-                try:
-                    with open(path, "wb") as out:
-                        if rel == "backup_label":
-                            out.write(label_text.encode())
-                        else:
-                            for block in chunks:
-                                out.write(block)
-                except BaseException:
-                    slots.release()
-                    raise
-                mtime_ns = int(member.mtime) * 1_000_000_000
-                futures.append(pool.submit(store, rel, path, member.size, mtime_ns))
+                    if rel == "backup_label":
+                        label_text = data.decode()
+                    futures.append(pool.submit(store, rel, data, member.size, mtime_ns))
+                    continue
+                feed = _Feed(budget)
+                futures.append(pool.submit(store, rel, feed, member.size, mtime_ns))
+                for block in chunks:
+                    feed.put(block)
+                feed.close()
+                feed = None
         except (tarfile.TarError, OSError, BackupError) as err:
             proc.kill()
             proc.wait()
@@ -581,6 +589,8 @@ def _stream_basebackup(cfg, label, staging, pool, add, progress, stop_timeout, d
             raise BackupError(f"pg_basebackup stream broke: {err}; {tail}") from None
         finally:
             watch.close()
+            if feed is not None:  # its encoder must not wait for the rest
+                feed.close(error="pg_basebackup's stream broke inside this file")
         rc = proc.wait()
         if watch.fired:
             raise BackupError(watch.error(diagnose))
@@ -591,6 +601,87 @@ def _stream_basebackup(cfg, label, staging, pool, add, progress, stop_timeout, d
     if manifest_raw is None or label_text is None:
         raise BackupError("pg_basebackup's stream had no backup_manifest or backup_label")
     return futures, dirs, links, manifest_raw, label_text
+
+
+@contextlib.contextmanager
+def _chunks_of(path):
+    """The content of the file at path, in CHUNK pieces (BackupError when it cannot be read)."""
+    try:
+        handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+    except OSError as err:
+        raise BackupError(f"cannot read {path}: {err.strerror}") from None
+    with handle:
+        yield iter(lambda: handle.read(CHUNK), b"")
+
+
+class _Budget:
+    """Bytes read from pg_basebackup's stream that no encoder has taken yet, at most `limit`
+    (one block more when nothing is held, so a file larger than the limit still passes)."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.held = 0
+        self.cond = threading.Condition()
+
+    def take(self, size, dropped=lambda: False):
+        """Wait for room for size bytes (under cond); False when dropped() turned true."""
+        while self.held and self.held + size > self.limit and not dropped():
+            self.cond.wait()
+        if dropped():
+            return False
+        self.held += size
+        return True
+
+    def give(self, size):
+        """Return size bytes (under cond)."""
+        self.held -= size
+        self.cond.notify_all()
+
+
+class _Feed:
+    """One file's content, handed from the stream's reader to an encoder in chunks as it
+    arrives (no staging copy on disk); iterating yields the chunks. The reader put()s and
+    close()s; the encoder's side drop()s when it is done, so a failed encoder does not leave
+    the reader waiting for room."""
+
+    def __init__(self, budget):
+        self.budget = budget
+        self.chunks = collections.deque()
+        self.closed = False
+        self.error = None
+        self.dropped = False
+
+    def put(self, block):
+        with self.budget.cond:
+            if self.budget.take(len(block), lambda: self.dropped):
+                self.chunks.append(block)
+                self.budget.cond.notify_all()
+
+    def close(self, error=None):
+        with self.budget.cond:
+            self.closed = True
+            self.error = error
+            self.budget.cond.notify_all()
+
+    def drop(self):
+        with self.budget.cond:
+            self.dropped = True
+            self.budget.give(sum(len(block) for block in self.chunks))
+            self.chunks.clear()
+
+    def __iter__(self):
+        cond = self.budget.cond
+        while True:
+            with cond:
+                while not self.chunks and not self.closed:
+                    cond.wait()
+                if not self.chunks:
+                    if self.error:
+                        raise BackupError(self.error)
+                    return
+                block = self.chunks.popleft()
+                self.budget.give(len(block))
+            yield block
 
 
 class _Bundle:
@@ -660,67 +751,76 @@ class _Uploader:
         except Exception as err:  # noqa: BLE001
             target.fail(f"writing {key} failed: {err}")
 
-    def store(self, src, key_for):
-        """Encode src per variant and upload; {variant: EncodeResult}."""
+    def store(self, src, key_for, size_hint=-1):
+        """Encode src (a path, bytes, or an iterable of byte chunks read once) for every
+        variant in one pass and upload; {variant: EncodeResult}."""
         if not self.live():
             raise BackupError("every location failed")
         with self._lock:
             self._counter += 1
             n = self._counter
-        out = {}
-        for variant, targets in self.variants.items():
-            live = [t for t in targets if t.ok]
-            if not live:
-                continue
-            encrypted = live[0].key is not None
-            tmp = os.path.join(self.tmp_dir, f"{n}.{variant}")
-            try:
-                res = codec.encode_file(
-                    src,
-                    tmp,
+        variants = {v: live for v, ts in self.variants.items() if (live := [t for t in ts if t.ok])}
+        tmps = {v: os.path.join(self.tmp_dir, f"{n}.{v}") for v in variants}
+        try:
+            with contextlib.ExitStack() as stack:
+                if isinstance(src, str):
+                    chunks = stack.enter_context(_chunks_of(src))
+                elif isinstance(src, bytes):
+                    chunks = (src,)
+                else:
+                    chunks = src
+                outs = [
+                    (stack.enter_context(open(tmps[v], "wb", buffering=CHUNK)), live[0].key)
+                    for v, live in variants.items()
+                ]
+                encoder = codec.Encoder(
+                    outs,
                     compression=self.cfg.compression,
                     level=self.cfg.compression_level,
-                    key=live[0].key,
+                    size_hint=size_hint,
                 )
-                key = key_for(encrypted)
+                for block in chunks:
+                    encoder.write(block)
+                results = dict(zip(variants, encoder.finish(), strict=True))
+            out = {}
+            for variant, live in variants.items():
+                res, tmp = results[variant], tmps[variant]
+                key = key_for(live[0].key is not None)
                 if len(live) == 1 and live[0].spec.type in ("local", "export"):
                     self._put(live[0], key, tmp, res.stored_sha256)
-                    out[variant] = res
-                    continue
-                futures = [self.up_pool.submit(self._put, t, key, tmp) for t in live]
-                for future in futures:
-                    future.result()
+                else:
+                    for future in [self.up_pool.submit(self._put, t, key, tmp) for t in live]:
+                        future.result()
                 out[variant] = res
-            finally:
+            return out
+        finally:
+            for tmp in tmps.values():
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
-        return out
 
     def store_small(self, src):
-        """Encode a small file per variant into that variant's bundle;
+        """Encode a small file (a path, or its bytes) per variant into that variant's bundle;
         {variant: (EncodeResult, bundle key, offset)}."""
         if not self.live():
             raise BackupError("every location failed")
-        try:
-            with open(src, "rb") as handle:
-                data = handle.read()
-        except OSError as err:
-            raise BackupError(f"cannot read {src}: {err.strerror}") from None
+        if isinstance(src, str):
+            try:
+                with open(src, "rb") as handle:
+                    src = handle.read()
+            except OSError as err:
+                raise BackupError(f"cannot read {src}: {err.strerror}") from None
+        variants = {v: live for v, ts in self.variants.items() if (live := [t for t in ts if t.ok])}
+        bufs = {v: io.BytesIO() for v in variants}
+        encoder = codec.Encoder(
+            [(bufs[v], live[0].key) for v, live in variants.items()],
+            compression=self.cfg.compression,
+            level=self.cfg.compression_level,
+            size_hint=len(src),
+        )
+        encoder.write(src)
         out = {}
-        for variant, targets in self.variants.items():
-            live = [t for t in targets if t.ok]
-            if not live:
-                continue
-            buf = io.BytesIO()
-            res = codec.encode_stream(
-                io.BytesIO(data),
-                buf,
-                compression=self.cfg.compression,
-                level=self.cfg.compression_level,
-                key=live[0].key,
-                size_hint=len(data),
-            )
-            stored = buf.getvalue()
+        for (variant, live), res in zip(variants.items(), encoder.finish(), strict=True):
+            stored = bufs[variant].getvalue()
             with self._bundle_lock:
                 bundle = self._bundles.get(variant)
                 if bundle is None:
@@ -919,7 +1019,7 @@ def _take(cfg, catalog, conn, info, kind, label, parent, targets, failures, stag
             results = uploader.store_small(src)
         else:
             results = uploader.store(
-                src, lambda enc, rel=rel: file_key(cfg, label, rel, cfg.compression, enc)
+                src, lambda enc, rel=rel: file_key(cfg, label, rel, cfg.compression, enc), size
             )
         for variant, found in results.items():
             item = {
@@ -955,7 +1055,7 @@ def _take(cfg, catalog, conn, info, kind, label, parent, targets, failures, stag
     try:
         if kind == "full" and not _tablespace_mapping(conn, "/"):
             futures, dirs, links, pg_manifest_raw, label_text = _stream_basebackup(
-                cfg, label, staging, pool, add, progress, stop_timeout,
+                cfg, label, pool, add, progress, stop_timeout,
                 lambda: archiver_state(conn),
             )  # fmt: skip
             progress(f"pg_basebackup done; storing the last of {len(futures)} files")
@@ -1144,8 +1244,6 @@ def _incremental(cfg, catalog, conn, entry, parent, targets, staging, pool, add,
     base = next(iter(index.values()))
     parent_start_ns = int(parse_iso(parent["start_time"]).timestamp() * 1e9) - MTIME_MARGIN_NS
     data_dir = cfg.pg.data_dir or entry.get("data_directory")
-    copies = os.path.join(staging, "copy")
-    os.makedirs(copies)
     progress(f"pg_backup_start for incremental {entry['label']} on {parent['label']}")
     conn.execute("SELECT pg_backup_start(%s, true)", (entry["label"],))
     stopped = False
@@ -1167,18 +1265,22 @@ def _incremental(cfg, catalog, conn, entry, parent, targets, staging, pool, add,
                     manifests.setdefault(variant, []).append(dict(items[rel]))
         progress(f"{len(changed)} of {len(files)} files changed since {parent['label']}")
 
-        def copy_and_add(rel, path):
-            dest = os.path.join(copies, rel)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
+        def read_and_add(rel, path):
+            """Encode the live file as it is read (no copy first): WAL replay from the
+            backup's start repairs pages torn by concurrent writes, as for pg_basebackup."""
             try:
-                st = os.stat(path)
-                shutil.copyfile(path, dest)
+                handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
             except FileNotFoundError:
                 return  # dropped during the backup: WAL replay removes it too
-            add(rel, dest, os.path.getsize(dest), st.st_mtime_ns)
-            os.unlink(dest)
+            with handle:
+                st = os.fstat(handle.fileno())
+                if st.st_size < BUNDLE_THRESHOLD:
+                    src = handle.read()
+                else:
+                    src = iter(lambda: handle.read(CHUNK), b"")
+                add(rel, src, st.st_size, st.st_mtime_ns)
 
-        futures = [pool.submit(copy_and_add, rel, path) for rel, path in changed]
+        futures = [pool.submit(read_and_add, rel, path) for rel, path in changed]
         _wait_all(futures, targets, failures)
         progress("pg_backup_stop (waiting for the stop segment to be archived)")
         conn.execute(f"SET statement_timeout = {int(stop_timeout * 1000)}")
@@ -1197,10 +1299,7 @@ def _incremental(cfg, catalog, conn, entry, parent, targets, staging, pool, add,
         entry["stop_lsn"] = lsn
         for name, text in (("backup_label", labelfile), ("tablespace_map", spcmap)):
             if text:
-                path = os.path.join(copies, name)
-                with open(path, "w", encoding="utf-8") as handle:
-                    handle.write(text)
-                add(name, path, len(text.encode()), time.time_ns())
+                add(name, text.encode(), len(text.encode()), time.time_ns())
     finally:
         if not stopped:
             with contextlib.suppress(Exception):

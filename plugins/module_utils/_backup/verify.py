@@ -293,8 +293,8 @@ def integrity(cfg, catalog, targets, *, label=None, progress=_noop):
             continue
         start = min(starts, key=lambda s: segment_parts(s)[1])
         try:
-            checked = archive.continuity(cfg, target.location, start)
-            found = {k: checked[k] for k in ("ok", "gaps", "newest")}
+            span = archive.continuity(cfg, target.location, start)
+            found = {k: span[k] for k in ("ok", "gaps", "newest")}
         except Exception as err:  # noqa: BLE001
             found = {"ok": False, "gaps": [], "newest": None, "error": _first_line(err)}
         wal[target.name] = {"from": start, **found}
