@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from ansible_collections.knowngood.runbooks.plugins.module_utils import audit_chain
 from conftest import BIN, REPO, ansible_env
 
 pytestmark = pytest.mark.lab
@@ -107,8 +108,10 @@ def test_installed_collection_rolls_back_by_fqcn(lab, dist):
     assert _schema(lab) == ["0001"]  # the down migration ran before the switch
     assert _statuses(lab)["v2"] == "rolled-back"
     # The audit record names the installed collection's playbook, not the checkout's.
-    (record,) = (dist["tmp"] / "audit-fqcn").glob("kg-*.json")
-    playbook = json.loads(record.read_text())["playbook"]
+    entries = audit_chain.entries(str(dist["tmp"] / "audit-fqcn"))
+    (closed,) = [e for e in entries if e.get("kind", "record") == "record"]
+    assert closed["status"] == "successful"
+    playbook = closed["playbook"]
     colls = str(dist["colls"].resolve())
     assert playbook.startswith(colls) and playbook.endswith("playbooks/rollback_code.yml")
 
