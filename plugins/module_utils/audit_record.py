@@ -73,21 +73,28 @@ def read(audit_dir, run_id):
         return json.load(handle)
 
 
-def run_lines(entries, last=None):
-    """One line per recorded run in the index entries (audit_chain.entries), oldest first; a run
-    opened and never closed shows as OPEN. last: only the newest that many."""
+def runs(entries, last=None):
+    """One dict per recorded run in the index entries (audit_chain.entries), oldest first:
+    {at, status, run_id, playbook}; a run opened and never closed has status OPEN and its start
+    time. last: only the newest that many."""
     closed = set(e.get("run_id") for e in entries if e.get("kind", "record") == "record")
-    lines = []
+    found = []
     for entry in entries:
         kind = entry.get("kind", "record")
         playbook = os.path.basename(entry.get("playbook") or "?")
         if kind == "record":
-            lines.append(
-                "%s  %-10s  %s  %s"
-                % (entry["finished_at"], entry["status"], entry["run_id"], playbook)
-            )
+            at, status = entry["finished_at"], entry["status"]
         elif kind == "open" and entry.get("run_id") not in closed:
-            lines.append(
-                "%s  %-10s  %s  %s" % (entry.get("started_at"), "OPEN", entry["run_id"], playbook)
-            )
-    return lines[-last:] if last else lines
+            at, status = entry.get("started_at"), "OPEN"
+        else:
+            continue
+        found.append({"at": at, "status": status, "run_id": entry["run_id"], "playbook": playbook})
+    return found[-last:] if last else found
+
+
+def run_lines(entries, last=None):
+    """runs() as the lines `knowngood audit list` prints."""
+    return [
+        "%s  %-10s  %s  %s" % (r["at"], r["status"], r["run_id"], r["playbook"])
+        for r in runs(entries, last)
+    ]

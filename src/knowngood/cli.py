@@ -12,6 +12,11 @@ knowngood drill run NAME | list | report [--html FILE]
 knowngood awx surveys [--write]
 knowngood lab break app-host NAME | db-primary | nginx-config | lb | region-a | everything ;
     knowngood lab heal
+knowngood --version
+
+Runbooks come from this checkout, or (a pip-installed CLI) from the knowngood.runbooks
+collection installed with ansible-galaxy (docs/setup.md). --json on run, audit list|show|verify
+and drill report prints one JSON document on stdout instead of the text.
 """
 
 from __future__ import annotations
@@ -22,8 +27,18 @@ import sys
 from pathlib import Path
 
 from knowngood import runner
+from knowngood.collection import CHECKOUT
 from knowngood.errors import KnowngoodError
 from knowngood.lab.config import DEFAULT_BASE_PORT, DEFAULT_ROOT, LabConfig
+
+EXIT_CODES = """exit codes:
+  0  success (audit verify: the trail is intact)
+  1  knowngood refused or could not start: no lab or inventory, no such runbook or record,
+     collection not installed, bad input (the message says which; never a traceback)
+  2  the runbook failed (a task or a gate stopped it), or the command line is wrong (usage)
+  3  run: timed out; audit verify: signs of tampering
+  4  run: cancelled; audit verify: findings (no tampering)
+"""
 
 
 def _lab_config(args: argparse.Namespace) -> LabConfig:
@@ -122,6 +137,11 @@ def _run_target(args: argparse.Namespace) -> tuple[str, Path, Path]:
     records in the one trail `knowngood audit` reads."""
     inventory = args.inventory
     if not inventory:
+        if not (Path(args.root) / "lab.json").exists():
+            raise KnowngoodError(
+                f"no inventory: give -i INVENTORY, or start the lab (`knowngood lab up`; "
+                f"looked for one at {args.root}, set --root or KNOWNGOOD_LAB_DIR)"
+            )
         inventory = str(LabConfig.load(Path(args.root)).inventory_path)
     trail = _trail(args)
     return inventory, Path(trail["audit_dir"]), Path(trail["key"])
@@ -156,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check=args.check,
         limit=args.limit or "",
         audit_dir=audit_dir,
-        quiet=args.quiet,
+        quiet=args.quiet or args.json,  # --json: stdout is the JSON document alone
         ticket=args.ticket,
         reason=args.reason,
         audit_key=audit_key,
@@ -166,6 +186,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         vault_password_file=args.vault_password_file,
     )
     result = runner.run(request)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "run_id": result.run_id,
+                    "status": result.status,
+                    "exit_code": result.exit_code,
+                    "duration_s": round(result.duration_s, 3),
+                    "record_path": str(result.record_path),
+                    "summary": runner.summarize(result.record) if result.record else [],
+                    "record": result.record,
+                },
+                indent=2,
+            )
+        )
+        return result.exit_code
     print()
     for line in runner.summarize(result.record) if result.record else []:
         print(line)
@@ -223,7 +259,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     chain = module_utils("audit_chain")
     if args.command == "verify":
-        return _verify(chain, trail)
+        return _verify(chain, trail, args.json)
     if args.command == "repair":
         import getpass
 
@@ -241,10 +277,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"audit trail {audit_dir}: {len(lines) or 'nothing'} repaired")
         return 0
     if args.command == "list":
-        if not (audit_dir / "index.jsonl").exists():
+        recorded = (audit_dir / "index.jsonl").exists()
+        entries = chain.entries(str(audit_dir)) if recorded else []
+        if args.json:
+            runs = module_utils("audit_record").runs(entries)
+            print(json.dumps({"audit_dir": str(audit_dir), "runs": runs}, indent=2))
+            return 0
+        if not recorded:
             print(f"no runs recorded in {audit_dir}")
             return 0
-        for line in module_utils("audit_record").run_lines(chain.entries(str(audit_dir))):
+        for line in module_utils("audit_record").run_lines(entries):
             print(line)
         return 0
     record = load_record(audit_dir, args.run_id)
@@ -252,10 +294,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(chain, trail: dict) -> int:
+def _verify(chain, trail: dict, as_json: bool = False) -> int:
     """TAMPERED lines (exit 3), FINDING lines (exit 4), or one line saying what was checked."""
     audit_dir, witness = trail["audit_dir"], trail["witness"]
     result = chain.check(audit_dir, trail["key"], witness=witness)
+    code = 3 if result["tampered"] else 4 if result["findings"] else 0
+    if as_json:
+        doc = {
+            "audit_dir": str(audit_dir),
+            "intact": code == 0,
+            "exit_code": code,
+            "entries": result["entries"],
+            "empty": bool(result["empty"]),
+            "tampered": list(result["tampered"]),
+            "findings": list(result["findings"]),
+            "witness": witness["url"] if witness else None,
+        }
+        print(json.dumps(doc, indent=2))
+        return code
     for problem in result["tampered"]:
         print(f"TAMPERED  {problem}")
     for finding in result["findings"]:
@@ -266,7 +322,7 @@ def _verify(chain, trail: dict) -> int:
             f"audit trail {audit_dir}: {len(result['tampered'])} sign(s) of tampering, "
             f"{len(result['findings'])} finding(s) in {result['entries']} entries ({where})"
         )
-        return 3 if result["tampered"] else 4
+        return code
     if result["empty"]:
         print(f"audit trail {audit_dir}: empty, nothing recorded yet ({where})")
         return 0
@@ -296,10 +352,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_text() -> str:
+    """knowngood's installed version, and where its runbooks come from."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("knowngood")
+    except metadata.PackageNotFoundError:  # running from a checkout that was never installed
+        version = "unknown (not installed)"
+    from knowngood import collection
+
+    try:
+        home = collection.root()
+        where = "checkout" if home == CHECKOUT else "collection"
+        runbooks = f"runbooks: {where} {home}"
+    except KnowngoodError:
+        runbooks = "runbooks: knowngood.runbooks collection not installed"
+    return f"knowngood {version} ({runbooks})"
+
+
+class _Version(argparse.Action):
+    """--version, computed only when asked (it looks for the collection)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="knowngood", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="knowngood",
+        description=__doc__,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     parser.add_argument(
         "--root", default=str(DEFAULT_ROOT), help="lab directory (env KNOWNGOOD_LAB_DIR)"
     )
@@ -338,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="count", default=0)
     run.add_argument("--diff", action="store_true", help="show differences (always with --check)")
     run.add_argument("--vault-password-file", default="")
+    run.add_argument("--json", action="store_true", help="print the result and record as JSON")
     run.set_defaults(func=cmd_run)
 
     req = sub.add_parser("request", help="write a rollback request for approvers to sign")
@@ -374,10 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="read audit records")
     audit.add_argument("--audit-dir", default="")
     audit_sub = audit.add_subparsers(dest="command", required=True)
-    audit_sub.add_parser("list")
-    audit_sub.add_parser(
+    listing = audit_sub.add_parser("list", help="every recorded run, oldest first")
+    listing.add_argument("--json", action="store_true")
+    verify = audit_sub.add_parser(
         "verify", help="check the chain, signatures, records, checkpoint and witness"
     )
+    verify.add_argument("--json", action="store_true")
     audit_sub.add_parser("repair", help="remove a torn last line (recorded as a repair entry)")
     show = audit_sub.add_parser("show")
     show.add_argument("run_id")

@@ -244,6 +244,9 @@ def cmd_drill(args: argparse.Namespace) -> int:
         return 0
     if args.drill_command == "report":
         cards = history(lab_dir)
+        if args.json:
+            print(json.dumps({"lab_dir": str(lab_dir), "drills": trends(cards)}, indent=2))
+            return 0
         print(text_report(cards))
         if args.html:
             Path(args.html).write_text(html_report(cards))
@@ -267,6 +270,7 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--lab-dir", help="lab root (default $KNOWNGOOD_LAB_DIR)")
     parser.add_argument("--html", help="report: also write a self-contained HTML file")
     parser.add_argument("--quiet", action="store_true", help="run: print only the scorecard")
+    parser.add_argument("--json", action="store_true", help="report: the trends as JSON")
     parser.add_argument(
         "--timeout", type=float, default=1800, help="run: seconds before the drill is stopped"
     )

@@ -1,24 +1,24 @@
 """Import the collection's module_utils from the CLI (the CLI may import them, not the reverse).
 
 A checkout (editable install) finds them through the committed collections/ link beside src/;
-an installed collection is found on Ansible's collections path.
+an installed collection is found on Ansible's collections path (knowngood.collection).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
 from types import ModuleType
 
 _PACKAGE = "ansible_collections.knowngood.runbooks.plugins.module_utils"
 
 
 def _add_checkout_collections() -> None:
-    checkout = Path(__file__).resolve().parents[2] / "collections"
-    found = (checkout / "ansible_collections" / "knowngood" / "runbooks").is_dir()
-    if found and str(checkout) not in sys.path:
-        sys.path.insert(0, str(checkout))
+    from knowngood import collection
+
+    where = str(collection.collections_dir())
+    if where not in sys.path:
+        sys.path.insert(0, where)
 
 
 def module_utils(name: str) -> ModuleType:

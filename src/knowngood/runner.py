@@ -17,10 +17,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from knowngood import collection
 from knowngood.errors import KnowngoodError
 
-REPO = Path(__file__).resolve().parents[2]
-RUNBOOK_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+RUNBOOK_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+FQCN_PREFIX = "knowngood.runbooks."
 EXIT_CODES = {"successful": 0, "failed": 2, "timeout": 3, "canceled": 4}
 # Runner artifacts kept (and digested) with the record; env/ (extra vars, secrets) never is.
 KEPT_ARTIFACTS = ("stdout", "status", "rc", "command")
@@ -62,13 +63,25 @@ class RunResult:
 def playbook_path(runbook: str) -> Path:
     if runbook.endswith(".yml") and Path(runbook).is_file():
         return Path(runbook).resolve()  # a playbook of one's own, by path
-    if not RUNBOOK_RE.match(runbook):
+    name = runbook.removeprefix(FQCN_PREFIX)  # knowngood.runbooks.rollback_code works too
+    if not RUNBOOK_RE.match(name):
         raise KnowngoodError(f"invalid runbook name {runbook!r}")
-    path = REPO / "playbooks" / f"{runbook}.yml"
-    if not path.exists():
-        known = sorted(p.stem for p in (REPO / "playbooks").glob("*.yml"))
-        raise KnowngoodError(f"no runbook {runbook!r}; known: {', '.join(known)}")
-    return path
+    known = collection.playbooks()
+    if name not in known:
+        raise KnowngoodError(f"no runbook {runbook!r}; known: {', '.join(sorted(known))}")
+    return known[name]
+
+
+def use_color(stream=None) -> bool:
+    """Colour only on a terminal, never with NO_COLOR set (https://no-color.org)."""
+    stream = stream or sys.stdout
+    if os.environ.get("NO_COLOR"):
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def color_env() -> dict[str, str]:
+    return {"ANSIBLE_FORCE_COLOR": "1"} if use_color() else {"ANSIBLE_NOCOLOR": "1"}
 
 
 def new_run_id() -> str:
@@ -122,6 +135,7 @@ def run(request: RunRequest) -> RunResult:
     import ansible_runner
 
     playbook = playbook_path(request.runbook)
+    home = collection.root()
     from knowngood.modutils import module_utils
 
     chain = module_utils("audit_chain")
@@ -162,9 +176,11 @@ def run(request: RunRequest) -> RunResult:
         "KNOWNGOOD_TICKET": request.ticket,
         "KNOWNGOOD_REASON": request.reason,
         **({"KNOWNGOOD_LAB_DIR": request.lab_root} if request.lab_root else {}),
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_COLLECTIONS_PATH": str(REPO / "collections"),
-        "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+        "ANSIBLE_CONFIG": str(home / "ansible.cfg"),
+        "ANSIBLE_COLLECTIONS_PATH": str(collection.collections_dir(home)),
+        "ANSIBLE_ROLES_PATH": str(home / "roles"),
+        # ansible-runner gives ansible-playbook a terminal: colour only when ours is one.
+        **color_env(),
         # ansible-runner starts ansible-playbook from PATH: the one beside this interpreter,
         # even when the venv is not activated (make demo, cron, AWX hooks).
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
@@ -173,7 +189,7 @@ def run(request: RunRequest) -> RunResult:
     with tempfile.TemporaryDirectory(prefix=f"knowngood-{run_id}-") as private:
         result = ansible_runner.run(
             private_data_dir=private,
-            project_dir=str(REPO),
+            project_dir=str(home),
             playbook=str(playbook),
             inventory=request.inventory,
             extravars=request.extravars,

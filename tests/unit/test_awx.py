@@ -217,8 +217,8 @@ def test_apply_playbook_calls_pass_awx_modules_argument_validation(tmp_path):
 def test_execution_environment_build_context_is_produced(tmp_path):
     """`ansible-builder create` really writes the context AWX's image is built from."""
     shutil.copy(REPO / "execution-environment.yml", tmp_path)
-    (tmp_path / "awx/ee").mkdir(parents=True)
-    shutil.copy(REPO / "awx/ee/bindep.txt", tmp_path / "awx/ee")
+    shutil.copy(REPO / "requirements.txt", tmp_path)
+    shutil.copy(REPO / "bindep.txt", tmp_path)
     subprocess.run(
         [
             str(BIN / "ansible-galaxy"),
