@@ -5,6 +5,7 @@ venv (outside the checkout) finds that collection's runbooks and rolls back with
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import sysconfig
@@ -25,11 +26,15 @@ def dist(tmp_path_factory) -> dict[str, Path]:
     """The collection tarball installed with ansible-galaxy, and the CLI's wheel in a new venv."""
     tmp = tmp_path_factory.mktemp("dist")
     galaxy = str(BIN / "ansible-galaxy")
+    # As a user runs it: not with our ansible.cfg (`make test` exports ANSIBLE_CONFIG), whose
+    # collections path holds the checkout itself, so "already installed" would install nothing.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     subprocess.run(
         [galaxy, "collection", "build", "--output-path", str(tmp / "dist")],
         cwd=REPO,
         check=True,
         capture_output=True,
+        env=env,
     )
     (tarball,) = (tmp / "dist").glob("knowngood-runbooks-*.tar.gz")
     subprocess.run(
@@ -37,6 +42,7 @@ def dist(tmp_path_factory) -> dict[str, Path]:
         cwd=tmp,
         check=True,
         capture_output=True,
+        env=env,
     )
     subprocess.run(
         [str(BIN / "pip"), "wheel", ".", "--no-deps", "-w", str(tmp)],

@@ -31,11 +31,14 @@ def installed(tmp_path_factory) -> Path:
     """The built collection tarball, installed with ansible-galaxy into a path of its own."""
     tmp = tmp_path_factory.mktemp("collection")
     galaxy = str(BIN / "ansible-galaxy")
+    # As a user runs it: not with our ansible.cfg (`make test` exports ANSIBLE_CONFIG), whose
+    # collections path holds the checkout itself, so "already installed" would install nothing.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     build = [galaxy, "collection", "build", "--output-path", str(tmp / "dist")]
-    subprocess.run(build, cwd=REPO, check=True, capture_output=True)
+    subprocess.run(build, cwd=REPO, check=True, capture_output=True, env=env)
     (tarball,) = (tmp / "dist").glob("knowngood-runbooks-*.tar.gz")
     install = [galaxy, "collection", "install", str(tarball), "-p", str(tmp / "colls")]
-    subprocess.run(install, cwd=tmp, check=True, capture_output=True)
+    subprocess.run(install, cwd=tmp, check=True, capture_output=True, env=env)
     return tmp / "colls"
 
 
