@@ -14,6 +14,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -47,7 +48,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 # Runs the tool's entry point the way its launcher does, with a finder first in sys.meta_path
 # that sees every module any thread goes looking for.
 AUDIT = """
-import json, sys, threading
+import json, os, sys, threading
 sys.path.insert(0, sys.argv[1])
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.tool import tool_main
 
@@ -59,8 +60,10 @@ class Recorder:
             found.append([threading.current_thread().name, name])
 
 sys.meta_path.insert(0, Recorder())
+parent = os.getpid()
 rc = tool_main(["--config", sys.argv[2], "push", sys.argv[3]])
-print(json.dumps({"rc": rc, "imports": found}))
+# The push runs in the watchdog's forked child (its imports); the parent reports the status.
+print(json.dumps({"rc": rc} if os.getpid() == parent else {"imports": found}), flush=True)
 """
 
 
@@ -195,7 +198,9 @@ def test_push_worker_threads_import_nothing(tmp_path, s3_stub, refused, python) 
         check=False,
     )
     assert run.returncode == 0, run.stderr
-    audit = json.loads(run.stdout)
+    audit = {}
+    for line in run.stdout.splitlines():
+        audit.update(json.loads(line))
     assert audit["rc"] == 0, run.stderr
     assert audit["imports"] == [], audit["imports"][:20]
     assert "plain=stored sealed=stored s3=stored down=pending" in run.stderr
@@ -291,10 +296,35 @@ def test_watchdog_ends_a_stuck_push_with_exit_status_1(tmp_path, black_hole) -> 
         timeout=60,
         check=False,
     )
-    assert run.returncode == 1, (run.returncode, run.stderr)  # not -SIGALRM, not -SIGABRT
+    assert run.returncode == 1, (run.returncode, run.stderr)  # not a signal's status
     assert time.monotonic() - start < 10
     # Every thread's stack, so the server log shows where it stuck.
-    assert "Timeout (0:00:01)!" in run.stderr and "Thread 0x" in run.stderr, run.stderr
+    assert "watchdog: no result after 1 s" in run.stderr, run.stderr
+    assert "Thread 0x" in run.stderr and "exit status 1" in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGKILL, signal.SIGABRT])
+def test_a_push_that_dies_by_a_signal_is_still_exit_status_1(sig, capfd) -> None:
+    """The shell would report 128+N: PostgreSQL restarts the archiver uncounted, or aborts
+    recovery. The supervising parent turns any death into status 1."""
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child; never back into pytest
+        try:
+            if sig != signal.SIGKILL:
+                signal.signal(sig, signal.SIG_DFL)  # pytest's faulthandler has SIGSEGV
+            os.kill(os.getpid(), sig)
+        finally:
+            os._exit(0)
+    assert wal_tool._supervise(child, "push", 30) == 1
+    assert f"ended by signal {int(sig)}" in capfd.readouterr().err
+
+
+def test_a_push_that_finishes_keeps_its_exit_status() -> None:
+    for code in (0, 1, 3):
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child
+            os._exit(code)
+        assert wal_tool._supervise(child, "push", 30) == code
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,13 @@ The archiving itself is wal.py's; install.py puts this tool onto a host.
 Standard library + this package (boto3 etc. only through it, lazily).
 """
 
+import contextlib
 import faulthandler
 import json
 import os
+import signal
 import sys
+import time
 
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.archive import (
     list_segments,
@@ -122,15 +125,29 @@ def tool_main(argv, default_config=None):
     args = parser.parse_args(argv)
     if not args.config:
         parser.error("--config is required")
-    watched = args.cmd in WATCHDOG
-    if watched:
+    if args.cmd in WATCHDOG:
         # archive_command and restore_command must never hang: PostgreSQL waits on them, and
-        # a push that never returns stops archiving for good. faulthandler's watchdog is a C
-        # thread, so it fires even while a stuck thread holds the GIL or an import lock: it
-        # writes every thread's stack to the server log and exits with status 1, a failed
-        # attempt PostgreSQL counts and retries. Not a signal: an archive_command killed by
-        # one restarts the archiver uncounted, a restore_command killed by one aborts recovery.
-        faulthandler.dump_traceback_later(watchdog_limit(args.cmd, os.environ), exit=True)
+        # a push that never returns stops archiving for good. The work runs in a forked child
+        # and this process only waits for it, so the watchdog fires however the child is stuck
+        # (a thread holding the GIL, an import lock, a socket without a timeout, interpreter
+        # shutdown joining a thread). It then has the child write every thread's stack to the
+        # server log, kills it and exits with status 1: a failed attempt PostgreSQL counts and
+        # retries. Never a signal status: an archive_command killed by one restarts the
+        # archiver uncounted, a restore_command killed by one aborts recovery.
+        # (faulthandler's own timer dumped the stacks of running threads from its thread and,
+        # about once in a few hundred runs, crashed doing it: SIGSEGV, the status we promise
+        # never to return.)
+        limit = watchdog_limit(args.cmd, os.environ)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        child = os.fork()
+        if child:
+            return _supervise(child, args.cmd, limit)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    return _run(args)
+
+
+def _run(args):
     try:
         cfg = load_config(args.config)
         if args.cmd == "push":
@@ -148,9 +165,54 @@ def tool_main(argv, default_config=None):
     except Exception as err:  # noqa: BLE001 - never a traceback with locals into the PG log
         log(f"{args.cmd}: unexpected {type(err).__name__}")
         return 1
+
+
+class _Expired(Exception):
+    pass
+
+
+def _expire(signum, frame):
+    raise _Expired
+
+
+# How long a stuck child gets to write its stacks (SIGUSR1) before SIGKILL.
+STACK_DUMP_GRACE = 0.5
+
+
+def _supervise(child, cmd, limit):
+    """Wait for the forked child's exit status; after `limit` seconds end it, status 1.
+
+    This process runs no thread and holds no lock, so SIGALRM's handler always runs."""
+    previous = signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        _pid, status = os.waitpid(child, 0)
+    except _Expired:
+        log(f"{cmd}: watchdog: no result after {limit:g} s, every thread's stack follows")
+        _end(child)
+        log(f"{cmd}: watchdog: ended after {limit:g} s, exit status 1 (PostgreSQL retries)")
+        return 1
     finally:
-        if watched:
-            faulthandler.cancel_dump_traceback_later()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    log(f"{cmd}: ended by signal {os.WTERMSIG(status)}, exit status 1 (PostgreSQL retries)")
+    return 1
+
+
+def _end(child):
+    """Ask the child for its stacks, give it STACK_DUMP_GRACE to write them, then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child, signal.SIGUSR1)
+    deadline = time.monotonic() + STACK_DUMP_GRACE
+    while time.monotonic() < deadline:
+        if os.waitpid(child, os.WNOHANG)[0]:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
 
 
 __all__ = ["load_config", "status", "tool_main", "watchdog_limit"]
