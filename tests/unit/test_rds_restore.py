@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -44,23 +45,30 @@ WRITES = {
 }
 
 
-@pytest.fixture
-def aws(monkeypatch):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        yield
+@contextlib.contextmanager
+def mocked_aws():
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+        }.items():
+            patch.setenv(name, value)
+        with mock_aws():
+            yield
 
 
 @pytest.fixture
-def lab(aws):
+def lab():
+    """A fresh account for a test that restores (it changes the account)."""
+    with mocked_aws():
+        yield build_lab()
+
+
+def build_lab():
     """orders: subnet group, security group, custom parameter group, automated + manual
-    snapshot; billing: another instance with its own snapshot."""
+    snapshot; billing: another instance with its own snapshot. Moto takes about 2 s."""
     ec2 = boto3.client("ec2", region_name=REGION)
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnets = [
@@ -364,10 +372,22 @@ BAD_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-@pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
-def test_bad_input_is_refused_clearly_and_creates_nothing(lab, case, check_mode):
-    client = lab["client"]
+@pytest.fixture(scope="class")
+def refusing_lab():
+    """One account for every refusal case (each case proves it wrote nothing, so a case that
+    did would fail itself, not a later one): 36 fresh accounts took 70 s of make test."""
+    with mocked_aws():
+        yield build_lab()
+
+
+class TestRefusals:
+    @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+    @pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
+    def test_bad_input_is_refused_clearly_and_creates_nothing(self, refusing_lab, case, check_mode):
+        refused(refusing_lab["client"], case, check_mode)
+
+
+def refused(client, case, check_mode):
     overrides, message = BAD_INPUTS[case]
     req = request(**overrides)
     result = rds.empty_result(req)
