@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import pytest
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
     archive,
+    metrics,
     store,
     wal,
 )
@@ -47,6 +48,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.config 
 )
 from conftest import BIN, REPO, TEST_LAB_ROOT
 from pgcluster import as_postgres, make_dirs_for_postgres
+from promrules import firing, samples
 from stalls import StallingEndpoint
 
 from knowngood.lab import s3 as lab_s3
@@ -546,3 +548,46 @@ def test_soak_with_a_region_down_and_a_black_hole_never_hangs_and_loses_nothing(
     finally:
         region_b_location.delete_prefix("wal")
         region_b_location.delete_prefix("repo.json")
+
+
+def test_a_broken_location_is_seen_in_the_metrics_and_fires_its_alerts(
+    pg_factory, walenv, tmp_path: Path
+) -> None:
+    """An optional location breaks under the scheduled full backup (kg-wal, as postgres, as
+    cron runs it): the backup exits 1 and the metrics it leaves for node_exporter say which job
+    and which location; the shipped alert rules, evaluated by promtool on exactly those samples,
+    fire for both. WAL pushes keep pending copies for it, and that fires too."""
+    base, config = walenv
+    pg = pg_factory("waltest", archive_mode="on", archive_command="/bin/false")
+    plain = config(pg=pg.backend_config(), catalog_dir=str(base / "catalog"))
+    locations = plain.to_dict()["locations"]
+    cfg = reconfigured(plain, [locations[0], {**locations[1], "required": False}, locations[2]])
+    installed = wal_tool.install_tool(cfg, str(base / "tool"))
+    pg.configure(archive_command=installed["archive_command"])
+    pg.start()
+    write_and_switch(pg, 1)
+    wal_metrics = Path(metrics.metrics_path(cfg))
+    wait_for(wal_metrics.exists, 30, "the first push's metrics")
+    push_job = frozenset({("cluster", "waltest"), ("kind", "wal_push")})
+    assert samples(wal_metrics)[("knowngood_backup_job_ok", push_job)] == 1
+    firing(tmp_path, wal_metrics, 1, set())
+
+    (base / "loc-b").rename(base / "loc-b.gone")  # the mount went away
+    (base / "loc-b").write_text("not a directory")
+    run = as_postgres([installed["tool"], "backup", "full"], timeout=300, check=False)
+    assert run.returncode == 1, run.stdout + run.stderr
+    got = samples(wal_metrics)
+    full = frozenset({("cluster", "waltest"), ("kind", "backup_full")})
+    assert got[("knowngood_backup_job_ok", full)] == 0, run.stderr
+    assert ("knowngood_backup_job_last_success_timestamp_seconds", full) not in got
+    down = frozenset({("cluster", "waltest"), ("location", "local-b")})
+    assert got[("knowngood_backup_location_up", down)] == 0, run.stderr
+    assert got[("knowngood_wal_pending_copies", down)] >= 1  # the backup's own segments
+    up = frozenset({("cluster", "waltest"), ("location", "local-a")})
+    assert got[("knowngood_backup_location_up", up)] == 1
+    failed = ("KnowngoodBackupJobFailed", "kind", "backup_full")
+    firing(tmp_path, wal_metrics, 1, {failed})
+    location = ("KnowngoodBackupLocationDown", "location", "local-b")
+    firing(tmp_path, wal_metrics, 10, {failed, location})
+    pending = ("KnowngoodWalCopiesPending", "location", "local-b")
+    firing(tmp_path, wal_metrics, 16, {failed, location, pending})

@@ -31,6 +31,7 @@ MODULES = (
     "_backup.store",
     "_backup.archive",
     "_backup.wal",
+    "_backup.metrics",
     "_backup.tool",
     "_backup.install",
     "_backup.catalog",

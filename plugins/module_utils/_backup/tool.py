@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import metrics
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.archive import (
     list_segments,
     newest_segment,
@@ -69,8 +70,10 @@ def status(cfg):
     return out
 
 
-def _scheduled_job(cfg, args):
-    """`kg-wal backup TYPE` / `kg-wal verify`: what cron and systemd timers run."""
+def _scheduled_job(cfg, args, outcome):
+    """`kg-wal backup TYPE` / `kg-wal verify`: what cron and systemd timers run.
+
+    Puts what each location did into outcome, for the metrics."""
     from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import (
         engine,
         verify,
@@ -83,6 +86,10 @@ def _scheduled_job(cfg, args):
             for name, copy in (entry.get("locations") or {}).items()
             if copy.get("status") != "ok"
         )
+        outcome["locations"] = {
+            name: copy.get("status") == "ok"
+            for name, copy in (entry.get("locations") or {}).items()
+        }
         summary = {"backup_id": entry["label"], "type": entry["type"], "missing": missing}
         sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
         return 1 if missing else 0
@@ -148,23 +155,54 @@ def tool_main(argv, default_config=None):
 
 
 def _run(args):
+    cfg = None
+    outcome = {"ok": False}  # what the metrics record: a job that raised failed
     try:
         cfg = load_config(args.config)
         if args.cmd == "push":
-            push(cfg, args.path)
+            result = push(cfg, args.path)
+            outcome.update(ok=True, locations=_stored(result["locations"]))
+            outcome["pending"] = {
+                loc.name: result["pending"].get(loc.name, []) for loc in cfg.locations
+            }
             return 0
         if args.cmd == "fetch":
             return 0 if fetch(cfg, args.name, args.dest, prefetch=not args.no_prefetch) else 1
         if args.cmd in ("backup", "verify"):
-            return _scheduled_job(cfg, args)
+            code = _scheduled_job(cfg, args, outcome)
+            outcome["ok"] = code == 0
+            return code
         sys.stdout.write(json.dumps(status(cfg), indent=2, sort_keys=True) + "\n")
         return 0
     except BackupError as err:
         log(f"{args.cmd}: {err}")
+        outcome["locations"] = _stored(getattr(err, "locations", {}))
         return 1
     except Exception as err:  # noqa: BLE001 - never a traceback with locals into the PG log
         log(f"{args.cmd}: unexpected {type(err).__name__}")
         return 1
+    finally:
+        if cfg is not None and args.cmd in ("push", "backup", "verify"):
+            _record_metrics(cfg, args, outcome)
+
+
+def _stored(statuses):
+    """{location: stored?} from a push's or a backup's per-location statuses."""
+    return {name: status in ("stored", "exists", "ok") for name, status in statuses.items()}
+
+
+def _record_metrics(cfg, args, outcome):
+    kind = {"push": "wal_push", "verify": "verify"}.get(args.cmd) or f"backup_{args.type}"
+    try:
+        metrics.record(
+            cfg,
+            kind,
+            outcome["ok"],
+            locations=outcome.get("locations"),
+            pending=outcome.get("pending"),
+        )
+    except Exception as err:  # noqa: BLE001 - a metrics file never fails the job it records
+        log(f"{args.cmd}: metrics not written: {safe_error(err)}")
 
 
 class _Expired(Exception):

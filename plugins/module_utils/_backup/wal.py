@@ -519,7 +519,9 @@ def push(cfg, path):
     if failed:
         detail = "; ".join(safe_error(errors.get(loc.name, "failed")) for loc in failed)
         log(f"push {name} FAILED in {_ms(start)}ms: {summary}: {detail}")
-        raise BackupError(f"push {name}: location(s) failed: {detail}")
+        error = BackupError(f"push {name}: location(s) failed: {detail}")
+        error.locations = dict(statuses)  # for the metrics: which locations stored it
+        raise error
     waiting = sum(len(v) for v in pending.values())
     log(
         f"push {name} ok in {_ms(start)}ms: {summary}"
