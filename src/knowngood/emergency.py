@@ -487,18 +487,18 @@ def commands(runbook: Runbook, inventory: str, doc: dict[str, Any]) -> dict[str,
         else:
             out["jump_host"] = []
         out["jump_host"] += [
-            f"{playbook} -e {request_var}=<approved request.json>",
+            f'{playbook} -e {request_var}="<approved-request.json>"',
             f"{playbook} -e '{json.dumps({glass_var: '<why approval cannot wait>'})}'",
         ]
         ticket = '--ticket "<ticket>" --reason "<rollback_reason>"'
         out["request"] = [
-            f"knowngood request {runbook.stem} -i {inventory} --decision <decide run id> "
+            f'knowngood request {runbook.stem} -i {inventory} --decision "<decide-run-id>" '
             f"{ticket}{_extra(rest)}",
-            "knowngood approve <request.json> --key ~/.ssh/id_ed25519",
+            'knowngood approve "<request.json>" --key ~/.ssh/id_ed25519',
         ]
         out["run"] = [run] if runbook.gate_when else []
         out["run"] += [
-            f"{run} --request <request.json>",
+            f'{run} --request "<request.json>"',
             f'{run} --break-glass "<why approval cannot wait>"',
         ]
     else:

@@ -8,7 +8,9 @@ show up in, or stop, the render of that copy.
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -256,3 +258,28 @@ def test_every_link_in_the_page_resolves():
             assert link[1:] in anchors, link
         else:
             assert (DOCS["md"].parent / link).is_file(), link
+
+
+def test_every_command_parses_with_the_real_cli_and_names_a_real_playbook():
+    from knowngood.cli import build_parser
+
+    lines = [
+        line.strip()
+        for line in DOCS["md"].read_text().splitlines()
+        if line.startswith("    ") and not line.strip().startswith("#")
+    ]
+    knowngood = [shlex.split(line)[1:] for line in lines if line.strip().startswith("knowngood ")]
+    playbooks = [shlex.split(line) for line in lines if line.startswith("ansible-playbook ")]
+    assert len(knowngood) > 40 and len(playbooks) > 15
+    parser = build_parser()
+    for argv in knowngood:
+        args = parser.parse_args(argv)  # exits (SystemExit) on a flag the CLI does not have
+        if argv[0] in ("run", "request"):
+            assert (REPO / "playbooks" / f"{args.runbook}.yml").is_file()
+            for extra in args.extra_vars:  # every -e is the JSON the CLI and Ansible read
+                assert isinstance(json.loads(extra), dict)
+    for argv in playbooks:
+        assert (REPO / argv[1]).is_file() and argv[2:4] == ["-i", "inventories/prod"]
+        values = [argv[i + 1] for i, word in enumerate(argv) if word == "-e"]
+        for value in values:
+            assert isinstance(json.loads(value), dict) if value.startswith("{") else "=" in value
