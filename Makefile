@@ -17,13 +17,14 @@ SYSTEM_DEPS := nginx:nginx-light prometheus:prometheus promtool:prometheus sshd:
 	/usr/lib/python3/dist-packages/cryptography:python3-cryptography \
 	/usr/lib/python3/dist-packages/psycopg:python3-psycopg chromium:chromium
 
-.PHONY: help system-deps venv demo test test-extended unit integration lint lint-runbooks lint-drills sanity bench drill lab-up lab-down collection clean
+.PHONY: help system-deps venv demo test test-extended unit integration lint lint-runbooks lint-drills sanity bench drill lab-up lab-down emergency-runbook collection clean
 
 help:
 	@echo "make demo   install, bring up the lab, run the main story"
 	@echo "make test   install, lint, unit and integration tests on a lab of their own"
 	@echo "make test-extended  the slower proofs make test leaves out (pgBackRest, SSH mode, ...)"
 	@echo "make drill  rollback drills on the lab with measured RTO/RPO (DRILL=<scenario>)"
+	@echo "make emergency-runbook  regenerate docs/emergency-runbook.md and .html from the runbooks"
 	@echo "make bench  rollback, backup and PITR benchmarks beside their anchors (BENCH=rollback|backup|pitr)"
 
 system-deps:
@@ -122,6 +123,11 @@ ifeq ($(DRILL),all)
 else
 	$(BIN)/knowngood drill run $(DRILL)
 endif
+
+# The emergency runbook (strategy Appendix), generated from the runbooks; a unit test fails when stale.
+emergency-runbook: venv
+	$(BIN)/knowngood emergency --format md -o docs/emergency-runbook.md
+	$(BIN)/knowngood emergency --format html -o docs/emergency-runbook.html
 
 collection: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path dist/

@@ -13,6 +13,8 @@ fail when the committed surveys, the catalog, the argument specs and the playboo
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -93,12 +95,21 @@ def templates(catalog: dict[str, Any]) -> list[Template]:
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _argument_specs(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
+    # Keyed on the file's mtime and size: a spec edited in place is read again. libyaml when
+    # present: rendering every survey reads the same specs about a hundred times.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(path.read_text(), Loader=loader)["argument_specs"]  # noqa: S506 - safe
+
+
 def role_options(role: str, repo: Path = REPO) -> dict[str, dict[str, Any]]:
     path = repo / "roles" / role / "meta" / "argument_specs.yml"
     if not path.is_file():
         raise AwxError(f"role {role} has no meta/argument_specs.yml")
-    specs = yaml.safe_load(path.read_text())["argument_specs"]
-    return (specs.get("main") or {}).get("options") or {}
+    stat = path.stat()
+    specs = _argument_specs(path, stat.st_mtime_ns, stat.st_size)
+    return copy.deepcopy((specs.get("main") or {}).get("options") or {})
 
 
 def _literal_default(spec: dict[str, Any]) -> Any:

@@ -147,12 +147,16 @@ def _run_target(args: argparse.Namespace) -> tuple[str, Path, Path]:
     return inventory, Path(trail["audit_dir"]), Path(trail["key"])
 
 
+# `knowngood run --ticket/--reason` and the runbooks' public inputs they set (the emergency
+# runbook writes its commands with them).
+GOVERNED_FLAGS = {"ticket": "ticket", "reason": "rollback_reason"}
+
+
 def _governed_extravars(args: argparse.Namespace) -> dict:
     extravars = _parse_extravars(args.extra_vars)
-    if args.ticket:
-        extravars.setdefault("ticket", args.ticket)
-    if args.reason:
-        extravars.setdefault("rollback_reason", args.reason)
+    for flag, variable in GOVERNED_FLAGS.items():
+        if getattr(args, flag):
+            extravars.setdefault(variable, getattr(args, flag))
     return extravars
 
 
@@ -495,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     from knowngood import drills  # `knowngood drill run|list|report`
 
     drills.add_parser(sub)
+    from knowngood import emergency  # `knowngood emergency`
+
+    emergency.add_parser(sub)
     return parser
 
 
