@@ -23,8 +23,9 @@ options:
     default: ""
   hosts:
     description:
-      - Every inventory host the drill's runbooks act on, as C([name, ansible_connection,
-        ansible_host]) (empty strings where unset).
+      - Every inventory host the drill's runbooks act on (groups C(app), C(lb), C(db),
+        C(db_standby)), as C([name, ansible_connection, ansible_host]) (empty strings where
+        unset).
     type: list
     elements: list
     required: true
@@ -47,13 +48,15 @@ author:
 
 EXAMPLES = r"""
 - name: Refuse outside the lab
+  vars:
+    __lab_hosts: "{{ query('ansible.builtin.inventory_hostnames', 'app:lb:db:db_standby') }}"
   knowngood.runbooks.lab_guard:
     root: "{{ knowngood_lab_root | default('') }}"
     hosts: >-
-      {{ groups['all'] | zip(
-           groups['all'] | map('extract', hostvars)
+      {{ __lab_hosts | zip(
+           __lab_hosts | map('extract', hostvars)
            | map(attribute='ansible_connection', default=''),
-           groups['all'] | map('extract', hostvars) | map(attribute='ansible_host', default=''))
+           __lab_hosts | map('extract', hostvars) | map(attribute='ansible_host', default=''))
          | list }}
     purpose: "config_rollback pushes a bad nginx configuration with `knowngood lab break`"
 """
