@@ -19,6 +19,12 @@ description:
     that C(knowngood audit verify) reports. Under C(knowngood run) the wrapper opens it.
   - Refuses to run (exit 5, before any task) when C(KNOWNGOOD_RUN_ID) or C(KNOWNGOOD_USER) is not
     a safe name (they become parts of record paths).
+  - Inside AWX (C(JOB_ID) set, as AWX sets it for every job) the execution environment and its
+    audit directory are thrown away after the job, so the record, every signed index line and
+    every checkpoint also go to the object-locked witness under C(awx/<AWX host>/job-<JOB_ID>/).
+    Without a witness, a lock period or C(KNOWNGOOD_AUDIT_KEY) the job stops before any task
+    (exit 5); a witness that cannot take the opening record stops it too, and one that cannot
+    take the closing record fails the job (exit 5) after saying so.
 options:
   audit_key:
     description:
@@ -137,6 +143,14 @@ class CallbackModule(CallbackBase):
             # (SystemExit, raised in __init__, ends ansible-playbook with this status.)
             self._display.error("knowngood: %s" % exc)
             raise SystemExit(5) from exc
+        try:
+            self.awx = audit_chain.awx_job()
+            if self.awx:
+                # Fail closed before any task when the job's record could not outlive the EE.
+                audit_chain.resolve_trail()
+        except (audit_chain.AuditError, ValueError) as exc:
+            self._display.error("knowngood: %s" % exc)
+            raise SystemExit(5) from exc
         os.environ["KNOWNGOOD_RUN_ID"] = self.run_id
         # Locks record the controller's pid so a crashed run's lock is recognised as stale.
         os.environ["KNOWNGOOD_CONTROLLER_PID"] = str(os.getpid())
@@ -153,6 +167,8 @@ class CallbackModule(CallbackBase):
             "plays": [],
             "notifications": [],
         }
+        if self.awx:
+            self.record["awx"] = dict(self.awx)
         self.started = time.time()
         self.task_started = {}
         self.play = None
@@ -174,6 +190,13 @@ class CallbackModule(CallbackBase):
             (k, self.record[k])
             for k in ("run_id", "kind", "user", "os_user", "key_fingerprint", "inventory", "limit")
         )
+        if self.awx:
+            # Who launched the job in AWX (the EE's OS user is always the same).
+            for field in ("user_name", "workflow_job_id", "job_template_name", "job_launch_type"):
+                value = extra.get("awx_" + field, extra.get("tower_" + field))
+                if value not in (None, ""):
+                    self.record["awx"][field] = value
+            opening["awx"] = self.record["awx"]
         opening.update(
             playbook=self.record["playbook"],
             started_at=self.record["started_at"],
@@ -187,6 +210,12 @@ class CallbackModule(CallbackBase):
         try:
             line = audit_chain.open_record(self._trail(), opening)
         except Exception as exc:  # the close still records the run; the gap is shown
+            if self.awx:  # ... except in AWX, where nothing else would keep the record
+                self._display.error(
+                    "knowngood: AWX job %s not started: could not open its audit record: %s"
+                    % (self.awx["job_id"], exc)
+                )
+                raise SystemExit(5) from exc
             self._display.warning("knowngood: could not open the audit record: %s" % exc)
             return
         if line.get("remote_checkpoint_error"):
@@ -342,7 +371,16 @@ class CallbackModule(CallbackBase):
                 )
 
     def _write(self):
-        path, line = audit_chain.close_record(self._trail(), self.record)
+        try:
+            path, line = audit_chain.close_record(self._trail(), self.record)
+        except audit_chain.AuditError as exc:
+            if not self.awx:
+                raise
+            self._display.error(
+                "knowngood: AWX job %s failed: its audit record did not reach the witness: %s"
+                % (self.awx["job_id"], exc)
+            )
+            raise SystemExit(5) from exc
         if line.get("after_torn"):
             self._display.warning(
                 "knowngood: the audit index ended in a torn line (an interrupted write); this "
@@ -354,3 +392,9 @@ class CallbackModule(CallbackBase):
                 "and checkpoint are written" % line["remote_checkpoint_error"]
             )
         self._display.display("knowngood: audit record %s" % path)
+        if self.awx:
+            witness = self._trail()["witness"]
+            self._display.display(
+                "knowngood: AWX job %s recorded in the witness %s/%s/ (run %s)"
+                % (self.awx["job_id"], witness["url"], witness["trail"], self.run_id)
+            )

@@ -20,6 +20,14 @@ entry never closed is reported. A torn last line (a crash mid-write) is pinned b
 
 resolve_trail() is the one place the audit dir, key and witness are chosen, for the callback,
 `knowngood run` and `knowngood audit` alike.
+
+Inside AWX (JOB_ID in the environment, as AWX sets it for every job) the audit directory lives in
+a throw-away execution environment, so the witness is the record: each job's trail goes under
+<prefix>/awx/<AWX host>/job-<JOB_ID>/, and besides the checkpoints the witness gets every record
+file (records/<name>) and every signed index line (lines/seq-<seq>.json), all under Object Lock.
+A witness, a lock period and the audit signing key (KNOWNGOOD_AUDIT_KEY) are then required and
+every put must succeed: the job refuses to start, or fails, otherwise (fail closed).
+fetch_trail() rebuilds a job's trail from the witness alone for `knowngood audit verify --awx-job`.
 """
 
 import datetime
@@ -70,6 +78,31 @@ def lab_root(environ=None, root=None):
     return root if os.path.exists(os.path.join(root, LAB_MARKER)) else None
 
 
+def awx_job(environ=None):
+    """{job_id, host, inventory_id, project_revision} when running as an AWX job, else None.
+
+    AWX exports JOB_ID, INVENTORY_ID, PROJECT_REVISION and AWX_HOST to every job it runs."""
+    environ = os.environ if environ is None else environ
+    job_id = str(environ.get("JOB_ID") or "")
+    if not job_id:
+        return None
+    if not job_id.isdigit():
+        raise AuditError("JOB_ID %r refused: AWX job ids are numbers" % job_id)
+    return {
+        "job_id": int(job_id),
+        "host": environ.get("AWX_HOST") or "",
+        "inventory_id": environ.get("INVENTORY_ID") or "",
+        "project_revision": environ.get("PROJECT_REVISION") or "",
+    }
+
+
+def awx_trail_id(host, job_id):
+    """The witness folder of one AWX job's trail: awx/<host>/job-<id> (host without scheme)."""
+    netloc = re.sub(r"^[a-z]+://", "", str(host or "").strip().lower()).strip("/")
+    netloc = re.sub(r"[^a-z0-9._-]", "_", netloc) or "awx"
+    return "awx/%s/job-%d" % (netloc, int(job_id))
+
+
 def resolve_trail(audit_dir=None, key=None, root=None, environ=None):
     """{audit_dir, key, witness}: the one resolution every writer and reader uses.
 
@@ -79,6 +112,7 @@ def resolve_trail(audit_dir=None, key=None, root=None, environ=None):
     KNOWNGOOD_AUDIT_S3_URL, else the lab's governance/audit_witness.json, else none.
     """
     environ = os.environ if environ is None else environ
+    explicit_key = key or environ.get("KNOWNGOOD_AUDIT_KEY")
     lab = lab_root(environ, root)
     audit_dir = (
         audit_dir
@@ -94,6 +128,23 @@ def resolve_trail(audit_dir=None, key=None, root=None, environ=None):
     if witness is None and lab and os.path.exists(os.path.join(lab, LAB_WITNESS)):
         with open(os.path.join(lab, LAB_WITNESS)) as handle:
             witness = remote_from_env(json.load(handle))
+    job = awx_job(environ)
+    if job:
+        # The execution environment is thrown away after the job: the witness is the record.
+        missing = []
+        if not witness:
+            missing.append("a witness (KNOWNGOOD_AUDIT_S3_URL)")
+        elif not witness["lock_days"]:
+            missing.append("an Object Lock period (KNOWNGOOD_AUDIT_S3_LOCK_DAYS)")
+        if not explicit_key:
+            missing.append("the audit signing key (KNOWNGOOD_AUDIT_KEY)")
+        if missing:
+            raise AuditError(
+                "AWX job %s: its audit trail would die with the execution environment; attach "
+                "the knowngood audit credentials to the job template: %s missing"
+                % (job["job_id"], ", ".join(missing))
+            )
+        witness = dict(witness, trail=awx_trail_id(job["host"], job["job_id"]), required=True)
     return {
         "audit_dir": os.path.abspath(os.path.expanduser(audit_dir)),
         "key": os.path.abspath(os.path.expanduser(key)),
@@ -244,16 +295,20 @@ def _s3(remote):
 
 
 def _remote_dir(remote, audit_dir):
-    tag = hashlib.sha256(os.path.realpath(audit_dir).encode("utf-8")).hexdigest()[:16]
+    tag = (
+        remote.get("trail")
+        or hashlib.sha256(os.path.realpath(audit_dir).encode("utf-8")).hexdigest()[:16]
+    )
     return "/".join(p for p in (remote["prefix"], tag) if p) + "/"
 
 
-def put_remote_checkpoint(remote, audit_dir, point):
-    """One object per checkpoint, never overwritten; retained under Object Lock if asked."""
+def put_remote_object(remote, audit_dir, name, body):
+    """One witness object (a checkpoint, and for AWX jobs a record file or an index line),
+    retained under COMPLIANCE Object Lock when a lock period is set."""
     args = {
         "Bucket": remote["bucket"],
-        "Key": "%sseq-%012d.json" % (_remote_dir(remote, audit_dir), point["seq"]),
-        "Body": json.dumps(point, sort_keys=True).encode("utf-8"),
+        "Key": _remote_dir(remote, audit_dir) + name,
+        "Body": body,
         "ContentType": "application/json",
     }
     if remote["lock_days"]:
@@ -263,6 +318,56 @@ def put_remote_checkpoint(remote, audit_dir, point):
         ) + datetime.timedelta(days=remote["lock_days"])
     _s3(remote).put_object(**args)
     return "s3://%s/%s" % (args["Bucket"], args["Key"])
+
+
+def fetch_trail(remote, dest):
+    """Rebuild a witnessed trail (AWX job) in dest from the witness alone: index.jsonl from the
+    lines/ objects, the record files from records/. The first version of each object is the one
+    Object Lock keeps honest; objects with differing later versions are returned as rewritten.
+    Returns {"lines": n, "records": [names], "rewritten": [keys]}."""
+    client = _s3(remote)
+    prefix = _remote_dir(remote, dest)
+    first, rewritten = {}, []
+    for page in client.get_paginator("list_object_versions").paginate(
+        Bucket=remote["bucket"], Prefix=prefix
+    ):
+        for obj in page.get("Versions") or []:
+            first.setdefault(obj["Key"], []).append(obj)
+    bodies = {}
+    for key, objs in first.items():
+        name = key[len(prefix) :]
+        if not (name.startswith("lines/") or name.startswith("records/")):
+            continue
+        versions = [
+            client.get_object(Bucket=remote["bucket"], Key=key, VersionId=o["VersionId"])[
+                "Body"
+            ].read()
+            for o in sorted(objs, key=lambda o: o["LastModified"])
+        ]
+        if any(v != versions[0] for v in versions[1:]):
+            rewritten.append(key)
+        bodies[name] = versions[0]
+    lines = sorted((n for n in bodies if n.startswith("lines/seq-")), key=lambda n: n)
+    records = []
+    if not os.path.isdir(dest):
+        os.makedirs(dest, 0o700)
+    with open(os.path.join(dest, "index.jsonl"), "wb") as handle:
+        for name in lines:
+            handle.write(bodies[name].rstrip(b"\n") + b"\n")
+    for name in sorted(n for n in bodies if n.startswith("records/")):
+        base = name[len("records/") :]
+        if not base or "/" in base or base.startswith("."):
+            continue
+        with open(os.path.join(dest, base), "wb") as handle:
+            handle.write(bodies[name])
+        records.append(base)
+    return {"lines": len(lines), "records": records, "rewritten": rewritten}
+
+
+def put_remote_checkpoint(remote, audit_dir, point):
+    """One object per checkpoint, never overwritten; retained under Object Lock if asked."""
+    body = json.dumps(point, sort_keys=True).encode("utf-8")
+    return put_remote_object(remote, audit_dir, "seq-%012d.json" % point["seq"], body)
 
 
 def read_witness(remote, audit_dir):
@@ -448,13 +553,38 @@ def _append_locked(audit_dir, entry, key_path, witness):
         with os.fdopen(fd, "w") as handle:
             json.dump(point, handle, sort_keys=True)
         os.rename(tmp, target)
+        remote = None
         try:
             remote = remote_from_env() if witness == "env" else witness
+            if remote and remote.get("required"):
+                put_remote_object(remote, audit_dir, "lines/seq-%012d.json" % line["seq"], raw)
             if remote:
                 put_remote_checkpoint(remote, audit_dir, point)
-        except Exception as exc:  # the record is written; the copy is reported, not fatal
+        except Exception as exc:
+            if remote and remote.get("required"):  # the witness is the record: fail closed
+                raise AuditError(
+                    "the audit witness %s could not take seq %d (%s: %s)"
+                    % (remote["url"], line["seq"], type(exc).__name__, exc)
+                ) from exc
+            # the record is written; the copy is reported, not fatal
             return dict(line, remote_checkpoint_error="%s: %s" % (type(exc).__name__, exc))
     return line
+
+
+def _witness_record(trail, name):
+    """An AWX job's record file goes to the witness before the line that covers it."""
+    remote = trail.get("witness")
+    if not (remote and remote.get("required")):
+        return
+    with open(os.path.join(trail["audit_dir"], name), "rb") as handle:
+        body = handle.read()
+    try:
+        put_remote_object(remote, trail["audit_dir"], "records/" + name, body)
+    except Exception as exc:
+        raise AuditError(
+            "the audit witness %s could not take record %s (%s: %s)"
+            % (remote["url"], name, type(exc).__name__, exc)
+        ) from exc
 
 
 def _ends_with_newline(path):
@@ -468,6 +598,7 @@ def open_record(trail, opening):
     audit_dir = trail["audit_dir"]
     name = audit_record.record_name(check_name(opening["run_id"], "run id"), opening=True)
     sha256 = audit_record.write(audit_dir, name, opening)[1]
+    _witness_record(trail, name)
     return append(
         audit_dir,
         {
@@ -492,6 +623,7 @@ def close_record(trail, record):
     returns (the record's path, the line)."""
     name = audit_record.record_name(check_name(record["run_id"], "run id"))
     path, sha256 = audit_record.write(trail["audit_dir"], name, record)
+    _witness_record(trail, name)
     line = append(
         trail["audit_dir"],
         audit_record.closing_entry(record, name, sha256),

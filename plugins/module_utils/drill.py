@@ -230,3 +230,67 @@ def history(drill_dir):
         return []
     with open(path) as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+LAB_MARKER = "lab.json"
+LAB_INVENTORY = os.path.join("inventory", "hosts.json")
+
+
+def _lab_hosts(node, out):
+    for name, hostvars in (node.get("hosts") or {}).items():
+        hostvars = hostvars or {}
+        out[name] = (hostvars.get("ansible_connection", ""), hostvars.get("ansible_host", ""))
+    for child in (node.get("children") or {}).values():
+        _lab_hosts(child or {}, out)
+    return out
+
+
+def lab_check(root, hosts, purpose):
+    """The lab root when the drill's inventory is the lab `knowngood lab up` made there.
+
+    hosts: [name, connection, address] of every inventory host the drill's runbooks act on.
+    A drill that breaks things through the lab (`knowngood lab break`) must run its runbooks
+    against that very lab: the marker and the inventory `knowngood lab up` writes must be
+    there, and every host must be one of the lab's, reached the same way. Raises DrillError
+    saying why not; nothing here comes from a variable alone (the root only says where to look).
+    """
+    what = "%s, so it runs only against the knowngood lab" % purpose
+    if not root:
+        raise DrillError(
+            "refused outside a lab: %s, and this inventory names no lab (knowngood_lab_root). "
+            "On a staging environment run the drills that inject their failure themselves "
+            "(drill-table-restore, drill-database-pitr, drill-code-rollback)" % what
+        )
+    marker = os.path.join(root, LAB_MARKER)
+    inventory = os.path.join(root, LAB_INVENTORY)
+    if not (os.path.isfile(marker) and os.path.isfile(inventory)):
+        raise DrillError(
+            "refused outside a lab: %s, and %s holds no lab (`knowngood lab up` writes %s and "
+            "%s there)" % (what, root, LAB_MARKER, LAB_INVENTORY)
+        )
+    try:
+        with open(marker) as handle:
+            json.load(handle)
+        with open(inventory) as handle:
+            lab = _lab_hosts(json.load(handle).get("all") or {}, {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DrillError("refused: the lab at %s is unreadable (%s)" % (root, exc)) from exc
+    foreign = []
+    for entry in hosts:
+        name, connection, address = (list(entry) + ["", "", ""])[:3]
+        if name not in lab:
+            foreign.append("%s is not a lab host" % name)
+        elif (connection or "", address or "") != lab[name]:
+            theirs = "%s %s" % (lab[name][0] or "-", lab[name][1] or "-")
+            foreign.append(
+                "%s is reached by %s %s, the lab's by %s"
+                % (name, connection or "-", address or "-", theirs)
+            )
+    if not hosts:
+        foreign.append("the inventory has no hosts")
+    if foreign:
+        raise DrillError(
+            "refused outside a lab: %s, and this inventory is not the lab's at %s (%s)"
+            % (what, root, "; ".join(sorted(foreign)[:5]))
+        )
+    return os.path.realpath(root)

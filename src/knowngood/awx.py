@@ -63,8 +63,156 @@ class Template:
     destructive: bool = False
 
 
+class _CatalogLoader(yaml.SafeLoader):
+    """The catalog as Ansible reads it: `!unsafe` strings (AWX's injector templates) are text."""
+
+
+_CatalogLoader.add_constructor(
+    "!unsafe",
+    lambda loader, node: loader.construct_scalar(node),  # type: ignore[arg-type]
+)
+
+
 def load_catalog(path: Path = CATALOG) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())
+    return yaml.load(path.read_text(), Loader=_CatalogLoader)  # noqa: S506 - a SafeLoader
+
+
+DRILL_DIR = "molecule/"
+# Input ids that hold secrets: AWX must store them encrypted (`secret: true`).
+SECRET_INPUT = re.compile(r"token|key|secret|pass", re.IGNORECASE)
+CODE = ("plugins", "roles", "src")
+TEMPLATE_REF = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(?:\|[^}]*)?\}\}")
+
+
+def is_drill(entry: dict[str, Any]) -> bool:
+    return str(entry["playbook"]).startswith(DRILL_DIR)
+
+
+def _inventory_hosts(path: Path) -> set[str]:
+    def walk(node: dict[str, Any]) -> set[str]:
+        found = set((node.get("hosts") or {}).keys())
+        for child in (node.get("children") or {}).values():
+            found |= walk(child or {})
+        return found
+
+    return walk((yaml.safe_load(path.read_text()) or {}).get("all") or {})
+
+
+def check_drills(catalog: dict[str, Any], repo: Path = REPO) -> list[str]:
+    """Drills run on the staging inventory with staging's credentials, never production's."""
+    errors = []
+    staging = catalog.get("drill_inventory") or {}
+    name = staging.get("name", "")
+    production = catalog["inventory"]
+    if not name or name == production or "prod" in name.lower():
+        errors.append(
+            f"drill_inventory {name!r} is no staging inventory (production: {production})"
+        )
+    source = repo / staging.get("source_path", "")
+    if not staging.get("source_path") or not source.is_file():
+        errors.append(f"drill_inventory source {staging.get('source_path')!r} does not exist")
+    else:
+        example = repo / "inventories" / "example" / "hosts.yml"
+        shared = _inventory_hosts(source) & (
+            _inventory_hosts(example) if example.is_file() else set()
+        )
+        if shared:
+            errors.append(f"{source.relative_to(repo)} names production hosts: {sorted(shared)}")
+        if any("prod" in h for h in _inventory_hosts(source)):
+            errors.append(f"{source.relative_to(repo)} names a production host")
+    for credential in catalog.get("drill_credentials") or []:
+        if "prod" in credential.lower():
+            errors.append(f"drill_credentials names {credential}, a production credential")
+    for entry in catalog["job_templates"]:
+        if is_drill(entry) and entry.get("inventory", name) != name:
+            errors.append(
+                f"{entry['name']}: a drill runs on {name}, not on {entry.get('inventory')}"
+            )
+        if not is_drill(entry) and entry["name"].startswith("drill-"):
+            errors.append(f"{entry['name']}: a drill template must run a molecule/ playbook")
+    lab_only = {
+        e["name"] for e in catalog["job_templates"] if is_drill(e) and lab_only_drill(e, repo)
+    }
+    for schedule in catalog.get("schedules", []):
+        if schedule["unified_job_template"] in lab_only:
+            errors.append(
+                f"schedule {schedule['name']!r} runs {schedule['unified_job_template']}, which "
+                f"breaks the lab itself and refuses {name}: it would fail every time"
+            )
+    return errors
+
+
+def lab_only_drill(entry: dict[str, Any], repo: Path = REPO) -> bool:
+    """A drill whose failure is injected through the lab: it refuses any other inventory."""
+    playbook = repo / entry["playbook"]
+    return playbook.is_file() and "shared/lab_only.yml" in playbook.read_text()
+
+
+def _consumed(name: str, repo: Path, parts: tuple[str, ...]) -> bool:
+    for part in parts:
+        for path in (repo / part).rglob("*"):
+            wanted = path.suffix in (".py", ".yml", ".yaml") and path.is_file()
+            if wanted and name in path.read_text(errors="replace"):
+                return True
+    return False
+
+
+def check_credential_types(catalog: dict[str, Any], repo: Path = REPO) -> list[str]:
+    """Each injector uses only inputs its type declares, secrets are marked secret, and the
+    code reads every variable injected (AWS_* are boto3's own)."""
+    errors = []
+    declared = {}
+    for ctype in catalog.get("credential_types") or []:
+        where = f"credential type {ctype['name']!r}"
+        declared[ctype["name"]] = ctype
+        fields = (ctype.get("inputs") or {}).get("fields") or []
+        ids = {f["id"] for f in fields}
+        for missing in set((ctype.get("inputs") or {}).get("required") or []) - ids:
+            errors.append(f"{where}: requires {missing}, which it does not declare")
+        for field_ in fields:
+            secret_like = SECRET_INPUT.search(field_["id"]) and not field_["id"].endswith("_id")
+            if secret_like and not field_.get("secret"):
+                errors.append(f"{where}: input {field_['id']} holds a secret: mark it secret")
+        injectors = ctype.get("injectors") or {}
+        files = {k.partition(".")[2] or "" for k in (injectors.get("file") or {})}
+        for bad in set(injectors) - {"env", "extra_vars", "file"}:
+            errors.append(f"{where}: unknown injector kind {bad}")
+        for kind, mapping in injectors.items():
+            for target, template in (mapping or {}).items():
+                refs = TEMPLATE_REF.findall(str(template))
+                if not refs:
+                    errors.append(f"{where}: {kind} {target} injects no input")
+                for ref in refs:
+                    if ref.startswith(("tower.filename", "awx.filename")):
+                        name = ref.split(".", 2)[2] if ref.count(".") >= 2 else ""
+                        if name not in files:
+                            errors.append(
+                                f"{where}: {kind} {target} names file {ref}, not declared"
+                            )
+                    elif ref.split(".")[0] not in ids:
+                        errors.append(
+                            f"{where}: {kind} {target} uses {ref}, which is no input it declares"
+                        )
+                boto3 = target.startswith("AWS_")  # boto3's own variables
+                if kind == "env" and not boto3 and not _consumed(target, repo, CODE):
+                    errors.append(f"{where}: env {target} is read by nothing in the code")
+                if kind == "extra_vars" and not _consumed(target, repo, ("roles", "playbooks")):
+                    errors.append(f"{where}: extra var {target} is read by no role or playbook")
+    as_code = {c["name"]: c["credential_type"] for c in catalog.get("credentials_as_code") or []}
+    for name, ctype in as_code.items():
+        if ctype not in declared:
+            errors.append(f"credential {name}: type {ctype!r} is not declared")
+    for unused in set(declared) - set(as_code.values()):
+        errors.append(f"credential type {unused!r} is used by no credential")
+    for key in ("credentials", "drill_credentials"):
+        types = [as_code[c] for c in catalog.get(key) or [] if c in as_code]
+        for dup in {t for t in types if types.count(t) > 1}:
+            errors.append(f"{key}: two credentials of type {dup!r} (AWX allows one per job)")
+    for needed in ("knowngood-audit",):
+        for key in ("credentials", "drill_credentials"):
+            if needed in as_code and needed not in (catalog.get(key) or []):
+                errors.append(f"{key} lacks {needed}: AWX jobs would refuse to start")
+    return errors
 
 
 def templates(catalog: dict[str, Any]) -> list[Template]:
@@ -293,6 +441,8 @@ def check(catalog: dict[str, Any], repo: Path = REPO, survey_dir: Path = SURVEY_
             errors.append(f"{rel} has no job template in awx/catalog.yml")
     for template in templates(catalog):
         errors += cross_check(template, repo)
+    errors += check_drills(catalog, repo)
+    errors += check_credential_types(catalog, repo)
     try:
         rendered = render(catalog, repo)
     except AwxError as exc:

@@ -128,7 +128,7 @@ def _trail(args: argparse.Namespace) -> dict:
     chain = module_utils("audit_chain")
     try:
         return chain.resolve_trail(getattr(args, "audit_dir", "") or None, None, args.root)
-    except ValueError as exc:
+    except (ValueError, chain.AuditError) as exc:
         raise KnowngoodError(str(exc)) from None
 
 
@@ -262,6 +262,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from knowngood.modutils import module_utils
 
     chain = module_utils("audit_chain")
+    if args.command == "verify" and args.awx_job:
+        return _verify_awx(chain, trail, args)
     if args.command == "verify":
         return _verify(chain, trail, args.json)
     if args.command == "repair":
@@ -296,6 +298,89 @@ def cmd_audit(args: argparse.Namespace) -> int:
     record = load_record(audit_dir, args.run_id)
     print(json.dumps(record, indent=2) if args.json else "\n".join(runner.summarize(record)))
     return 0
+
+
+def _verify_awx(chain, trail: dict, args: argparse.Namespace) -> int:
+    """An AWX job's trail, rebuilt from the witness alone (the job's EE is gone) and checked:
+    chain, signatures against the audit key's public half, records, witness checkpoints."""
+    import shutil
+    import tempfile
+
+    if not trail["witness"]:
+        raise KnowngoodError(
+            "no witness configured: set KNOWNGOOD_AUDIT_S3_URL (and _ENDPOINT, _REGION, AWS_*) "
+            "to the bucket the AWX jobs write to"
+        )
+    pub = Path(args.public_key)
+    if not pub.is_file():
+        raise KnowngoodError(f"--public-key {pub}: no such file (the audit key's public half)")
+    remote = dict(trail["witness"], trail=chain.awx_trail_id(args.awx_host, args.awx_job))
+    where = f"{remote['url']}/{remote['trail']}/"
+    with tempfile.TemporaryDirectory(prefix="knowngood-awx-") as tmp:
+        rebuilt = Path(tmp) / "trail"
+        try:
+            fetched = chain.fetch_trail(remote, str(rebuilt))
+            checkpoint = chain.read_remote_checkpoint(remote, str(rebuilt))
+        except Exception as exc:  # an unreachable witness vouches for nothing
+            raise KnowngoodError(f"witness {where} unreadable: {type(exc).__name__}") from None
+        key = Path(tmp) / "audit_key"
+        shutil.copy(pub, f"{key}.pub")
+        result = chain.check(str(rebuilt), str(key), checkpoint or None, remote)
+        tampered = [f"witness object {k} was rewritten" for k in fetched["rewritten"]]
+        tampered += result["tampered"]
+        findings = list(result["findings"])
+        if not fetched["lines"]:
+            findings.append(f"no record of AWX job {args.awx_job} in {where}")
+        runs = []
+        for name in fetched["records"]:
+            record = json.loads((rebuilt / name).read_text())
+            if name.endswith(".open.json"):
+                continue
+            awx = record.get("awx") or {}
+            if awx.get("job_id") != args.awx_job:
+                tampered.append(f"record {name} names AWX job {awx.get('job_id')}")
+            runs.append(
+                {
+                    "run_id": record.get("run_id"),
+                    "status": record.get("status"),
+                    "playbook": Path(str(record.get("playbook") or "?")).name,
+                    "launched_by": awx.get("user_name", ""),
+                    "started_at": record.get("started_at"),
+                    "finished_at": record.get("finished_at"),
+                    "events": len(record.get("events") or []),
+                    "approvals": (record.get("approvals") or {}).get("mode", ""),
+                }
+            )
+    code = 3 if tampered else 4 if findings else 0
+    if args.json:
+        doc = {
+            "awx_job": args.awx_job,
+            "witness": where,
+            "intact": code == 0,
+            "exit_code": code,
+            "entries": result["entries"],
+            "runs": runs,
+            "tampered": tampered,
+            "findings": findings,
+        }
+        print(json.dumps(doc, indent=2))
+        return code
+    for problem in tampered:
+        print(f"TAMPERED  {problem}")
+    for finding in findings:
+        print(f"FINDING   {finding}")
+    for run in runs:
+        print(
+            f"run {run['run_id']}: {run['playbook']} {run['status']}, launched by "
+            f"{run['launched_by'] or '?'}, {run['started_at']} to {run['finished_at']}, "
+            f"{run['events']} task events"
+        )
+    state = "intact" if code == 0 else "NOT intact"
+    print(
+        f"AWX job {args.awx_job}: {result['entries']} entries rebuilt from the witness {where}; "
+        f"chain, signatures (by {pub.name}), records and checkpoints {state}"
+    )
+    return code
 
 
 def _verify(chain, trail: dict, as_json: bool = False) -> int:
@@ -475,6 +560,13 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="check the chain, signatures, records, checkpoint and witness"
     )
     verify.add_argument("--json", action="store_true")
+    verify.add_argument(
+        "--awx-job", type=int, default=0, help="an AWX job's trail, rebuilt from the witness"
+    )
+    verify.add_argument("--awx-host", default="", help="AWX's URL, as the job saw AWX_HOST")
+    verify.add_argument(
+        "--public-key", default="", help="the audit signing key's public half (--awx-job)"
+    )
     audit_sub.add_parser("repair", help="remove a torn last line (recorded as a repair entry)")
     show = audit_sub.add_parser("show")
     show.add_argument("run_id")

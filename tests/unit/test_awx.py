@@ -34,6 +34,10 @@ AWX_MODULES = [
     "workflow_job_template",
     "role",
     "schedule",
+    "credential_type",
+    "credential",
+    "inventory",
+    "inventory_source",
 ]
 
 
@@ -165,6 +169,10 @@ def test_apply_playbook_calls_pass_awx_modules_argument_validation(tmp_path):
         ANSIBLE_NOCOLOR="1",
     )
     secrets = {"awx_slack_token": "xoxb-canary-77", "awx_smtp_password": "smtp-canary-77"}
+    catalog = awx.load_catalog()
+    secrets["awx_credential_inputs"] = {
+        c["name"]: {"token": f"{c['name']}-canary-77"} for c in catalog["credentials_as_code"]
+    }
     run = subprocess.run(
         [
             str(BIN / "ansible-playbook"),
@@ -186,7 +194,6 @@ def test_apply_playbook_calls_pass_awx_modules_argument_validation(tmp_path):
     by_module: dict[str, list[dict]] = {}
     for call in recorded:
         by_module.setdefault(call["module"], []).append(call["params"])
-    catalog = awx.load_catalog()
     assert len(by_module["job_template"]) == len(catalog["job_templates"])
     destructive = [t for t in catalog["job_templates"] if t.get("destructive")]
     flows = by_module["workflow_job_template"]
@@ -212,6 +219,33 @@ def test_apply_playbook_calls_pass_awx_modules_argument_validation(tmp_path):
     oncall = [r for r in by_module["role"] if r["team"] == "sre-oncall" and r["job_templates"]]
     assert not {t["name"] for t in destructive} & set(oncall[0]["job_templates"])
     assert len(by_module["schedule"]) == len(catalog["schedules"])
+
+    # Drills run on staging with staging's credentials; everything else on production.
+    for call in by_module["job_template"]:
+        if call["name"].startswith("drill-"):
+            assert call["inventory"] == "staging", call["name"]
+            assert call["playbook"].startswith("molecule/")
+            assert not [c for c in call["credentials"] if "production" in c], call["name"]
+        else:
+            assert call["inventory"] == "production", call["name"]
+            assert "production-ssh" in call["credentials"]
+        assert "knowngood-audit" in call["credentials"], call["name"]
+    assert [i["name"] for i in by_module["inventory"]] == ["staging"]
+    source = by_module["inventory_source"][0]
+    assert (source["source"], source["source_path"]) == ("scm", "inventories/staging/hosts.yml")
+    # The credential types reach AWX with their injector templates untouched (AWX renders them).
+    types = {t["name"]: t for t in by_module["credential_type"]}
+    assert types["knowngood controller token"]["injectors"] == {
+        "env": {"CONTROLLER_OAUTH_TOKEN": "{{ token }}"}
+    }
+    audit_type = types["knowngood audit"]
+    assert (
+        audit_type["injectors"]["env"]["KNOWNGOOD_AUDIT_KEY"] == "{{ tower.filename.signing_key }}"
+    )
+    assert {c["name"]: c["credential_type"] for c in by_module["credential"]} == {
+        c["name"]: c["credential_type"] for c in catalog["credentials_as_code"]
+    }
+    assert by_module["credential"][0]["inputs"] == {"token": "knowngood-controller-canary-77"}
 
 
 def test_execution_environment_build_context_is_produced(tmp_path):
@@ -257,3 +291,142 @@ def test_execution_environment_build_context_is_produced(tmp_path):
         if not dependency.startswith(("ansible-core", "ansible-runner")):
             assert dependency in requirements, f"{dependency} from pyproject.toml not in the EE"
     assert "postgresql15 [platform:rpm]" in (context / "_build/bindep.txt").read_text()
+
+
+def test_no_drill_template_names_a_production_inventory_or_credential(tmp_path):
+    catalog = awx.load_catalog()
+    assert awx.check_drills(catalog) == []
+    drills = [t for t in catalog["job_templates"] if awx.is_drill(t)]
+    assert len(drills) == 6 and all(t["name"].startswith("drill-") for t in drills)
+    staging = REPO / catalog["drill_inventory"]["source_path"]
+    production = awx._inventory_hosts(REPO / "inventories/example/hosts.yml")
+    assert awx._inventory_hosts(staging) and not awx._inventory_hosts(staging) & production
+
+    named = copy.deepcopy(catalog)
+    next(t for t in named["job_templates"] if awx.is_drill(t))["inventory"] = "production"
+    assert any("a drill runs on staging, not on production" in e for e in awx.check_drills(named))
+    same = copy.deepcopy(catalog)
+    same["drill_inventory"]["name"] = "production"
+    assert any("is no staging inventory" in e for e in awx.check_drills(same))
+    scheduled = copy.deepcopy(catalog)
+    scheduled["schedules"].append(
+        {"name": "dr", "unified_job_template": "drill-disaster-recovery", "rrule": "x"}
+    )
+    errors = awx.check_drills(scheduled)
+    assert any("breaks the lab itself and refuses staging" in e for e in errors), errors
+    creds = copy.deepcopy(catalog)
+    creds["drill_credentials"][0] = "production-ssh"
+    assert any("production credential" in e for e in awx.check_drills(creds))
+    repo = _scratch_repo(tmp_path)
+    (repo / "inventories").mkdir()
+    shutil.copytree(REPO / "inventories/example", repo / "inventories/example")
+    shutil.copytree(REPO / "inventories/staging", repo / "inventories/staging")
+    hosts = repo / "inventories/staging/hosts.yml"
+    hosts.write_text(hosts.read_text().replace("db-01.staging", "db-01.prod"))
+    assert any("names production hosts" in e for e in awx.check_drills(catalog, repo))
+
+
+def test_credential_type_injectors_use_only_declared_inputs_and_feed_the_code():
+    catalog = awx.load_catalog()
+    assert awx.check_credential_types(catalog) == []
+    types = {t["name"]: t for t in catalog["credential_types"]}
+    for ctype in types.values():  # every secret AWX stores is marked secret
+        for field in ctype["inputs"]["fields"]:
+            if field["id"] in ("token", "signing_key", "encryption_key", "secret_access_key"):
+                assert field.get("secret") is True, (ctype["name"], field["id"])
+
+    def broken(name, mutate, message):
+        mutated = copy.deepcopy(catalog)
+        mutate(next(t for t in mutated["credential_types"] if t["name"] == name))
+        errors = awx.check_credential_types(mutated)
+        assert any(message in e for e in errors), errors
+
+    broken(
+        "knowngood controller token",
+        lambda t: t["injectors"]["env"].update(CONTROLLER_OAUTH_TOKEN="{{ tokn }}"),
+        "uses tokn, which is no input it declares",
+    )
+    broken(
+        "knowngood audit",
+        lambda t: t["injectors"]["env"].update(KNOWNGOOD_AUDIT_KEY="{{ tower.filename.key }}"),
+        "names file tower.filename.key, not declared",
+    )
+    broken(
+        "knowngood backup keys",
+        lambda t: t["inputs"]["fields"][0].pop("secret"),
+        "input encryption_key holds a secret: mark it secret",
+    )
+    broken(
+        "knowngood audit",
+        lambda t: t["injectors"]["env"].update(KNOWNGOOD_AUDIT_WITNESS="{{ witness_url }}"),
+        "env KNOWNGOOD_AUDIT_WITNESS is read by nothing in the code",
+    )
+    broken(
+        "knowngood backup keys",
+        lambda t: t["injectors"]["extra_vars"].update(backup_key="{{ signing_key }}"),
+        "extra var backup_key is read by no role or playbook",
+    )
+
+
+def _render_injectors(ctype: dict, inputs: dict, private: Path) -> tuple[dict, dict]:
+    """What AWX does at launch: files written, then env and extra vars rendered with the inputs."""
+    import jinja2
+
+    files = {}
+    for key, template in (ctype["injectors"].get("file") or {}).items():
+        name = key.partition(".")[2]
+        path = private / f"cred-{name}"
+        path.write_text(jinja2.Template(template).render(**inputs))
+        path.chmod(0o600)
+        files[name] = str(path)
+    context = {**inputs, "tower": {"filename": files}}
+    env = {
+        k: jinja2.Template(v).render(**context)
+        for k, v in ctype["injectors"].get("env", {}).items()
+    }
+    extra = {
+        k: jinja2.Template(v).render(**context)
+        for k, v in (ctype["injectors"].get("extra_vars") or {}).items()
+    }
+    return env, extra
+
+
+def test_the_audit_credential_as_awx_injects_it_is_what_an_awx_job_needs(tmp_path):
+    from knowngood.modutils import module_utils
+
+    chain = module_utils("audit_chain")
+    types = {t["name"]: t for t in awx.load_catalog()["credential_types"]}
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True
+    )
+    inputs = {
+        "signing_key": (tmp_path / "k").read_text(),
+        "witness_url": "s3://audit-bucket/awx",
+        "witness_endpoint": "",
+        "witness_region": "eu-west-1",
+        "lock_days": "400",
+    }
+    env, _ = _render_injectors(types["knowngood audit"], inputs, tmp_path)
+    job = {"JOB_ID": "812", "AWX_HOST": "https://awx.example.com", **env}
+    trail = chain.resolve_trail(audit_dir=str(tmp_path / "ee"), environ=job)
+    witness = trail["witness"]
+    assert (witness["bucket"], witness["lock_days"], witness["required"]) == (
+        "audit-bucket",
+        400,
+        True,
+    )
+    assert witness["trail"] == "awx/awx.example.com/job-812"
+    assert Path(trail["key"]).read_text() == inputs["signing_key"]
+    # The injected key signs: a line signed with it verifies against the public half.
+    (tmp_path / "ee").mkdir()
+    line = chain.append(str(tmp_path / "ee"), {"kind": "test"}, trail["key"], None)
+    (tmp_path / "pub").write_text((tmp_path / "k.pub").read_text())
+    assert chain._verify_sig(chain._body({k: v for k, v in line.items() if k != "sig"}),
+                             line["sig"], (tmp_path / "k.pub").read_text())  # fmt: skip
+    # Without the credential (no witness, no key) an AWX job refuses.
+    with pytest.raises(chain.AuditError, match="a witness .* missing"):
+        chain.resolve_trail(environ={"JOB_ID": "812"})
+    backup_env, extra = _render_injectors(
+        types["knowngood backup keys"], {"encryption_key": "e1", "signing_key": "s1"}, tmp_path
+    )
+    assert extra == {"knowngood_backup_encryption_key": "e1", "knowngood_backup_signing_key": "s1"}
