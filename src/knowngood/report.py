@@ -241,6 +241,8 @@ def data_loss(record: dict) -> str:
                 f"RPO {res.get('rpo_s')} s: {lost} of {total} sentinel rows missing "
                 f"({total - lost} present)."
             )
+    if record.get("check_mode"):
+        return "No data lost: a check-mode run changes nothing."
     for ev in reversed(events):
         res = ev.get("result") or {}
         if not ev.get("action", "").endswith("pg_pitr") or ev["status"] not in ("changed", "ok"):
@@ -266,8 +268,6 @@ def data_loss(record: dict) -> str:
                 f"Database restored towards {json.dumps(target)[:200]}; writes after that point "
                 "are lost; the window was not measured (no reached time in the record)."
             )
-    if record.get("check_mode"):
-        return "No data lost: a check-mode run changes nothing."
     return (
         "Data loss not measured: the record holds no database restore and no sentinel-row "
         "count (this runbook does not restore data)."

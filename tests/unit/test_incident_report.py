@@ -173,6 +173,8 @@ def test_data_loss_is_a_sentence_with_numbers():
     assert "Database restored to 2026-12-07T07:58:24" in sentence and "95.5 s" in sentence
     assert "not counted" in sentence
     assert report.data_loss(FAILED).startswith("Data loss not measured")
+    checked = dict(pitr, check_mode=True)
+    assert report.data_loss(checked) == "No data lost: a check-mode run changes nothing."
 
 
 def test_timeline_starts_at_detection_and_decision():
