@@ -35,7 +35,7 @@ def check_html_report(run_id: str, tmp_path: Path) -> None:
     text = out.read_text()
     assert "<svg" in text and "carla (cto)" in text and "ivan (infra_lead)" in text
     assert "src=" not in text and "href=" not in text  # one self-contained file
-    px = screenshot(out, tmp_path / "report.png")
+    px = screenshot(out, tmp_path / "report.png", "1000,2600")  # the chart is below the fold
     ink = sum(1 for p in px if sum(p) < 600) / len(px)
     red = sum(1 for r, g, b in px if r > 180 and g < 90 and b < 90)
     blue = sum(1 for r, g, b in px if b > 150 and r < 90 and 90 < g < 150)
