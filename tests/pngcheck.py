@@ -3,8 +3,29 @@
 from __future__ import annotations
 
 import struct
+import subprocess
 import zlib
 from pathlib import Path
+
+
+def screenshot(page: Path, shot: Path, size: str = "1000,1400") -> list[tuple[int, int, int]]:
+    """The page rendered by headless Chromium (Debian's), as pixels."""
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            f"--screenshot={shot}",
+            f"--window-size={size}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    return pixels(shot)
 
 
 def pixels(path: Path) -> list[tuple[int, int, int]]:

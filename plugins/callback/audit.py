@@ -49,6 +49,30 @@ options:
     ini:
       - section: callback_knowngood_audit
         key: audit_dir
+  prometheus_url:
+    description:
+      - Prometheus whose error rate and p95 latency around the run are captured into the record
+        when the run ends (from two minutes before its start to its end), so the incident report
+        draws its chart without Prometheus. Unset, the inventory's C(knowngood_prometheus_url);
+        with neither, nothing is captured and the report says so.
+    type: str
+    env:
+      - name: KNOWNGOOD_PROMETHEUS_URL
+    ini:
+      - section: callback_knowngood_audit
+        key: prometheus_url
+  metrics_after_s:
+    description:
+      - Seconds to wait after the run before capturing its metrics, so the record also holds
+        the service after the rollback (at most 600). The default, 0, captures at once, so the
+        chart ends with the run and the playbook ends no later.
+    type: float
+    default: 0
+    env:
+      - name: KNOWNGOOD_METRICS_AFTER_S
+    ini:
+      - section: callback_knowngood_audit
+        key: metrics_after_s
 """
 
 import getpass
@@ -62,6 +86,7 @@ from ansible.template import Templar
 from ansible_collections.knowngood.runbooks.plugins.module_utils import (
     audit_chain,
     audit_record,
+    incident_metrics,
     notify,
 )
 
@@ -117,9 +142,26 @@ KEPT_KEYS = (
     "post_hoc_request_file",
     "snapshot_id",
     "safety_snapshot_id",
+    # what a restore reached and what a drill counted: the report's data-loss sentence
+    "reached_time",
+    "reached_lsn",
+    "tables",
+    "rpo_s",
+    "rows_committed",
+    "rows_lost",
 )
 mask = audit_record.mask
 utcnow = audit_chain.utcnow
+
+
+def _phase(task, play):
+    role = getattr(task, "_role", None)
+    if role is not None:
+        try:
+            return role.get_name(include_role_fqcn=False)
+        except TypeError:
+            return role.get_name()
+    return play.get_name() if play is not None else ""
 
 
 def new_run_id():
@@ -247,6 +289,8 @@ class CallbackModule(CallbackBase):
             "ts": utcnow(),
             "host": result._host.get_name(),
             "task": task.get_name(),
+            # the phase the report groups tasks by: the role, else the play
+            "phase": _phase(task, self.play),
             "action": task.action,
             "status": status,
             "changed": bool(raw.get("changed")),
@@ -308,7 +352,38 @@ class CallbackModule(CallbackBase):
             }
         )
         self._announce_end()
+        self._capture_metrics(hosts)
         self._write()
+
+    def _prometheus_url(self, hosts):
+        url = self.get_option("prometheus_url")
+        if url or self.play is None:
+            return url or ""
+        try:  # the inventory's knowngood_prometheus_url, as the roles resolve it
+            manager = self.play.get_variable_manager()
+            for name in hosts[:1] or [None]:
+                host = manager._inventory.get_host(name) if name else None
+                variables = manager.get_vars(play=self.play, host=host)
+                if variables.get("knowngood_prometheus_url"):
+                    templar = Templar(loader=self.play._loader, variables=variables)
+                    return str(templar.template(variables["knowngood_prometheus_url"]) or "")
+        except Exception as exc:  # no URL costs the chart, never the record
+            self._display.warning("knowngood: no Prometheus URL for the record: %s" % exc)
+        return ""
+
+    def _capture_metrics(self, hosts):
+        """The metrics around the run, into the record before it is sealed (the report's
+        chart then needs no Prometheus)."""
+        url = self._prometheus_url(hosts)
+        if not url:
+            self.record["metrics"] = {"errors": {"all": "no Prometheus URL given"}}
+            return
+        after = min(max(float(self.get_option("metrics_after_s") or 0), 0), 600)
+        if after and not self.record.get("check_mode"):
+            time.sleep(after)
+        self.record["metrics"] = incident_metrics.capture(
+            url, self.started, self.started + self.record["duration_s"]
+        )
 
     def _announce_end(self):
         """Success or failure to those told of the start; never stops the record being written."""

@@ -169,37 +169,81 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}s"
 
 
-def _chart(runs: list[dict[str, Any]], target: float | None) -> str:
-    """RTO per run as an inline SVG line, with the objective as a dashed line."""
-    points = [c["rto_s"] for c in runs if c["rto_s"] is not None]
-    if not points:
-        return "<p>no RTO measured</p>"
-    width, height, pad = 520, 160, 30
-    top = max(points + ([target] if target else [])) * 1.15 or 1
-    step = (width - 2 * pad) / max(len(points) - 1, 1)
+def _scored(card: dict[str, Any]) -> float:
+    return datetime.fromisoformat(card["scored_at"].replace("Z", "+00:00")).timestamp()
+
+
+def _date_ticks(lo: float, hi: float) -> list[tuple[float, str]]:
+    """Tick positions and their dates: days over a span of days, else date and time."""
+    span = hi - lo
+    if span < 1:
+        return [(lo, datetime.fromtimestamp(lo, UTC).strftime("%Y-%m-%d %H:%M"))]
+    fmt = "%Y-%m-%d" if span >= 3 * 86400 else "%m-%d %H:%M"
+    return [
+        (t, datetime.fromtimestamp(t, UTC).strftime(fmt))
+        for t in (lo + span * i / 4 for i in range(5))
+    ]
+
+
+def _chart(runs: list[dict[str, Any]], key: str, what: str, target: float | None) -> str:
+    """One measure (RTO or RPO) per run over the runs' dates, as an inline SVG: dots green when
+    the run passed, the objective as a dashed line, dated x ticks, axis titles."""
+    measured = [(c, c[key]) for c in runs if c.get(key) is not None]
+    if not measured:
+        return f"<p>no {what} measured in {len(runs)} run(s)</p>"
+    width, height, left, right, top_pad, bottom = 640, 210, 56, 48, 16, 50
+    values = [v for _c, v in measured]
+    highest = max(values + ([target] if target else []) + [0.5]) * 1.1
+    top = next((t for t in (1, 2, 4, 8, 10, 20, 40, 80, 100, 200, 400, 800) if t >= highest), 0)
+    top = top or highest
+    times = [_scored(c) for c, _v in measured]
+    lo, hi = min(times), max(times)
+    plot_w, plot_h = width - left - right, height - top_pad - bottom
+
+    def x(t: float) -> float:
+        return left + (0.5 if hi == lo else (t - lo) / (hi - lo)) * plot_w
 
     def y(value: float) -> float:
-        return height - pad - (value / top) * (height - 2 * pad)
+        return top_pad + plot_h - (value / top) * plot_h
 
-    coords = " ".join(f"{pad + i * step:.1f},{y(v):.1f}" for i, v in enumerate(points))
+    base = top_pad + plot_h
+    coords = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in zip(times, values, strict=True))
     dots = "".join(
-        f'<circle cx="{pad + i * step:.1f}" cy="{y(v):.1f}" r="3.5" '
-        f'fill="{"#1a7f37" if runs[i]["passed"] else "#cf222e"}"><title>{v}s</title></circle>'
-        for i, v in enumerate(points)
+        f'<circle cx="{x(t):.1f}" cy="{y(v):.1f}" r="4" '
+        f'fill="{"#1a7f37" if c["passed"] else "#cf222e"}"><title>{c["scored_at"][:19]} '
+        f"{what} {v}s</title></circle>"
+        for (c, v), t in zip(measured, times, strict=True)
+    )
+    ticks = "".join(
+        f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{base}" y2="{base + 5}" stroke="#888"/>'
+        f'<text x="{x(t):.1f}" y="{base + 17}" font-size="10" text-anchor="middle">{label}</text>'
+        for t, label in _date_ticks(lo, hi)
+    )
+    yticks = "".join(
+        f'<text x="{left - 5}" y="{y(top * i / 4) + 4:.1f}" font-size="10" text-anchor="end">'
+        f"{top * i / 4:g}</text>"
+        f'<line x1="{left}" x2="{width - right}" y1="{y(top * i / 4):.1f}" '
+        f'y2="{y(top * i / 4):.1f}" stroke="#eee"/>'
+        for i in range(5)
     )
     goal = (
-        f'<line x1="{pad}" x2="{width - pad}" y1="{y(target):.1f}" y2="{y(target):.1f}" '
-        f'stroke="#9a6700" stroke-dasharray="5,4"/><text x="{width - pad}" y="{y(target) - 4:.1f}" '
-        f'text-anchor="end" font-size="11" fill="#9a6700">objective {target}s</text>'
-        if target
+        f'<line x1="{left}" x2="{width - right}" y1="{y(target):.1f}" y2="{y(target):.1f}" '
+        f'stroke="#9a6700" stroke-dasharray="5,4"/><text x="{width - right}" '
+        f'y="{y(target) - 4:.1f}" text-anchor="end" font-size="11" fill="#9a6700">'
+        f"objective {target}s</text>"
+        if target is not None
         else ""
     )
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
-        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" '
-        'stroke="#888"/>'
-        f'<line x1="{pad}" y1="{pad / 2}" x2="{pad}" y2="{height - pad}" stroke="#888"/>'
-        f'<text x="4" y="{pad}" font-size="11">{top:.0f}s</text>{goal}'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="{what} per run" font-family="sans-serif">'
+        f'<rect width="{width}" height="{height}" fill="#fff"/>{yticks}'
+        f'<line x1="{left}" y1="{base}" x2="{width - right}" y2="{base}" stroke="#888"/>'
+        f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{base}" stroke="#888"/>{ticks}'
+        f'<text x="{left + plot_w / 2:.0f}" y="{height - 8}" font-size="12" '
+        f'text-anchor="middle">drill run date (UTC)</text>'
+        f'<text transform="translate(14 {top_pad + plot_h / 2:.0f}) rotate(-90)" '
+        f'font-size="12" text-anchor="middle">{what} (s)</text>{goal}'
         f'<polyline fill="none" stroke="#0969da" stroke-width="2" points="{coords}"/>{dots}</svg>'
     )
 
@@ -207,8 +251,12 @@ def _chart(runs: list[dict[str, Any]], target: float | None) -> str:
 def html_report(cards: list[dict[str, Any]]) -> str:
     rows, charts = [], []
     for name, entry in sorted(trends(cards).items()):
-        target = (entry["runs"][-1].get("targets") or {}).get("rto_s")
-        charts.append(f"<h2>{html.escape(name)}: RTO per run</h2>{_chart(entry['runs'], target)}")
+        targets = entry["runs"][-1].get("targets") or {}
+        for key, what in (("rto_s", "RTO"), ("rpo_s", "RPO")):
+            charts.append(
+                f"<h2>{html.escape(name)}: {what} per run</h2>"
+                + _chart(entry["runs"], key, what, targets.get(key))
+            )
         for card in entry["runs"]:
             rows.append(
                 "<tr>"
