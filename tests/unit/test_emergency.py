@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from knowngood import emergency
+from knowngood import awx, emergency
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = {
@@ -65,7 +65,8 @@ def _section(text: str, runbook: str) -> str:
 
 
 def _edit(path: Path, change) -> None:
-    data = yaml.safe_load(path.read_text())
+    # The AWX catalog's `!unsafe` injector templates load as text (and are written back so).
+    data = yaml.load(path.read_text(), Loader=awx._CatalogLoader)  # noqa: S506 - a SafeLoader
     change(data)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
