@@ -149,7 +149,7 @@ def tool_main(argv, default_config=None):
         sys.stderr.flush()
         child = os.fork()
         if child:
-            return _supervise(child, args.cmd, limit)
+            return _supervise(child, args.cmd, limit, on_kill=lambda: _killed(args))
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     return _run(args)
 
@@ -217,8 +217,22 @@ def _expire(signum, frame):
 STACK_DUMP_GRACE = 0.5
 
 
-def _supervise(child, cmd, limit):
+def _killed(args):
+    """A push the watchdog ended, or one that died by a signal, recorded no outcome: it
+    failed, and the metrics say so at once (not only once the archive goes stale)."""
+    if args.cmd != "push":
+        return
+    try:
+        cfg = load_config(args.config)
+    except BackupError as err:
+        log(f"{args.cmd}: metrics not written: {err}")
+        return
+    _record_metrics(cfg, args, {"ok": False})
+
+
+def _supervise(child, cmd, limit, on_kill=None):
     """Wait for the forked child's exit status; after `limit` seconds end it, status 1.
+    on_kill runs when the child did not exit by itself (the watchdog, or a signal).
 
     This process runs no thread and holds no lock, so SIGALRM's handler always runs."""
     previous = signal.signal(signal.SIGALRM, _expire)
@@ -229,6 +243,8 @@ def _supervise(child, cmd, limit):
         log(f"{cmd}: watchdog: no result after {limit:g} s, every thread's stack follows")
         _end(child)
         log(f"{cmd}: watchdog: ended after {limit:g} s, exit status 1 (PostgreSQL retries)")
+        if on_kill:
+            on_kill()
         return 1
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -236,6 +252,8 @@ def _supervise(child, cmd, limit):
     if os.WIFEXITED(status):
         return os.WEXITSTATUS(status)
     log(f"{cmd}: ended by signal {os.WTERMSIG(status)}, exit status 1 (PostgreSQL retries)")
+    if on_kill:
+        on_kill()
     return 1
 
 
