@@ -251,13 +251,17 @@ def _argument_specs(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
     return yaml.load(path.read_text(), Loader=loader)["argument_specs"]  # noqa: S506 - safe
 
 
-def role_options(role: str, repo: Path = REPO) -> dict[str, dict[str, Any]]:
+def role_argument_specs(role: str, repo: Path = REPO) -> dict[str, Any]:
+    """Every entry point's argument spec of a role (a copy: callers may change it)."""
     path = repo / "roles" / role / "meta" / "argument_specs.yml"
     if not path.is_file():
         raise AwxError(f"role {role} has no meta/argument_specs.yml")
     stat = path.stat()
-    specs = _argument_specs(path, stat.st_mtime_ns, stat.st_size)
-    return copy.deepcopy((specs.get("main") or {}).get("options") or {})
+    return copy.deepcopy(_argument_specs(path, stat.st_mtime_ns, stat.st_size))
+
+
+def role_options(role: str, repo: Path = REPO) -> dict[str, dict[str, Any]]:
+    return (role_argument_specs(role, repo).get("main") or {}).get("options") or {}
 
 
 def _literal_default(spec: dict[str, Any]) -> Any:

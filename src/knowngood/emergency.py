@@ -189,10 +189,10 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def role_spec(root: Path, role: str, entry: str) -> dict[str, Any]:
-    path = root / "roles" / role / "meta" / "argument_specs.yml"
-    if not path.is_file():
-        raise EmergencyError(f"role {role} has no meta/argument_specs.yml")
-    specs = _load(path)["argument_specs"]
+    try:
+        specs = awx.role_argument_specs(role, root)  # parsed once per file version
+    except awx.AwxError as exc:
+        raise EmergencyError(str(exc)) from None
     if entry in specs:
         return specs[entry] or {}
     # A tasks_from without an entry point of its own: Ansible checks no inputs for it, so no
