@@ -195,17 +195,43 @@ def latency_only(breaches, verdict):
     return breaches == [verdict["detail"]]
 
 
-def confirmed(probe_once, requests, confirm=True):
-    """One probe, and a second when latency alone failed the first.
+# A breach that one probe saw is confirmed by the majority of this many later probes.
+CONFIRM_ROUNDS = 3
+# Pause between them, so one stall of a busy machine cannot land in two of them.
+CONFIRM_PAUSE_S = 0.3
 
-    `probe_once(requests)` returns (outcome, breaches, latency verdict). One slow sample on a
-    busy machine is not a regression: when the latency verdict is the only breach and
-    `confirm` is set, a second probe with twice the requests decides. Returns (outcome,
-    breaches, verdict, first) of the probe that decides; `first` is the first probe's latency
-    verdict when there was a second, else None."""
+
+def confirmed(probe_once, requests, confirm=True, rounds=CONFIRM_ROUNDS, pause=CONFIRM_PAUSE_S):
+    """One probe, and a majority of `rounds` later ones when latency alone failed the first.
+
+    `probe_once(requests)` returns (outcome, breaches, latency verdict). One slow moment on a
+    busy machine is not a regression: a stall of a second makes every request in flight slow
+    together, and four concurrent ones are the whole 5 % tail of an 80-request probe. So when
+    the latency verdict is the only breach and `confirm` is set, up to `rounds` more probes
+    follow, `pause` seconds apart, and the latency breach holds only when most of them see it
+    (a real regression is seen by every one). A later probe with any other breach (errors,
+    a wrong release) decides at once. Returns (outcome, breaches, verdict, first) of the probe
+    that decides, whose verdict lists every later probe's detail under `confirmations`;
+    `first` is the first probe's latency verdict when there were later ones, else None."""
     outcome, breaches, verdict = probe_once(requests)
     if not (confirm and latency_only(breaches, verdict)):
         return outcome, breaches, verdict, None
     first = verdict
-    outcome, breaches, verdict = probe_once(2 * requests)
+    need = rounds // 2 + 1
+    held = slow = 0
+    seen = []
+    while held < need and slow < need:
+        time.sleep(pause)
+        outcome, breaches, verdict = probe_once(requests)
+        seen.append(
+            ("held: " if not breaches else "breached: ")
+            + "; ".join(breaches or [verdict["detail"]])
+        )
+        if not breaches:
+            held += 1
+        elif latency_only(breaches, verdict):
+            slow += 1
+        else:
+            break
+    verdict["confirmations"] = seen
     return outcome, breaches, verdict, first

@@ -618,6 +618,7 @@ def ux(params):
         )
         if first:
             numbers["first_probe"] = first["detail"]  # reported beside the deciding probe
+            numbers["confirmations"] = slow.get("confirmations", [])
         out.append(
             result(
                 "ux_%s" % page_name(page),

@@ -74,8 +74,9 @@ options:
     default: 20
   confirm:
     description:
-      - When latency alone fails, probe again with twice the requests (the baseline URL too)
-        and judge only the second probe. One slow sample on a busy host is not a regression.
+      - When latency alone fails, probe up to three more times, 0.3 s apart (the baseline URL
+        too), and fail only when most of them breach. One slow moment on a busy host is not a
+        regression.
     type: bool
     default: true
   expect_release:

@@ -169,8 +169,8 @@ options:
     default: the page before the change
   confirm:
     description:
-      - When a page fails on latency alone, probe it again with twice the requests and judge
-        only the second probe (ux).
+      - When a page fails on latency alone, probe it up to three more times and fail only
+        when most of them breach (ux).
     type: bool
     default: true
   requests:
