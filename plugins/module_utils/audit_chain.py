@@ -40,7 +40,7 @@ import socket
 import subprocess
 import tempfile
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils import audit_record, aws
+from ansible_collections.knowngood.runbooks.plugins.module_utils import audit_record, aws, s3_put
 
 NAMESPACE = "knowngood-audit"
 GENESIS = "0" * 64
@@ -316,7 +316,22 @@ def put_remote_object(remote, audit_dir, name, body):
         args["ObjectLockRetainUntilDate"] = datetime.datetime.now(
             datetime.UTC
         ) + datetime.timedelta(days=remote["lock_days"])
-    _s3(remote).put_object(**args)
+    if remote["endpoint_url"] and remote.get("access_key") and remote.get("secret_key"):
+        # An S3-compatible witness with its own keys: one signed request, no boto3 to import.
+        s3_put.put_object(
+            remote["endpoint_url"],
+            args["Bucket"],
+            args["Key"],
+            body,
+            remote["access_key"],
+            remote["secret_key"],
+            region=remote["region"],
+            content_type=args["ContentType"],
+            lock_mode=args.get("ObjectLockMode"),
+            lock_until=args.get("ObjectLockRetainUntilDate"),
+        )
+    else:
+        _s3(remote).put_object(**args)
     return "s3://%s/%s" % (args["Bucket"], args["Key"])
 
 
