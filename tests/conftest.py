@@ -47,6 +47,8 @@ TEST_BASE_PORT = int(os.environ.get("KNOWNGOOD_TEST_BASE_PORT", "27000"))
 EXTENDED = {
     "test_database_rollback.py": {
         "test_pitr_to_deploy_restore_point_stops_writes_and_reseeds_standby",
+        # test_pitr proves these refusals at the engine; the archive-reading ones run here
+        "test_every_other_planner_refusal_stops_before_writes_stop",
     },
     "test_backup_runbooks.py": {
         "test_region_down_during_backup_is_retried_reported_and_others_complete",

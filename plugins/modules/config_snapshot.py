@@ -159,7 +159,7 @@ duration_ms:
   type: int
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.knowngood.runbooks.plugins.module_utils import module_main
 from ansible_collections.knowngood.runbooks.plugins.module_utils.config_snapshot_task import (
     ARGUMENT_SPEC,
     run,
@@ -167,11 +167,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.config_snapshot
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    failed, result = run(module)
-    if failed:
-        module.fail_json(**result)
-    module.exit_json(**result)
+    module_main.main(run, ARGUMENT_SPEC)
 
 
 if __name__ == "__main__":

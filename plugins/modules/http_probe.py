@@ -190,7 +190,7 @@ breaches:
   elements: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.knowngood.runbooks.plugins.module_utils import module_main
 from ansible_collections.knowngood.runbooks.plugins.module_utils.http_probe import (
     ARGUMENT_SPEC,
     run,
@@ -198,11 +198,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.http_probe impo
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    failed, result = run(module.params)
-    if failed:
-        module.fail_json(**result)
-    module.exit_json(**result)
+    module_main.main(run, ARGUMENT_SPEC, pass_params=True)
 
 
 if __name__ == "__main__":

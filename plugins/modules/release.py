@@ -194,7 +194,7 @@ removed_releases:
 """
 
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.knowngood.runbooks.plugins.module_utils import module_main
 from ansible_collections.knowngood.runbooks.plugins.module_utils.release_ops import (
     ARGUMENT_SPEC,
     MUTUALLY_EXCLUSIVE,
@@ -204,16 +204,9 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.release_ops imp
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
-        required_if=REQUIRED_IF,
-        mutually_exclusive=MUTUALLY_EXCLUSIVE,
-        supports_check_mode=True,
+    module_main.main(
+        run, ARGUMENT_SPEC, required_if=REQUIRED_IF, mutually_exclusive=MUTUALLY_EXCLUSIVE
     )
-    failed, result = run(module)
-    if failed:
-        module.fail_json(**result)
-    module.exit_json(**result)
 
 
 if __name__ == "__main__":

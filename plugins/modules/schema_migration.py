@@ -122,7 +122,7 @@ duration_ms:
   type: int
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.knowngood.runbooks.plugins.module_utils import module_main
 from ansible_collections.knowngood.runbooks.plugins.module_utils.schema_migration import (
     ARGUMENT_SPEC,
     REQUIRED_IF,
@@ -131,13 +131,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.schema_migratio
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF, supports_check_mode=True
-    )
-    failed, result = run(module)
-    if failed:
-        module.fail_json(**result)
-    module.exit_json(**result)
+    module_main.main(run, ARGUMENT_SPEC, required_if=REQUIRED_IF)
 
 
 if __name__ == "__main__":

@@ -159,10 +159,8 @@ def test_app_host_killed_is_drained_rebuilt_and_returned_in_batches(recoverable)
         f"(runbook {report['rto_seconds']}s, full capacity {report['full_capacity_seconds']}s), "
         f"RPO 0 (no data on app hosts); traffic {traffic.report()}"
     )
-    # A second run finds nothing to do and changes nothing on the hosts.
-    again = lab.playbook("recover-system", rollback_reason="re-run")
-    assert again.rc == 0, again.output
-    assert latest(lab, "recover-system")["classification"]["class"] == "none"
+    # That a run on the healthy lab it leaves finds nothing to recover is proved by
+    # test_fair_verdicts (recover-system on a healthy lab, under load): not run twice here.
 
 
 @pytest.fixture(scope="module")
