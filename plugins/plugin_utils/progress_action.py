@@ -5,9 +5,10 @@ progress, instead of one task silent for minutes.
 
 The module is started with async (so no connection is held open for the whole step) and told
 where to report (its progress_file option, beside Ansible's async job file on the host). Every
-`knowngood_progress_interval` seconds one shell command over the task's connection reads the
-progress file and the job file together (an SSH host as well as a local one); a line is printed
-through Display when the progress moved. When the job is done its result is fetched with
+TICK seconds one shell command over the task's connection reads the progress file and the job
+file together (an SSH host as well as a local one), so the end of the step is seen at once; a
+line is printed through Display every `knowngood_progress_interval` seconds when the progress
+moved, and when a phase ends. When the job is done its result is fetched with
 async_status, as Ansible's own poll does, and carries the progress (`progress`: each phase's
 summary and the lines printed) for the audit record. Check mode, a short step, a task that
 sets `async:` itself and an interval of 0 run the module as before.
@@ -28,6 +29,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.progress import
 display = Display()
 
 DEFAULT_INTERVAL = 5.0
+TICK = 0.5
 # The async time limit: async_wrapper kills the step after it. Far above any restore's own
 # timeouts, which fail the step properly first.
 DEFAULT_LIMIT = 86400
@@ -64,8 +66,9 @@ class ProgressLog:
         self.printed = set()  # (phase, done, finished)
         self.ended = 0  # phases whose final line was printed
 
-    def lines_for(self, snapshot):
-        """The new lines a snapshot brings (each phase ended since, then the current one)."""
+    def lines_for(self, snapshot, due=True):
+        """The new lines a snapshot brings: each phase ended since, then the current one's
+        when `due` (a poll interval has passed)."""
         if not snapshot:
             return []
         out = []
@@ -73,7 +76,7 @@ class ProgressLog:
         for summary in phases[self.ended :]:
             out += self._line(summary)
         self.ended = len(phases)
-        if snapshot.get("phase") and not snapshot.get("finished"):
+        if due and snapshot.get("phase") and not snapshot.get("finished"):
             out += self._line(snapshot)
         return out
 
@@ -171,18 +174,19 @@ class ProgressAction(ActionBase):
             f"cat {shlex.quote(progress_path)} 2>/dev/null; echo; echo {_SPLIT}; "
             f"cat {shlex.quote(job_path)} 2>/dev/null"
         )
-        wait = min(interval, 0.5)  # a short step ends before the first full interval
+        tick = min(interval, TICK)
+        next_line = time.monotonic() + tick  # the first line early: what the step is doing
         while True:
-            time.sleep(wait)
-            wait = interval
+            time.sleep(tick)
             res = self._low_level_execute_command(peek, sudoable=True)
             found, job = parse_peek(res.get("stdout", ""))
             snapshot = found or snapshot
-            for line in log.lines_for(snapshot):
+            due = time.monotonic() >= next_line
+            if due:
+                next_line = time.monotonic() + interval
+            for line in log.lines_for(snapshot, due=due):
                 display.display(line)
-            if job_finished(job):
-                break
-            if time.monotonic() > deadline:
+            if job_finished(job) or time.monotonic() > deadline:
                 break
         outcome = self._execute_module(
             module_name="ansible.legacy.async_status",

@@ -82,7 +82,7 @@ def db_host_lb(lab) -> dict:
 
 PROGRESS_LINE = re.compile(
     r"^db1: (backup|restore|replay) (.+?)(?: \((\d+) %\))?, [^,]+ elapsed, "
-    r"(?:about .+ left|done|estimate unknown)$",
+    r"(?:about .+ left|done|finishing|estimate unknown)$",
     re.M,
 )
 SCALE = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}

@@ -236,7 +236,12 @@ class FakeAction(progress_action.ProgressAction):
 def test_watched_run_starts_async_prints_progress_and_returns_the_modules_result(monkeypatch):
     shown = []
     monkeypatch.setattr(progress_action.display, "display", lambda msg, **kw: shown.append(msg))
-    monkeypatch.setattr(progress_action.time, "sleep", lambda s: None)
+    clock = Clock()
+
+    def sleep(seconds):
+        clock.now += seconds
+
+    monkeypatch.setattr(progress_action, "time", SimpleNamespace(sleep=sleep, monotonic=clock))
     running = {"started": 1, "finished": 0}
     ended = {"phase": "restore", "unit": "bytes", "done": 300, "total": 300,
              "phase_elapsed_s": 3, "eta_s": 0.0, "finished": True}  # fmt: skip
@@ -246,7 +251,13 @@ def test_watched_run_starts_async_prints_progress_and_returns_the_modules_result
                 "phase_elapsed_s": done / 100, "eta_s": 1.0, "phases": []}  # fmt: skip
 
     action = FakeAction(
-        [(snap(100), running), (snap(200), running), ({**ended, "phases": [ended]}, {"x": 1})],
+        # polled every 0.5 s, a line every 1 s: 150 (at 1.0 s) is read but not printed
+        [
+            (snap(100), running),
+            (snap(150), running),
+            (snap(200), running),
+            ({**ended, "phases": [ended]}, {"x": 1}),
+        ],  # fmt: skip
         {"changed": True, "backup_id": "b1", "paused": True},
     )
     result = action._run_watched({"inventory_hostname": "db1"}, interval=1.0, limit=600)
