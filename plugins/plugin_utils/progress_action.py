@@ -45,7 +45,7 @@ def job_finished(job):
 
 def parse_peek(text):
     """(progress snapshot or None, job file document or None) from one peek's output."""
-    progress_text, _, job_text = text.partition(_SPLIT)
+    progress_text, _split, job_text = text.partition(_SPLIT)
     return _json_or_none(progress_text), _json_or_none(job_text)
 
 
