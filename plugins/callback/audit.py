@@ -149,6 +149,8 @@ KEPT_KEYS = (
     "rpo_s",
     "rows_committed",
     "rows_lost",
+    # a long step's progress (backup, restore, replay): each phase's summary, the lines shown
+    "progress",
 )
 mask = audit_record.mask
 utcnow = audit_chain.utcnow

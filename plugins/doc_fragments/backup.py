@@ -200,4 +200,13 @@ options:
   signing_key:
     description: Key of the HMAC-SHA256 signature over export manifests.
     type: str
+  progress_file:
+    description:
+      - Where a long step (a backup, a restore, WAL replay) reports its progress while it
+        runs, as JSON replaced atomically (phase, done and total in bytes or segments,
+        elapsed, estimate of the time left). Steps that do not take long ignore it.
+      - The collection's action plugins for M(knowngood.runbooks.pg_backup),
+        M(knowngood.runbooks.pg_pitr) and M(knowngood.runbooks.backup_verify) set it and print
+        the progress; there is no need to set it by hand.
+    type: path
 """

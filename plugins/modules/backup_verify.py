@@ -105,6 +105,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.module 
     config_from_params,
 )
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.verify import verify
+from ansible_collections.knowngood.runbooks.plugins.module_utils.progress import Progress
 
 TIERS = ["integrity", "freshness", "restore"]
 
@@ -146,6 +147,7 @@ def main():
             scratch_dir=params["scratch_dir"],
             scratch_port=params["scratch_port"],
             sentinel=params["sentinel"],
+            meter=Progress(params["progress_file"]),
         )
     except BackupError as err:
         module.fail_json(msg=str(err), **result)

@@ -122,6 +122,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.module 
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.store import (
     open_locations,
 )
+from ansible_collections.knowngood.runbooks.plugins.module_utils.progress import Progress
 
 
 def _present(module, cfg, result):
@@ -146,6 +147,7 @@ def _present(module, cfg, result):
         params["backup_type"],
         label=params["label"],
         fallback_full=params["fallback_full"],
+        meter=Progress(params["progress_file"]),
     )
     result.update(changed=True, backup_id=entry["label"], backup=entry)
     result["incomplete_locations"] = {

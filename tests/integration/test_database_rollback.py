@@ -80,6 +80,51 @@ def db_host_lb(lab) -> dict:
     return inventory["all"]["children"]["lb"]["hosts"]["lb1"]
 
 
+PROGRESS_LINE = re.compile(
+    r"^db1: (backup|restore|replay) (.+?)(?: \((\d+) %\))?, [^,]+ elapsed, "
+    r"(?:about .+ left|done|finishing|estimate unknown)$",
+    re.M,
+)
+SCALE = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
+
+
+def progress_amounts(text: str) -> tuple[float, float]:
+    """(done, total) of '1.31 GB of 2.20 GB', '3 of 7 WAL segments' or '5.00 MB' (total 0)."""
+    text = text.removesuffix(" WAL segments")
+    parts = [p.split() for p in text.split(" of ")]
+    values = [float(p[0]) * SCALE[p[1]] if len(p) > 1 else float(p[0]) for p in parts]
+    return values[0], values[1] if len(values) > 1 else 0.0
+
+
+def assert_progress_shown_and_recorded(lab, output: str, rep: dict) -> None:
+    """The safety backup, the restore and the replay each printed progress lines while they ran:
+    amounts that never go back, each phase ending at 100 %; the result in the audit record and
+    the run's report carry each phase's summary."""
+    seen: dict[str, list[tuple[float, float, int]]] = {}
+    for phase, text, pct in PROGRESS_LINE.findall(output):
+        seen.setdefault(phase, []).append((*progress_amounts(text), int(pct or 0)))
+    assert set(seen) == {"backup", "restore", "replay"}, output
+    for phase, points in seen.items():
+        amounts = [a for a, _w, _p in points]
+        assert amounts == sorted(amounts), (phase, points)
+        assert points[-1][2] == 100 and points[-1][0] == points[-1][1] > 0, (phase, points)
+    restored = {p["phase"]: p for p in rep["restore_progress"]}
+    assert set(restored) == {"restore", "replay"}
+    assert restored["restore"]["unit"] == "bytes" and restored["replay"]["unit"] == "segments"
+    for summary in restored.values():
+        assert summary["finished"] and summary["done"] == summary["total"] > 0
+    record = json.loads((lab.root / "audit" / f"{rep['run_id']}.json").read_text())
+    events = {e["task"].split(" : ")[-1]: e for e in record["events"]}
+    restore_event = events["Restore and replay to the target, paused there"]
+    assert restore_event["result"]["progress"]["phases"] == rep["restore_progress"]
+    recorded = restore_event["result"]["progress"]["lines"]
+    assert recorded and all(line in output for line in recorded), recorded
+    assert "(100 %)" in recorded[-1] and recorded[-1].startswith("db1: replay "), recorded
+    backup_event = events["Take the pre-restore safety backup to every location"]
+    (backup_phase,) = backup_event["result"]["progress"]["phases"]
+    assert backup_phase["phase"] == "backup" and backup_phase["done"] > 0
+
+
 def report(lab) -> dict:
     files = sorted(
         (lab.root / "audit").glob("*.rollback-database.json"), key=lambda p: p.stat().st_mtime
@@ -405,6 +450,7 @@ def test_pitr_to_deploy_restore_point_stops_writes_and_reseeds_standby(lab, back
             confirm=cluster(lab),
             rollback_reason="v3 migration dropped order notes",
             ticket="INC-43",
+            knowngood_progress_interval=0.2,
             db_verify_queries=[
                 "SELECT count(*) = 5 FROM orders",
                 {
@@ -434,6 +480,7 @@ def test_pitr_to_deploy_restore_point_stops_writes_and_reseeds_standby(lab, back
     assert rep["backup_used"] and rep["reached_lsn"] and rep["aside_dir"]
     assert rep["safety_backup"]["backup_id"] and rep["wal_bytes_replayed"]
     assert {"db_stop_writes", "db_restore", "db_verify", "db_resume"} <= set(rep["steps"])
+    assert_progress_shown_and_recorded(lab, run.output, rep)
     # The new timeline, and the standby streaming on it.
     tli_after = timeline(primary)
     assert tli_after > tli_before

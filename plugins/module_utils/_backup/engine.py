@@ -30,21 +30,34 @@ DELTA_JOURNAL = native.DELTA_JOURNAL
 RECOVERY_KEYS = ("restore_command", "recovery_target", "recovery_target_action")
 
 
-def _engine(cfg):
-    return pgbackrest if cfg.engine == "pgbackrest" else native
-
-
-def take_backup(cfg, backup_type, **kwargs):
+def take_backup(cfg, backup_type, meter=None, **kwargs):
+    """`meter` (module_utils/progress.Progress): bytes stored (native); the phase only
+    (pgBackRest, whose progress is its own)."""
     if backup_type not in BACKUP_TYPES:
         raise BackupError(f"backup_type must be one of {BACKUP_TYPES}, got {backup_type!r}")
     started = time.monotonic()
-    entry = _engine(cfg).take_backup(cfg, backup_type, **kwargs)
+    if cfg.engine == "pgbackrest":
+        if meter is not None:
+            meter.phase("backup", total=None)
+        entry = pgbackrest.take_backup(cfg, backup_type, **kwargs)
+    else:
+        entry = native.take_backup(cfg, backup_type, meter=meter, **kwargs)
+    if meter is not None:
+        meter.finish()
     entry.setdefault("duration_s", round(time.monotonic() - started, 3))
     return entry
 
 
-def restore(cfg, label, target_dir, **kwargs):
-    return _engine(cfg).restore(cfg, label, target_dir, **kwargs)
+def restore(cfg, label, target_dir, meter=None, **kwargs):
+    if cfg.engine == "pgbackrest":
+        if meter is not None:
+            meter.phase("restore", total=None)
+        restored = pgbackrest.restore(cfg, label, target_dir, **kwargs)
+    else:
+        restored = native.restore(cfg, label, target_dir, meter=meter, **kwargs)
+    if meter is not None:
+        meter.finish()
+    return restored
 
 
 def open_targets(cfg, *, names=None):
@@ -84,7 +97,7 @@ def fetch_wal(cfg, name, dest):
 
 
 def restore_to_target(
-    cfg, label, data_dir, target, settings, restore_command, timeline=None, delta=None
+    cfg, label, data_dir, target, settings, restore_command, timeline=None, delta=None, meter=None
 ):
     """Restore backup `label` into data_dir to stop (paused) at `target`, a pitr recovery target
     ({time|lsn|xid|name: value} or {immediate: true}, maybe inclusive); `settings` go to
@@ -100,10 +113,10 @@ def restore_to_target(
             spec["value"] = target[kind]
         if "inclusive" in target:
             spec["inclusive"] = target["inclusive"]
-        restored = pgbackrest.restore(cfg, label, data_dir, target=spec)
+        restored = restore(cfg, label, data_dir, target=spec, meter=meter)
         append_settings(cfg, data_dir, settings)
         return restored
-    restored = native.restore(cfg, label, data_dir, delta=delta)
+    restored = restore(cfg, label, data_dir, delta=delta, meter=meter)
     strip_recovery_settings(data_dir, cfg)
     extra = dict(settings)
     if timeline is not None:

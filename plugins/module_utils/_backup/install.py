@@ -24,6 +24,7 @@ _PKG = "ansible_collections.knowngood.runbooks.plugins.module_utils"
 MODULES = (
     "aws",
     "postgres",
+    "progress",
     "_backup",
     "_backup.common",
     "_backup.config",

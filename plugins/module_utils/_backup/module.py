@@ -83,6 +83,7 @@ BACKUP_ARGUMENT_SPEC = {
     "config": {"type": "dict", "required": True, "options": CONFIG_SPEC},
     "encryption_key": _SECRET,
     "signing_key": _SECRET,
+    "progress_file": _P,
 }
 
 

@@ -67,6 +67,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common 
     utcnow,
     write_atomic,
 )
+from ansible_collections.knowngood.runbooks.plugins.module_utils.progress import Progress
 
 MANIFEST_FORMAT = 2  # 2: small files are slices of bundle objects (format 1 still restores)
 # Files smaller than this are encoded on their own (own sha256, own AEAD stream) and appended
@@ -406,6 +407,12 @@ def _run_basebackup(cfg, label, data_dir, conn, progress):
     ]  # fmt: skip
     progress(f"pg_basebackup into {data_dir}")
     run(argv, what="pg_basebackup", timeout=None)
+
+
+def _cluster_bytes(conn):
+    """The databases' size: about what a base backup of the cluster sends."""
+    (size,) = conn.execute("SELECT sum(pg_database_size(oid))::bigint FROM pg_database").fetchone()
+    return int(size or 0) or None
 
 
 def _tablespace_mapping(conn, data_dir):
@@ -905,14 +912,18 @@ def take_backup(
     fallback_full=False,
     require_archiving=True,
     stop_timeout=120,
+    meter=None,
 ):
     """Take a full or incremental backup into every location; returns the catalog entry.
+
+    `meter` (module_utils/progress.Progress) is told the bytes stored as they are.
 
     The entry has `incomplete_locations` ({name: error}) when some location failed; if every
     location failed, BackupError names each one. Nothing is in the catalog before every
     location's backup.json is written.
     """
     progress = progress or _noop
+    meter = meter or Progress(None)
     if backup_type not in BACKUP_TYPES:
         raise BackupError(f"backup_type must be one of {BACKUP_TYPES}, got {backup_type!r}")
     catalog = Catalog(cfg)
@@ -965,7 +976,7 @@ def take_backup(
             os.makedirs(os.path.join(staging, "enc"), mode=0o700)
             try:
                 return _take(cfg, catalog, conn, info, backup_type, label, parent, targets,
-                             failures, staging, progress, stop_timeout)  # fmt: skip
+                             failures, staging, progress, stop_timeout, meter)  # fmt: skip
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     finally:
@@ -988,7 +999,7 @@ def _pick_parent(catalog, info):
 
 
 def _take(cfg, catalog, conn, info, kind, label, parent, targets, failures, staging, progress,
-          stop_timeout):  # fmt: skip
+          stop_timeout, meter):  # fmt: skip
     started = utcnow()
     t0 = time.monotonic()
     uploader = _Uploader(cfg, targets, os.path.join(staging, "enc"), progress, label)
@@ -1048,12 +1059,15 @@ def _take(cfg, catalog, conn, info, kind, label, parent, targets, failures, stag
             delta_files += 1
             delta_bytes += size
             total += size
+        meter.advance(size)
 
     pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=cfg.io_parallel, thread_name_prefix="kg-enc"
     )
     try:
         if kind == "full" and not _tablespace_mapping(conn, "/"):
+            # What pg_basebackup will send, about: the databases (its own --progress estimate).
+            meter.phase("backup", total=_cluster_bytes(conn))
             futures, dirs, links, pg_manifest_raw, label_text = _stream_basebackup(
                 cfg, label, pool, add, progress, stop_timeout,
                 lambda: archiver_state(conn),
@@ -1067,6 +1081,7 @@ def _take(cfg, catalog, conn, info, kind, label, parent, targets, failures, stag
             entry["stop_lsn"] = ranges[-1]["End-LSN"]
         elif kind == "full":
             data = os.path.join(staging, "data")
+            meter.phase("backup", total=None)
             _run_basebackup(cfg, label, data, conn, progress)
             with open(os.path.join(data, "backup_manifest"), "rb") as handle:
                 pg_manifest_raw = handle.read()
@@ -1080,6 +1095,7 @@ def _take(cfg, catalog, conn, info, kind, label, parent, targets, failures, stag
             mtimes = _manifest_mtimes(pg_manifest)
             files, dirs, links = _walk(data, live=False)
             progress(f"storing {len(files)} files in {len(targets)} locations")
+            meter.set_total(sum(st.st_size for _rel, _path, st in files))
             futures = [
                 pool.submit(add, rel, path, st.st_size, mtimes.get(rel, st.st_mtime_ns))
                 for rel, path, st in files
@@ -1088,7 +1104,7 @@ def _take(cfg, catalog, conn, info, kind, label, parent, targets, failures, stag
         else:
             dirs, links = _incremental(
                 cfg, catalog, conn, entry, parent, targets, staging, pool, add, manifests,
-                failures, progress, stop_timeout,
+                failures, progress, stop_timeout, meter,
             )  # fmt: skip
         entry["stop_time"] = iso(utcnow())
         entry["wal_stop"] = _stop_segment(entry["timeline"], entry["stop_lsn"])
@@ -1227,7 +1243,7 @@ def _fail_all(cfg, targets, failures, label):
 
 
 def _incremental(cfg, catalog, conn, entry, parent, targets, staging, pool, add, manifests,
-                 failures, progress, stop_timeout):  # fmt: skip
+                 failures, progress, stop_timeout, meter):  # fmt: skip
     parents = _parent_manifests(cfg, catalog, parent, targets)
     for target in targets:
         copy = (parent.get("locations") or {}).get(target.name) or {}
@@ -1259,11 +1275,12 @@ def _incremental(cfg, catalog, conn, entry, parent, targets, staging, pool, add,
                 or old["mtime_ns"] // 1_000_000_000 != st.st_mtime_ns // 1_000_000_000
                 or st.st_mtime_ns >= parent_start_ns
             ):
-                changed.append((rel, path))
+                changed.append((rel, path, st.st_size))
             else:
                 for variant, items in index.items():
                     manifests.setdefault(variant, []).append(dict(items[rel]))
         progress(f"{len(changed)} of {len(files)} files changed since {parent['label']}")
+        meter.phase("backup", total=sum(size for _rel, _path, size in changed))
 
         def read_and_add(rel, path):
             """Encode the live file as it is read (no copy first): WAL replay from the
@@ -1280,7 +1297,7 @@ def _incremental(cfg, catalog, conn, entry, parent, targets, staging, pool, add,
                     src = iter(lambda: handle.read(CHUNK), b"")
                 add(rel, src, st.st_size, st.st_mtime_ns)
 
-        futures = [pool.submit(read_and_add, rel, path) for rel, path in changed]
+        futures = [pool.submit(read_and_add, rel, path) for rel, path, _size in changed]
         _wait_all(futures, targets, failures)
         progress("pg_backup_stop (waiting for the stop segment to be archived)")
         conn.execute(f"SET statement_timeout = {int(stop_timeout * 1000)}")
@@ -1345,7 +1362,7 @@ def open_backup(cfg, label, location):
     return entry, target, manifest
 
 
-def restore(cfg, label, target_dir, *, location=None, progress=None, delta=None):
+def restore(cfg, label, target_dir, *, location=None, progress=None, delta=None, meter=None):
     """Restore backup `label` (with its chain) into target_dir; verify every file.
 
     The newest manifest lists every file and the backup that stores it, so files removed
@@ -1356,8 +1373,10 @@ def restore(cfg, label, target_dir, *, location=None, progress=None, delta=None)
     the same system: only the files whose size or sha256 differ from the manifest are
     written and the files the backup does not have are removed (see delta_plan). Every file
     replaced or removed is first hard-linked into snapshot_dir, so its old bytes stay there.
+    `meter` (module_utils/progress.Progress) is told the bytes restored as they are.
     """
     progress = progress or _noop
+    meter = meter or Progress(None)
     started = time.monotonic()
     entry, target, manifest = open_backup(cfg, label, location)
     report = None
@@ -1382,8 +1401,9 @@ def restore(cfg, label, target_dir, *, location=None, progress=None, delta=None)
     for rel in ("pg_wal", "pg_wal/archive_status"):
         os.makedirs(os.path.join(target_dir, rel), mode=0o700, exist_ok=True)
     progress(f"restoring {len(files)} files of {label} from {target.name}")
+    meter.phase("restore", total=sum(item["size"] for item in files))
     try:
-        written = _fetch_files(cfg, target, entry, files, target_dir, tmp_dir)
+        written = _fetch_files(cfg, target, entry, files, target_dir, tmp_dir, meter)
         shutil.rmtree(tmp_dir, ignore_errors=True)
         for current, _subdirs, names in os.walk(target_dir):
             os.chown(current, uid, gid)
@@ -1420,7 +1440,7 @@ def restore(cfg, label, target_dir, *, location=None, progress=None, delta=None)
     return out
 
 
-def _fetch_files(cfg, target, entry, files, target_dir, tmp_dir):
+def _fetch_files(cfg, target, entry, files, target_dir, tmp_dir, meter):
     """Fetch, decode and verify (sha256) the manifest items `files` into target_dir; bytes."""
     done = {"bytes": 0}
     lock = threading.Lock()
@@ -1450,6 +1470,7 @@ def _fetch_files(cfg, target, entry, files, target_dir, tmp_dir):
                 os.unlink(tmp)
         with lock:
             done["bytes"] += item["size"]
+        meter.advance(item["size"])
 
     bundled = {}
     standalone = []
@@ -1485,6 +1506,7 @@ def _fetch_files(cfg, target, entry, files, target_dir, tmp_dir):
                 size += item["size"]
         with lock:
             done["bytes"] += size
+        meter.advance(size)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=cfg.io_parallel) as pool:
         fetches = {pool.submit(fetch_bundle, key): key for key in bundled}

@@ -55,6 +55,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common 
     utcnow,
     write_atomic,
 )
+from ansible_collections.knowngood.runbooks.plugins.module_utils.progress import Progress
 
 STATES = ("planned", "recovered", "promoted", "table_restored", "released")
 STRATEGIES = ("pitr", "snapshot", "table")
@@ -100,6 +101,7 @@ class Request:
     mode: str = "full"
     tool_dir: str = None
     python: str = "/usr/bin/python3"
+    progress_file: str = None
 
 
 def empty_result(req):
@@ -775,7 +777,7 @@ def _restore_command(cfg, req):
     return install.install_tool(cfg, tool_dir, req.python, cfg.pg.os_user)["restore_command"]
 
 
-def _restore_into(cfg, req, plan_, data_dir, settings, delta=None):
+def _restore_into(cfg, req, plan_, data_dir, settings, delta=None, meter=None):
     """Restore the plan's backup into data_dir and write its recovery settings (pause)."""
     timeline = req.target_timeline
     return engine.restore_to_target(
@@ -787,12 +789,47 @@ def _restore_into(cfg, req, plan_, data_dir, settings, delta=None):
         lambda: _restore_command(cfg, req),
         timeline=None if timeline in (None, "", "latest") else timeline,
         delta=delta,
+        meter=meter,
     )
 
 
-def start_and_wait_paused(cfg, data_dir, log, timeout, result, queries=None):
+def _segment_no(name):
+    return int(name[8:16], 16) * (0x100000000 // SEGMENT_SIZE) + int(name[16:24], 16)
+
+
+class _ReplayMeter:
+    """WAL replay as segments replayed of the segments the plan needs (wal_from..wal_to, the
+    archive's end for a target after it): pg_last_wal_replay_lsn() read while waiting."""
+
+    QUERY = "SELECT pg_last_wal_replay_lsn()::text"
+
+    def __init__(self, meter, plan_):
+        self.meter = meter or Progress(None)
+        self.first = self.total = None
+        if plan_.get("wal_from") and plan_.get("wal_to"):
+            self.first = _segment_no(plan_["wal_from"])
+            self.total = _segment_no(plan_["wal_to"]) - self.first + 1
+        self.meter.phase("replay", total=self.total, unit="segments")
+
+    def observe(self, conn):
+        if self.meter.path is None or self.first is None:
+            return
+        (lsn,) = conn.execute(self.QUERY).fetchone()
+        if lsn:
+            done = parse_lsn(lsn) // SEGMENT_SIZE - self.first
+            self.meter.update(max(0, min(done, self.total)))
+
+    def finish(self):
+        """Paused at the target: every segment the plan needs is replayed."""
+        if self.total is not None:
+            self.meter.update(self.total)
+        self.meter.finish()
+
+
+def start_and_wait_paused(cfg, data_dir, log, timeout, result, queries=None, replay=None):
     """Start data_dir recovering (as postgres) and wait until replay pauses at the target.
-    Fails with PostgreSQL's message when recovery ends first; the cluster is then stopped."""
+    Fails with PostgreSQL's message when recovery ends first; the cluster is then stopped.
+    `replay` (a _ReplayMeter) is told how far replay got while waiting."""
     uid, gid = cfg.pg.os_ids()
     if not os.path.exists(log):
         open(log, "a").close()  # noqa: SIM115 - pg_ctl appends as postgres
@@ -822,7 +859,11 @@ def start_and_wait_paused(cfg, data_dir, log, timeout, result, queries=None):
                 query = "SELECT pg_get_wal_replay_pause_state()"
                 state = conn.execute(query).fetchone()[0]
                 _audit(queries, query)
+                if replay is not None:
+                    replay.observe(conn)
                 if state == "paused":
+                    if replay is not None:
+                        replay.finish()
                     return round(time.monotonic() - started, 3)
         except BackupError as err:
             if "left recovery" in str(err):
@@ -873,9 +914,10 @@ def _run_key(plan_):
     return {"backup": plan_["backup"], "target": plan_["target"]}
 
 
-def recover(cfg, req, result=None):
+def recover(cfg, req, result=None, meter=None):
     """state=recovered: restore the chosen chain over the live data directory (moved aside)
-    and replay to the target, paused there, read-only, not promoted."""
+    and replay to the target, paused there, read-only, not promoted. `meter`
+    (module_utils/progress.Progress) is told the bytes restored and the segments replayed."""
     result = result if result is not None else empty_result(req)
     steps = _Steps(result)
     queries = result["queries"]
@@ -923,7 +965,8 @@ def recover(cfg, req, result=None):
         if not was_paused:
             with steps("replay"):
                 start_wait = time.monotonic()
-                _wait_running_paused(lcfg, req.timeout, result, queries)
+                _wait_running_paused(lcfg, req.timeout, result, queries,
+                                     _ReplayMeter(meter, plan_))  # fmt: skip
                 result["steps"]["replay"] = round(time.monotonic() - start_wait, 3)
         report_position(lcfg, result, plan_, queries)
         result["changed"] = not was_paused
@@ -963,13 +1006,16 @@ def recover(cfg, req, result=None):
             with steps("restore"):
                 restored = _restore_into(cfg, req, plan_, data_dir, {"hot_standby": True},
                                          delta={"snapshot_dir": aside,
-                                                "system_identifier": sysid})  # fmt: skip
+                                                "system_identifier": sysid},
+                                         meter=meter)  # fmt: skip
             result["delta"] = restored["delta"]
         else:
             with steps("move_aside"):
                 _converge_dirs(data_dir, aside, marker)
             with steps("restore"):
-                restored = _restore_into(cfg, req, plan_, data_dir, {"hot_standby": True})
+                restored = _restore_into(
+                    cfg, req, plan_, data_dir, {"hot_standby": True}, meter=meter
+                )
         result["plan"]["restored_from"] = restored.get("location")
         # Every aside copy this cluster's rollbacks kept: state=released deletes only these.
         asides = [a for a in kept_asides(state) if a != os.path.abspath(aside)]
@@ -980,21 +1026,23 @@ def recover(cfg, req, result=None):
                                            "delta": result["delta"]})  # fmt: skip
         os.unlink(marker_path(data_dir))
     with steps("replay"):
+        replay = _ReplayMeter(meter, plan_)
         if _pid_dir(data_dir) is None:
-            start_and_wait_paused(lcfg, data_dir, log, req.timeout, result, queries)
+            start_and_wait_paused(lcfg, data_dir, log, req.timeout, result, queries, replay)
         else:
-            _wait_running_paused(lcfg, req.timeout, result, queries)
+            _wait_running_paused(lcfg, req.timeout, result, queries, replay)
     report_position(lcfg, result, plan_, queries)
     state = read_json(state_path(data_dir)) or {}
     _write_json(state_path(data_dir), {**state, "phase": "paused"})
     return result
 
 
-def _wait_running_paused(lcfg, timeout, result, queries):
+def _wait_running_paused(lcfg, timeout, result, queries, replay):
     deadline = time.monotonic() + timeout
     while True:
         info = probe(lcfg, queries)
         if info.get("pause_state") == "paused":
+            replay.finish()
             return
         if not info["running"] or not info.get("in_recovery"):
             raise BackupError("the restored cluster is no longer recovering towards the target")
@@ -1103,7 +1151,7 @@ def _aside_name(table, stamp):
     return f"{table}__pre_restore_{stamp}"[:63]
 
 
-def restore_tables(cfg, req, result=None):
+def restore_tables(cfg, req, result=None, meter=None):
     """state=table_restored: a scratch cluster recovered to the target (paused, read-only);
     each table dumped from it and, in the live database in one transaction, the current table
     renamed aside (kept until released) and the old version loaded."""
@@ -1148,14 +1196,14 @@ def restore_tables(cfg, req, result=None):
         settings = verify.scratch_settings(cfg, port, run_dir, hba)
         settings.update(cluster_name="knowngood-pitr-scratch", hot_standby=True)
         with steps("restore"):
-            _restore_into(cfg, req, plan_, data, settings)
+            _restore_into(cfg, req, plan_, data, settings, meter=meter)
             conf = os.path.join(data, "postgresql.conf")
             if not os.path.exists(conf):
                 open(conf, "w").close()  # noqa: SIM115 - Debian keeps it in /etc
                 os.chown(conf, uid, gid)
         with steps("replay"):
             start_and_wait_paused(scfg, data, os.path.join(scratch, "server.log"), req.timeout,
-                                  result, queries)  # fmt: skip
+                                  result, queries, _ReplayMeter(meter, plan_))  # fmt: skip
         report_position(scfg, result, plan_, queries)
         # Paused at the target, the startup process still holds the locks WAL-logged by
         # transactions that were open there: a DROP TABLE logs its AccessExclusiveLock before
@@ -1478,9 +1526,9 @@ def run(cfg, req, check_mode=False, result=None):
     elif req.strategy == "table" or req.state == "table_restored":
         if req.state != "table_restored" or req.strategy != "table":
             raise BackupError("strategy table goes with state table_restored (and released)")
-        restore_tables(cfg, req, result)
+        restore_tables(cfg, req, result, Progress(req.progress_file))
     elif req.state == "recovered":
-        recover(cfg, req, result)
+        recover(cfg, req, result, Progress(req.progress_file))
     else:
         promote(cfg, req, result)
     result["steps"]["total"] = round(time.monotonic() - started, 3)

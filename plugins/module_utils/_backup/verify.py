@@ -547,6 +547,7 @@ def restore_test(
     restore_command=None,
     progress=_noop,
     timeout=1800,
+    meter=None,
 ):
     entry = catalog.get(label) if label else catalog.newest()
     if entry is None:
@@ -574,7 +575,7 @@ def restore_test(
             os.makedirs(path, mode=0o755)
             os.chown(path, uid, gid)
         started = time.monotonic()
-        restored = engine.restore(cfg, label, data, progress=progress)
+        restored = engine.restore(cfg, label, data, progress=progress, meter=meter)
         result["restore"] = restored
         fetch_command = restore_command or _wal_tool_restore_command(cfg, scratch_dir)
         if fetch_command:
@@ -724,9 +725,11 @@ def verify(
     sentinel=True,
     progress=None,
     restore_command=None,
+    meter=None,
 ):
     """Run the tiers; {ok, label, tiers: {name: {ok, problems, ...}}}. Each tier's outcome is
-    appended to the catalog's verification history."""
+    appended to the catalog's verification history. `meter` (module_utils/progress.Progress)
+    is told the restore tier's bytes restored."""
     progress = progress or _noop
     unknown = [t for t in tiers if t not in TIERS]
     if unknown:
@@ -758,6 +761,7 @@ def verify(
                     sentinel=sentinel,
                     restore_command=restore_command,
                     progress=progress,
+                    meter=meter,
                 )
                 out["label"] = result.get("label")
         except BackupError as err:
