@@ -11,13 +11,20 @@ line is printed through Display every `knowngood_progress_interval` seconds when
 moved, and when a phase ends. When the job is done its result is fetched with
 async_status, as Ansible's own poll does, and carries the progress (`progress`: each phase's
 summary and the lines printed) for the audit record. Check mode, a short step, a task that
-sets `async:` itself and an interval of 0 run the module as before.
+sets `async:` itself and an interval of 0 run the module as before. A host on the local
+connection without become (the controller itself, as in the lab) needs no async job: the module
+runs from a thread of the worker while the worker reads the progress file from the disk, at no
+cost beyond the step's own.
 
 Controller-only: action plugins import this; modules never do.
 """
 
 import json
+import os
 import shlex
+import shutil
+import tempfile
+import threading
 import time
 import uuid
 
@@ -25,6 +32,9 @@ from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.knowngood.runbooks.plugins.module_utils.progress import describe
+from ansible_collections.knowngood.runbooks.plugins.plugin_utils.in_process import (
+    can_run_in_process,
+)
 
 display = Display()
 
@@ -143,9 +153,59 @@ class ProgressAction(ActionBase):
             if not wrap_async:
                 self._remove_tmp_path(self._connection._shell.tmpdir)
             return result
+        if can_run_in_process(self):
+            result.update(self._run_beside(task_vars, interval))
+            return result
         limit = self._setting(task_vars, "knowngood_progress_async_limit", DEFAULT_LIMIT, int)
         result.update(self._run_watched(task_vars, interval, limit))
         return result
+
+    def _run_beside(self, task_vars, interval):
+        """A host on the local connection, no become (the controller is the host, as in the
+        lab): the module runs as usual, from a thread of this worker, while this thread reads
+        its progress file straight from the disk. No async job, no remote temporary directory,
+        no async_status: the step costs what it costs without progress."""
+        workdir = tempfile.mkdtemp(prefix="kg-progress-")
+        args = dict(self._task.args, progress_file=os.path.join(workdir, "progress.json"))
+        box = {}
+
+        def work():
+            try:
+                box["result"] = self._execute_module(
+                    module_name=self.MODULE, module_args=args, task_vars=task_vars
+                )
+            except BaseException as err:  # re-raised below, in the task's own thread
+                box["error"] = err
+
+        log = ProgressLog(self._task.delegate_to or task_vars.get("inventory_hostname") or "host")
+        snapshot = None
+        tick = min(interval, TICK)
+        next_line = time.monotonic() + tick
+        worker = threading.Thread(target=work, name="kg-progress-step", daemon=True)
+        worker.start()
+        try:
+            while True:
+                worker.join(tick)
+                try:
+                    with open(args["progress_file"], encoding="utf-8") as handle:
+                        snapshot = _json_or_none(handle.read()) or snapshot
+                except OSError:
+                    pass  # not written yet
+                due = time.monotonic() >= next_line
+                if due:
+                    next_line = time.monotonic() + interval
+                for line in log.lines_for(snapshot, due=due):
+                    display.display(line)
+                if not worker.is_alive():
+                    break
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if "error" in box:
+            raise box["error"]
+        self._remove_tmp_path(self._connection._shell.tmpdir)
+        outcome = box["result"]
+        outcome["progress"] = log.summary(snapshot)
+        return outcome
 
     def _run_watched(self, task_vars, interval, limit):
         async_dir = self._remote_expand_user(

@@ -98,6 +98,9 @@ def test_full_then_incremental_reach_every_location(lab_session, archiving):
         )
     full = lab_session.playbook("backup", backup_type="full")
     assert full.rc == 0, full.output
+    # The long step showed its progress while it ran (the lab's hosts: read beside the module).
+    done = re.findall(r"^db1: backup (.*) \(100 %\), [0-9.]+ s elapsed, done$", full.output, re.M)
+    assert done, full.output[-3000:]
     with pg_conn(lab_session, "app") as conn:
         conn.execute("UPDATE backup_probe SET note = 'changed' WHERE id % 10 = 0")
     incr = lab_session.playbook("backup", backup_type="incremental")

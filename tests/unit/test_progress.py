@@ -4,7 +4,9 @@ and the action side's poll loop (what it reads, prints and returns)."""
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -295,3 +297,38 @@ def test_short_and_check_mode_steps_run_the_module_as_before():
     assert not pg_backup.ActionModule.is_long(None, {"state": "expired"})
     assert backup_verify.ActionModule.is_long(None, {})
     assert not backup_verify.ActionModule.is_long(None, {"tiers": ["integrity"]})
+
+
+def test_local_step_runs_beside_a_reader_of_its_progress_file(monkeypatch):
+    """The controller is the host: the module runs from a thread while the worker reads the
+    progress file it writes; no async job, no async_status, the file's directory removed."""
+    shown = []
+    monkeypatch.setattr(progress_action.display, "display", lambda msg, **kw: shown.append(msg))
+    monkeypatch.setattr(progress_action, "TICK", 0.05)
+    written = []
+
+    class LocalAction(FakeAction):
+        def _execute_module(self, module_name=None, module_args=None, task_vars=None, **kw):
+            self.calls.append((module_name, dict(module_args), kw))
+            path = module_args["progress_file"]
+            written.append(path)
+            for done in (100, 200, 300):
+                snap = {"phase": "restore", "unit": "bytes", "done": done, "total": 300,
+                        "phase_elapsed_s": done / 100, "eta_s": 1.0, "phases": [],
+                        "finished": done == 300}  # fmt: skip
+                if done == 300:
+                    snap["phases"] = [dict(snap)]
+                with open(path + ".tmp", "w") as handle:
+                    json.dump(snap, handle)
+                os.replace(path + ".tmp", path)
+                time.sleep(0.15)
+            return {"changed": True, "backup_id": "b1"}
+
+    action = LocalAction([], {})
+    result = action._run_beside({"inventory_hostname": "db1"}, interval=0.1)
+    assert [c[0] for c in action.calls] == ["knowngood.runbooks.pg_pitr"]
+    assert action.calls[0][2] == {} and not action.commands  # no async, no remote command
+    assert shown[0].startswith("db1: restore 100 B of 300 B (33 %)")
+    assert shown[-1] == "db1: restore 300 B of 300 B (100 %), 3 s elapsed, done"
+    assert result["backup_id"] == "b1" and result["progress"]["lines"] == shown
+    assert not os.path.exists(os.path.dirname(written[0]))
