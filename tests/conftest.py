@@ -237,6 +237,33 @@ class Lab:
         path = Path(self.status["hosts"][host]["root"]) / ".knowngood" / "ledger.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    def lock_file(self, host: str) -> Path:
+        """The host run lock's file, where every destructive runbook takes it (run_lock_path)."""
+        from ansible_collections.knowngood.runbooks.plugins.module_utils.run_lock import lock_path
+
+        inv = json.loads(Path(self.inventory).with_suffix(".json").read_text())
+        for group in inv["all"]["children"].values():
+            if host in group.get("hosts", {}):
+                return Path(lock_path(group["hosts"][host]))
+        raise KeyError(host)
+
+    def locked_hosts(self) -> list[str]:
+        """Hosts of the inventory whose run lock file exists (none, after any finished run)."""
+        inv = json.loads(Path(self.inventory).with_suffix(".json").read_text())
+        hosts = [h for group in inv["all"]["children"].values() for h in group.get("hosts", {})]
+        return [h for h in hosts if self.lock_file(h).exists()]
+
+    def lock_messages(self) -> list[str]:
+        """What the last run's audit record says its run_lock tasks did, one line per host."""
+        records = [p for p in (self.root / "audit").glob("kg-*.json") if p.suffixes == [".json"]]
+        record = max(records, key=os.path.getmtime)  # not a runbook's report, <run>.<name>.json
+        return [
+            lock["msg"]
+            for event in json.loads(record.read_text())["events"]
+            if event["action"].endswith("run_lock")
+            for lock in event["result"].get("locks", [])
+        ]
+
     def serving(self) -> list[str]:
         """Release each host's blue and green instance serves."""
         return [

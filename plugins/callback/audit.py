@@ -285,6 +285,14 @@ class CallbackModule(CallbackBase):
         task = result._task
         raw = result._result or {}
         kept = dict((k, raw[k]) for k in KEPT_KEYS if k in raw)
+        if task.action.endswith("run_lock") and isinstance(raw.get("results"), list):
+            # one line per host locked: taken, refused naming the holder, or a stale lock
+            # taken over (the warning the run must keep)
+            kept["locks"] = [
+                dict((k, item[k]) for k in ("item", "msg", "failed", "changed") if k in item)
+                for item in raw["results"]
+                if isinstance(item, dict)
+            ]
         if raw.get("censored"):
             kept = {"censored": True, "changed": raw.get("changed", False)}
         event = {

@@ -34,6 +34,10 @@ def _reason(result, item_keys):
         return "".join(
             _item_reason(item, item_keys) for item in result["results"] if item.get("failed", False)
         )
+    if "results" in result:  # a loop without item_keys: each failed item's own message
+        failed = [str(item.get("msg", "")) for item in result["results"] if item.get("failed")]
+        if failed:
+            return "; ".join(failed)
     if "msg" in result:
         return f"{result['msg']}"
     return ", ".join(str(breach) for breach in result.get("breaches", []))

@@ -1,6 +1,6 @@
 # Copyright: knowngood contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Release ledger, layout checks, locks and the atomic switch for one deploy root.
+"""Release ledger, layout checks and the atomic switch for one deploy root.
 
 Layout of a deploy root (ansistrano vocabulary, plus blue/green slots):
 
@@ -8,7 +8,7 @@ Layout of a deploy root (ansistrano vocabulary, plus blue/green slots):
     <root>/slots/{blue,green}          symlinks to ../releases/<id>, one per app instance
     <root>/current                     symlink to slots/<live pool>, or straight to releases/<id>
     <root>/.knowngood/ledger.jsonl     append-only ledger, one JSON event per line
-    <root>/.knowngood/lock             the rollback/deploy lock
+    <root>/.knowngood/lock             the host run lock (module_utils/run_lock.py)
 
 The ledger is the only source of truth for which release is known good; directory
 mtimes are never consulted.
@@ -19,8 +19,9 @@ import hashlib
 import json
 import os
 import re
-import socket
 import time
+
+from ansible_collections.knowngood.runbooks.plugins.module_utils.run_lock import read_lock
 
 RELEASE_ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 POOLS = ("blue", "green")
@@ -364,98 +365,6 @@ def read_manifest(layout, release_id):
     return manifest if isinstance(manifest, dict) else {}
 
 
-# ---------------------------------------------------------------- lock
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    return True
-
-
-def read_lock(layout):
-    try:
-        with open(layout.lock) as handle:
-            return json.load(handle)
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            return None
-        raise
-    except ValueError:
-        return {"corrupt": True}
-
-
-def lock_is_stale(lock, max_age):
-    """A lock is stale when its owner process is gone (same host) or it is older than max_age."""
-    if lock.get("corrupt"):
-        return True
-    if time.time() - float(lock.get("created", 0)) > max_age:
-        return True
-    if lock.get("hostname") == socket.gethostname() and lock.get("owner_pid"):
-        return not _pid_alive(int(lock["owner_pid"]))
-    return False
-
-
-def acquire_lock(layout, run_id, purpose, owner_pid, max_age):
-    """Take the lock for run_id. Re-entrant for the same run; stale locks are broken.
-
-    Returns (acquired_now, broken_stale_lock).
-    """
-    if not os.path.isdir(layout.state):
-        os.makedirs(layout.state, 0o755)
-    payload = {
-        "run_id": run_id,
-        "purpose": purpose,
-        "owner_pid": owner_pid,
-        "hostname": socket.gethostname(),
-        "created": time.time(),
-        "created_at": _now(),
-    }
-    broken = None
-    for _attempt in range(2):
-        try:
-            fd = os.open(layout.lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except OSError as exc:
-            if exc.errno != errno.EEXIST:
-                raise
-            held = read_lock(layout) or {}
-            if held.get("run_id") == run_id:
-                return False, broken
-            if not lock_is_stale(held, max_age):
-                raise ReleaseError(
-                    "another run holds the lock on %s: run %s (%s) since %s; wait for it, "
-                    "or remove %s if you are sure it is dead"
-                    % (
-                        layout.root,
-                        held.get("run_id"),
-                        held.get("purpose"),
-                        held.get("created_at"),
-                        layout.lock,
-                    )
-                ) from exc
-            broken = held
-            os.unlink(layout.lock)
-            continue
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle)
-        return True, broken
-    raise ReleaseError("could not take the lock on %s" % layout.root)
-
-
-def release_lock(layout, run_id):
-    held = read_lock(layout)
-    if held is None:
-        return False
-    if held.get("run_id") != run_id:
-        raise ReleaseError(
-            "lock on %s belongs to run %s, not %s" % (layout.root, held.get("run_id"), run_id)
-        )
-    os.unlink(layout.lock)
-    return True
-
-
 # ---------------------------------------------------------------- state
 
 
@@ -489,7 +398,7 @@ def host_state(layout):
         "schemas": schemas,
         "releases": summary,
         "last_known_good": good["release_id"] if good else None,
-        "lock": read_lock(layout),
+        "lock": read_lock(layout.lock),
     }
 
 

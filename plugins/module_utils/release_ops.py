@@ -21,7 +21,6 @@ from ansible.module_utils.urls import open_url
 from ansible_collections.knowngood.runbooks.plugins.module_utils.release import (
     Layout,
     ReleaseError,
-    acquire_lock,
     append_event,
     check_archive_members,
     describe,
@@ -30,7 +29,6 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.release import 
     read_current,
     read_ledger,
     read_slot,
-    release_lock,
     summarize,
     swap_symlink,
     tree_checksum,
@@ -39,7 +37,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.release import 
 
 ARGUMENT_SPEC = dict(
     root=dict(type="path", required=True),
-    release_id=dict(type="str"),
+    release_id=dict(type="str", required=True),
     state=dict(
         type="str",
         default="current",
@@ -50,8 +48,6 @@ ARGUMENT_SPEC = dict(
             "known_good",
             "bad",
             "rolled_back",
-            "locked",
-            "unlocked",
         ],
     ),
     strategy=dict(type="str", default="symlink", choices=["symlink", "blue_green"]),
@@ -71,8 +67,6 @@ ARGUMENT_SPEC = dict(
     user=dict(type="str"),
     reason=dict(type="str"),
     ticket=dict(type="str"),
-    lock_max_age=dict(type="int", default=3600),
-    lock_owner_pid=dict(type="int"),
 )
 
 REQUIRED_IF = [
@@ -246,7 +240,6 @@ class Plan:
         self.events = []
         self.switch = None  # (link_path, link_target, pool_to_reload)
         self.install = False
-        self.lock = None
         self.before = {}
         self.after = {}
 
@@ -258,12 +251,6 @@ def plan_call(module, layout):
     current, live_pool = read_current(layout)
     plan.before = {"current": current, "live_pool": live_pool}
     plan.after = dict(plan.before)
-
-    if state in ("locked", "unlocked"):
-        if not params["run_id"]:
-            raise ReleaseError("state=%s needs run_id" % state)
-        plan.lock = state
-        return plan, current, live_pool
 
     release_id = validate_release_id(params["release_id"])
     summary = summarize(read_ledger(layout))
@@ -354,29 +341,6 @@ def plan_call(module, layout):
 def apply_plan(module, layout, plan):
     params = module.params
     result = {"switched_at": None, "removed_releases": []}
-    if plan.lock == "locked":
-        taken, broken = acquire_lock(
-            layout,
-            params["run_id"],
-            params["reason"] or "runbook",
-            params["lock_owner_pid"] or os.getppid(),
-            params["lock_max_age"],
-        )
-        if broken:
-            message = "broke stale lock of run %s (owner pid %s, taken %s)" % (
-                broken.get("run_id"),
-                broken.get("owner_pid"),
-                broken.get("created_at"),
-            )
-            plan.actions.append(message)
-            module.warn(message)
-        if taken:
-            plan.actions.append("took lock for run %s" % params["run_id"])
-        result["changed"] = taken
-        return result
-    if plan.lock == "unlocked":
-        result["changed"] = release_lock(layout, params["run_id"])
-        return result
     if plan.install:
         _install(module, layout, params["release_id"])
         checksum = tree_checksum(layout.release_dir(params["release_id"]))
@@ -412,7 +376,7 @@ def run(module):
     try:
         layout = Layout(module.params["root"])
         plan, current, _live_pool = plan_call(module, layout)
-        result = {"changed": bool(plan.install or plan.switch or plan.events or plan.lock)}
+        result = {"changed": bool(plan.install or plan.switch or plan.events)}
         if not module.check_mode:
             result.update(apply_plan(module, layout, plan))
         else:

@@ -23,8 +23,9 @@ options:
     required: true
   release_id:
     description:
-      - The release to act on. Required for every state except C(locked) and C(unlocked).
+      - The release to act on.
     type: str
+    required: true
   state:
     description:
       - C(present) unpacks I(src) into C(releases/<release_id>) if needed and registers it.
@@ -33,9 +34,8 @@ options:
         the pool given in I(pool), whose slot must already serve the release.
       - C(staged) points the slot of I(pool) at the release and reloads that instance only.
       - C(known_good), C(bad), C(rolled_back) record a verdict on the release in the ledger.
-      - C(locked) and C(unlocked) take and give back the deploy/rollback lock for I(run_id).
     type: str
-    choices: [present, current, staged, known_good, bad, rolled_back, locked, unlocked]
+    choices: [present, current, staged, known_good, bad, rolled_back]
     default: current
   strategy:
     description: How C(current) is switched.
@@ -98,7 +98,7 @@ options:
     type: int
     default: 0
   run_id:
-    description: Id of the run, recorded in the ledger and the lock.
+    description: Id of the run, recorded in the ledger.
     type: str
   user:
     description: Who asked for this, recorded in the ledger.
@@ -109,13 +109,6 @@ options:
   ticket:
     description: Change or incident ticket, recorded in the ledger.
     type: str
-  lock_max_age:
-    description: Seconds after which a lock whose owner cannot be checked is considered stale.
-    type: int
-    default: 3600
-  lock_owner_pid:
-    description: Pid of the process that owns the lock (the ansible-playbook run).
-    type: int
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - knowngood.runbooks.attributes

@@ -65,14 +65,17 @@ class InProcessAction(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
+        result.update(self.run_module(self._task.args, task_vars))
+        return result
+
+    def run_module(self, args, task_vars):
+        """The module's result for args: computed here for a local host, shipped otherwise."""
         if not can_run_in_process(self):
-            result.update(
-                self._execute_module(
-                    module_name=self.MODULE, module_args=self._task.args, task_vars=task_vars
-                )
+            return self._execute_module(
+                module_name=self.MODULE, module_args=args, task_vars=task_vars
             )
-            return result
-        params, errors = validate(self._task.args, self.ARGUMENT_SPEC, **self.CONSTRAINTS)
+        result = {}
+        params, errors = validate(args, self.ARGUMENT_SPEC, **self.CONSTRAINTS)
         if errors:
             result.update(failed=True, msg="; ".join(errors))
             return result

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import psycopg
 import pytest
+from ansible_collections.knowngood.runbooks.plugins.module_utils import run_lock as rl
 from conftest import LoadClient, crafted_artifact, http_json
 
 pytestmark = pytest.mark.lab
@@ -309,31 +311,26 @@ def test_artifacts_that_would_write_outside_releases_are_refused_before_unpackin
 
 def test_second_rollback_while_one_runs_is_refused_and_stale_lock_is_broken(lab):
     lab.seed("v1", "v1.1")
-    lock = Path(lab.status["hosts"][0]["root"]) / ".knowngood" / "lock"
+    lock = lab.lock_file(lab.status["hosts"][0]["name"])
+    assert lock == Path(lab.status["hosts"][0]["root"]) / ".knowngood" / "lock"
     holder = subprocess.Popen(["sleep", "60"])
     try:
-        lock.write_text(
-            json.dumps(
-                {
-                    "run_id": "kg-other",
-                    "purpose": "rollback",
-                    "owner_pid": holder.pid,
-                    "hostname": os.uname().nodename,
-                    "created": time.time(),
-                    "created_at": "now",
-                }
-            )
+        owner = rl.owner_record(
+            "kg-other", "deploy-code", holder.pid, socket.gethostname(), "dana", "app1"
         )
+        rl.acquire(str(lock), owner, 3600)
         run = rollback(lab)
-        assert run.rc != 0 and "another run holds the lock" in run.output
+        assert run.rc != 0
+        assert f"is locked by deploy-code run kg-other (controller pid {holder.pid}" in run.output
         assert lab.live_releases() == {"v1.1"}
     finally:
         holder.kill()
         holder.wait()
-    run = rollback(lab)  # the holder is gone: its lock is stale and is broken
+    run = rollback(lab)  # the holder is gone: its lock is stale and is taken over
     assert run.rc == 0, run.output[-3000:]
-    assert "broke stale lock of run kg-other" in run.output
+    assert "took over the stale lock of deploy-code run kg-other" in run.output
     assert lab.live_releases() == {"v1"}
+    assert lab.locked_hosts() == []
 
 
 def test_failure_after_the_switch_reverts_to_what_was_live(lab):

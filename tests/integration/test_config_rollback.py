@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from ansible_collections.knowngood.runbooks.plugins.module_utils import config_snapshot as cs
+from ansible_collections.knowngood.runbooks.plugins.module_utils import run_lock as rl
 from conftest import LoadClient
 
 pytestmark = pytest.mark.lab
@@ -85,6 +87,19 @@ def test_broken_upstream_is_rolled_back_under_load_with_no_failures_after(nginx_
     assert digest(conf) != good_digest, "check mode wrote the file"
     assert f"-            {BAD_UPSTREAM}" in check.output
     assert "+            proxy_pass http://app_live;" in check.output
+    # Check mode names the lock it would take, and takes none.
+    assert "+rollback-config run " in check.output  # the lock's diff: who would hold it
+    assert [m for m in lab.lock_messages() if m.startswith("would lock lb1 for rollback-config")]
+    assert lab.locked_hosts() == []
+
+    # A database rollback whose ansible-playbook was killed (its pid is gone, on this same
+    # controller) left its lock on lb1: this run takes it over, with a warning it records.
+    killed = subprocess.Popen(["true"])
+    killed.wait()
+    holder = rl.owner_record(
+        "kg-killed", "rollback-database", killed.pid, socket.gethostname(), "oncall", "lb1"
+    )
+    rl.acquire(str(lab.lock_file("lb1")), holder, 3600)
 
     with LoadClient(lab.status["lb_url"] + "/", threads=4) as load:
         time.sleep(0.5)
@@ -99,6 +114,10 @@ def test_broken_upstream_is_rolled_back_under_load_with_no_failures_after(nginx_
     assert before and all(r[1] is None or r[1] >= 500 for r in before), "the break did not show"
     assert len(after) > 20 and [r for r in after if r[1] is None or r[1] >= 500] == []
     assert "reload nginx" in run.output
+    taken_over = "took over the stale lock of rollback-database run kg-killed"
+    assert taken_over in run.output  # the warning
+    assert [m for m in lab.lock_messages() if m.startswith(taken_over)]  # kept in the record
+    assert lab.locked_hosts() == []  # given back after the successful run
     print(f"\nrevert playbook {finished - started:.1f}s; {load.report()}")
 
     again = rollback(lab, services=["nginx"])
@@ -123,6 +142,8 @@ def test_target_that_fails_validation_is_refused_and_live_config_stays(nginx_lab
     assert "candidate configuration fails validation, live configuration unchanged" in run.output
     assert "worker_processes" in run.output  # nginx -t names the problem
     assert digest(conf) == live_digest
+    assert lab.lock_messages()[0].startswith("lock lb1 for rollback-config run")  # taken, then
+    assert lab.locked_hosts() == []  # given back by the failed run
     with LoadClient(lab.status["lb_url"] + "/", threads=2) as load:
         time.sleep(0.5)
     assert load.responses and load.failed == []
@@ -176,6 +197,43 @@ def test_bad_inputs_are_refused_with_nothing_changed(nginx_lab):
         refused("was taken on host db1, not lb1", config_snapshot_id=db_id)
     finally:
         os.unlink(store.path("snapshots", db_id + ".json"))
+
+
+def test_a_database_rollback_holding_db1_refuses_a_config_rollback_there(lab):
+    """The lock a running rollback-database holds on db1 (its controller process alive) stops a
+    rollback-config at its first change: refused naming the holder, nothing changed."""
+    lab.seed("v1")
+    store, services, good = mark_live_known_good(lab, "db1")
+    managed = Path(services["postgresql"]["paths"][0])
+    original = managed.read_bytes()
+    managed.write_bytes(original + b"# drift a rollback would revert\n")
+    drifted = digest(managed)
+    snapshots = sorted(os.listdir(store.path("snapshots")))
+    lock = lab.lock_file("db1")
+    running = subprocess.Popen(["sleep", "60"])  # stands in for the database rollback's run
+    try:
+        holder = rl.owner_record(
+            "kg-db-running", "rollback-database", running.pid, socket.gethostname(), "oncall", "db1"
+        )
+        rl.acquire(str(lock), holder, 3600)
+        held = lock.read_bytes()
+        run = rollback(lab, config_rollback_hosts="db1")
+        assert run.rc != 0, run.output[-3000:]
+        named = (
+            f"db1 is locked by rollback-database run kg-db-running (controller pid {running.pid} "
+            f"on {socket.gethostname()}, user oncall) on db1 since {holder['since']}: "
+            "nothing was changed"
+        )
+        assert named in run.output, run.output[-3000:]
+        assert digest(managed) == drifted  # not reverted
+        assert sorted(os.listdir(store.path("snapshots"))) == snapshots  # no safety snapshot
+        assert store.last_known_good() == good
+        assert lock.read_bytes() == held  # the holder's lock stands
+    finally:
+        running.kill()
+        running.wait()
+        lock.unlink(missing_ok=True)
+        managed.write_bytes(original)
 
 
 def pg_state(dsn):

@@ -414,6 +414,9 @@ def test_table_strategy_restores_deleted_rows_keeps_later_writes_and_serves(lab,
     assert run.rc == 0, run.output
     assert query(app_dsn, "SELECT count(*) FROM orders")[0][0] == 20
     assert query(app_dsn, "SELECT note FROM audit_log") == [("written after the target",)]
+    taken = [m[:34] for m in lab.lock_messages() if m.startswith("lock ")]
+    assert taken == ["lock db1 for rollback-database run"]
+    assert lab.locked_hosts() == []  # the run lock is given back
     assert traffic.responses and not traffic.failed, traffic.report()
     assert live_pool(lab) == "blue"
 
@@ -462,6 +465,11 @@ def test_pitr_to_deploy_restore_point_stops_writes_and_reseeds_standby(lab, back
         )
         time.sleep(0.5)
     assert run.rc == 0, run.output
+    # It locked the primary, the standby it re-seeds and the load balancer that stopped
+    # writes, and gave every lock back.
+    locked = [m.split()[1] for m in lab.lock_messages() if "for rollback-database run" in m]
+    assert locked == ["db1", "db2", "lb1"]
+    assert lab.locked_hosts() == []
     rep = report(lab)
     # Landed before the migration: schema 0001 only, the rows from before it, none from after.
     assert query(app_dsn, "SELECT max(revision) FROM knowngood_schema_migrations") == [("0001",)]

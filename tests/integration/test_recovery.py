@@ -136,6 +136,10 @@ def test_app_host_killed_is_drained_rebuilt_and_returned_in_batches(recoverable)
         run = lab.playbook("recover-system", rollback_reason="app2 died", ticket="INC-7")
         rto = time.monotonic() - killed_at
     assert run.rc == 0, run.output
+    # The run lock on every host the recovery may change, all given back after step 6.
+    locked = sorted(m.split()[1] for m in lab.lock_messages() if m.startswith("lock "))
+    assert locked == ["app1", "app2", "app3", "db1", "db2", "lb1"], lab.lock_messages()
+    assert lab.locked_hosts() == []
     report = latest(lab, "recover-system")
     assert report["classification"]["class"] == "partial"
     assert any("app2" in line for line in report["classification"]["evidence"])
@@ -411,6 +415,7 @@ def test_primary_killed_is_fenced_and_standby_promoted_with_measured_data_loss(r
     # Without the cluster's name nothing is fenced and nothing promoted.
     refused = lab.playbook("recover-system", rollback_reason="db1 died")
     assert refused.rc != 0 and f"confirm={cluster}" in refused.output, refused.output
+    assert lab.locked_hosts() == []  # the failed run gave its locks back
     assert query(standby, "SELECT pg_is_in_recovery()") == [(True,)]
     assert not (data_dir / "knowngood.fenced").exists()
 

@@ -185,10 +185,10 @@ def test_facts_naming_a_trigger_the_decision_code_lacks_are_refused(tree):
 
 
 def test_resume_notes_citing_a_missing_file_are_refused(tree):
-    (tree / "roles" / "code_stop" / "tasks" / "main.yml").rename(
-        tree / "roles" / "code_stop" / "tasks" / "lock.yml"
+    (tree / "roles" / "run_lock" / "tasks" / "main.yml").rename(
+        tree / "roles" / "run_lock" / "tasks" / "lock.yml"
     )
-    with pytest.raises(emergency.EmergencyError, match="roles/code_stop/tasks/main.yml"):
+    with pytest.raises(emergency.EmergencyError, match="roles/run_lock/tasks/main.yml"):
         emergency.generate("md", tree)
 
 
@@ -226,10 +226,7 @@ def test_html_escapes_and_links(tree):
     out = emergency.generate("html", tree)
     assert out.startswith("<!doctype html>")
     assert "<script" not in out
-    assert (
-        "<code>could not take the lock, nothing was switched: {{ __code_stop_refused }}</code>"
-        in out
-    )
+    assert "<code>refused, nothing was changed: {{ __run_lock_refused }}</code>" in out
     assert '<a href="runbooks/rollback-code.md">' in out
     assert "&lt;rollback_reason&gt;" in out
 

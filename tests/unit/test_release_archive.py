@@ -17,7 +17,7 @@ from conftest import crafted_artifact
 class FakeModule:
     def __init__(self, **params):
         self.params = {k: None for k in release_ops.ARGUMENT_SPEC}
-        self.params.update(state="present", keep_releases=0, wait_timeout=10, lock_max_age=3600)
+        self.params.update(state="present", keep_releases=0, wait_timeout=10)
         self.params.update(params)
         self.check_mode = False
 

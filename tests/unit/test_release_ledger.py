@@ -1,11 +1,10 @@
-"""The release ledger, layout checks and locks (plugins/module_utils/release.py)."""
+"""The release ledger and layout checks (plugins/module_utils/release.py); the lock is
+test_run_lock.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import time
 
 import pytest
@@ -98,49 +97,6 @@ def test_swap_symlink_replaces_the_link_atomically(layout):
     rel.swap_symlink(layout.slot("blue"), "../releases/v2")
     assert os.readlink(layout.slot("blue")) == "../releases/v2"
     assert sorted(os.listdir(layout.slots)) == ["blue"]  # no temporary link left behind
-
-
-def test_lock_is_exclusive_reentrant_for_its_run_and_released_only_by_it(layout):
-    assert rel.acquire_lock(layout, "run-a", "rollback", os.getpid(), 3600) == (True, None)
-    assert rel.acquire_lock(layout, "run-a", "rollback", os.getpid(), 3600) == (False, None)
-    with pytest.raises(rel.ReleaseError, match="another run holds the lock"):
-        rel.acquire_lock(layout, "run-b", "rollback", os.getpid(), 3600)
-    with pytest.raises(rel.ReleaseError, match="belongs to run run-a"):
-        rel.release_lock(layout, "run-b")
-    assert rel.release_lock(layout, "run-a") is True
-    assert not os.path.exists(layout.lock)
-
-
-def test_lock_of_a_dead_process_is_stale_and_broken(layout):
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    rel.acquire_lock(layout, "run-old", "deploy", dead.pid, 3600)
-    taken, broken = rel.acquire_lock(layout, "run-new", "rollback", os.getpid(), 3600)
-    assert taken and broken["run_id"] == "run-old"
-
-
-def test_lock_from_another_machine_is_stale_only_by_age(layout):
-    with open(
-        os.path.join(layout.state, "lock") if os.path.isdir(layout.state) else _mkstate(layout), "w"
-    ) as handle:
-        json.dump(
-            {
-                "run_id": "remote",
-                "hostname": "elsewhere-" + socket.gethostname(),
-                "owner_pid": 1,
-                "created": time.time() - 10,
-            },
-            handle,
-        )
-    with pytest.raises(rel.ReleaseError):
-        rel.acquire_lock(layout, "mine", "rollback", os.getpid(), 3600)
-    taken, broken = rel.acquire_lock(layout, "mine", "rollback", os.getpid(), 5)
-    assert taken and broken["run_id"] == "remote"
-
-
-def _mkstate(layout):
-    os.makedirs(layout.state)
-    return layout.lock
 
 
 def test_tree_checksum_changes_with_content_and_mode(layout):
