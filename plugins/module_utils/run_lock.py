@@ -12,13 +12,18 @@ state directory; every other host: ``<knowngood_config_store>/run.lock``; or
 The file is a JSON owner record (run id, runbook, controller pid and host, user, host, since),
 written whole to a temporary file and hard-linked into place, so it is never torn and only one
 of two racing runs can create it. A held lock refuses, naming its holder. A holder whose
-controller pid is gone, on this same controller, is stale: it is moved aside (one rename, so
-only one run takes it over) and taken, with a warning. A holder that cannot be checked from here
-stays held, also past the maximum age, which only changes the refusal's advice: break it
-deliberately by naming the holder's run id (``break_lock``), never by a blanket force.
+controller pid is gone, on this same controller, is stale: it is moved aside and taken, with a
+warning. Every read-decide-write (take, take over, give back) runs under an flock of a guard
+file beside the lock, so of any number of runs racing for a stale lock exactly one takes it;
+the kernel drops the guard with a killed process, so the guard itself is never stale. A holder
+that cannot be checked from here stays held, also past the maximum age, which only changes the
+refusal's advice: break it deliberately by naming the holder's run id (``break_lock``), never
+by a blanket force.
 """
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import socket
@@ -207,21 +212,39 @@ def _move_aside(path, holder):
     return True
 
 
+@contextlib.contextmanager
+def _guard(path, check_mode=False):
+    """Hold an exclusive flock on ``<path>.guard`` (made with the lock's directory) meanwhile."""
+    directory = os.path.dirname(path)
+    if check_mode:
+        yield  # nothing is written in check mode, not even the guard
+        return
+    if not os.path.isdir(directory):
+        os.makedirs(directory, 0o700)
+    fd = os.open(path + ".guard", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def acquire(path, owner, max_age, break_lock="", stale_holder="", check_mode=False):
     """Take the lock at path for owner. Returns ``(action, message, holder_before)``.
 
     action: ``take``, ``keep``, ``stale`` or ``break``; raises LockError when it is held.
     In check mode it decides and returns without writing.
     """
-    for _attempt in range(3):
-        holder = read_lock(path)
-        action, message = decide(holder, owner, max_age, break_lock, stale_holder)
-        if check_mode or action == "keep":
-            return action, message, holder
-        if action in ("stale", "break") and not _move_aside(path, holder):
-            continue
-        if _create(path, owner):
-            return action, message, holder
+    with _guard(path, check_mode):
+        for _attempt in range(3):
+            holder = read_lock(path)
+            action, message = decide(holder, owner, max_age, break_lock, stale_holder)
+            if check_mode or action == "keep":
+                return action, message, holder
+            if action in ("stale", "break") and not _move_aside(path, holder):
+                continue
+            if _create(path, owner):
+                return action, message, holder
     raise LockError("could not take the lock %s: other runs keep changing it" % path)
 
 
@@ -229,20 +252,21 @@ def release(path, run_id, controller_pid=None, check_mode=False):
     """Give the lock back. Returns True when removed (or would be), False when there was none.
 
     Refuses to remove a lock another run holds (it was broken and taken over meanwhile)."""
-    holder = read_lock(path)
-    if holder is None:
-        return False
-    if holder.get("run_id") != run_id or (
-        controller_pid and holder.get("controller_pid") not in (None, int(controller_pid))
-    ):
-        raise LockError(
-            "the lock %s is held by %s, not by this run %s: left in place"
-            % (path, describe(holder), run_id),
-            holder,
-        )
-    if not check_mode:
-        os.unlink(path)
-    return True
+    with _guard(path, check_mode):
+        holder = read_lock(path)
+        if holder is None:
+            return False
+        if holder.get("run_id") != run_id or (
+            controller_pid and holder.get("controller_pid") not in (None, int(controller_pid))
+        ):
+            raise LockError(
+                "the lock %s is held by %s, not by this run %s: left in place"
+                % (path, describe(holder), run_id),
+                holder,
+            )
+        if not check_mode:
+            os.unlink(path)
+        return True
 
 
 # ---------------------------------------------------------------- the module's logic

@@ -125,7 +125,7 @@ msg:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.knowngood.runbooks.plugins.module_utils import module_main
 from ansible_collections.knowngood.runbooks.plugins.module_utils.run_lock import (
     ARGUMENT_SPEC,
     run,
@@ -133,11 +133,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils.run_lock import
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    failed, result = run(module)
-    if failed:
-        module.fail_json(**result)
-    module.exit_json(**result)
+    module_main.main(run, ARGUMENT_SPEC)
 
 
 if __name__ == "__main__":

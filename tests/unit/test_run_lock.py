@@ -72,7 +72,7 @@ def test_a_second_run_is_refused_naming_the_holder_and_nothing_changes(tmp_path)
         assert "nothing was changed; wait for it to finish" in text
         assert refused.value.holder == first
     assert Path(path).read_text() == on_disk
-    assert os.listdir(os.path.dirname(path)) == ["run.lock"]  # no temporary file left
+    assert sorted(os.listdir(os.path.dirname(path))) == ["run.lock", "run.lock.guard"]  # no temp
 
 
 def test_only_the_holder_gives_it_back(tmp_path):
@@ -98,7 +98,7 @@ def test_a_dead_controller_pid_on_this_controller_is_taken_over_with_a_warning(t
     assert warnings == [result["msg"]]
     assert "took over the stale lock of rollback-database run kg-killed" in result["msg"]
     assert json.loads(path.read_text())["run_id"] == "kg-new"
-    assert sorted(os.listdir(tmp_path)) == ["run.lock"]  # the stale file is not kept around
+    assert sorted(os.listdir(tmp_path)) == ["run.lock", "run.lock.guard"]  # stale file not kept
 
 
 def test_a_holder_that_cannot_be_checked_is_never_broken_automatically(tmp_path):
@@ -176,21 +176,24 @@ def _race(path, run_id, start, out):
 
 @pytest.mark.parametrize("stale", [False, True])
 def test_of_racing_runs_exactly_one_takes_the_lock(tmp_path, stale):
-    path = str(tmp_path / "run.lock")
-    if stale:
-        rl.acquire(path, owner("kg-killed", pid=dead_pid()), 3600)
-    ctx = multiprocessing.get_context("fork")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(path, f"kg-{i}", start, out)) for i in range(6)]
-    for proc in procs:
-        proc.start()
-    start.set()
-    outcomes = dict(out.get(timeout=30) for _ in procs)
-    for proc in procs:
-        proc.join()
-    winners = [rid for rid, action in outcomes.items() if action != "refused"]
-    assert len(winners) == 1, outcomes
-    assert json.loads(Path(path).read_text())["run_id"] == winners[0]
+    """Six runs at once, ten rounds: a fresh lock, or a stale one all six try to take over
+    (unguarded, a third run's rename could move the first taker's new lock aside)."""
+    for round_ in range(10):
+        path = str(tmp_path / f"run-{round_}.lock")
+        if stale:
+            rl.acquire(path, owner("kg-killed", pid=dead_pid()), 3600)
+        ctx = multiprocessing.get_context("fork")
+        start, out = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_race, args=(path, f"kg-{i}", start, out)) for i in range(6)]
+        for proc in procs:
+            proc.start()
+        start.set()
+        outcomes = dict(out.get(timeout=30) for _ in procs)
+        for proc in procs:
+            proc.join()
+        winners = [rid for rid, action in outcomes.items() if action != "refused"]
+        assert len(winners) == 1, (round_, outcomes)
+        assert json.loads(Path(path).read_text())["run_id"] == winners[0]
 
 
 def test_the_batch_gate_names_each_refused_lock_of_a_loop():
