@@ -387,20 +387,7 @@ def compose(event, details):
 # The arguments of knowngood.runbooks.notify: its action validates with them, its module
 # (documentation only) declares them.
 ARGUMENT_SPEC = dict(
-    event=dict(
-        type="str",
-        required=True,
-        choices=[
-            "validate",
-            "request",
-            "approval_needed",
-            "start",
-            "success",
-            "failure",
-            "break_glass",
-            "break_glass_overdue",
-        ],
-    ),
+    event=dict(type="str", required=True, choices=["validate", *EVENTS]),
     contacts=dict(type="dict", default={}),
     channels=dict(type="dict", default={}),
     smtp_password=dict(type="str", default="", no_log=True),

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import test_approval
 from ansible_collections.knowngood.runbooks.plugins.module_utils import (
     approval,
     audit_chain,
@@ -21,30 +21,17 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils import (
 
 from knowngood import report
 
-PEOPLE = {"tess": ["team_lead"], "carla": ["cto"], "ivan": ["infra_lead"], "oscar": []}
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    root = tmp_path_factory.mktemp("keys")
-    lines = []
-    for name in [*PEOPLE, "mallory"]:
-        key = root / name
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True
-        )
-        if name != "mallory":  # mallory's key is not in the trust root
-            kind, blob = (root / f"{name}.pub").read_text().split()[:2]
-            lines.append(f'{name} namespaces="knowngood-approval" {kind} {blob}')
-    (root / "allowed_signers").write_text("\n".join(lines) + "\n")
-    return root
+# tess team_lead, carla cto, ivan infra_lead, boss both; mallory not in the trust root
+keys = test_approval.keys
 
 
 @pytest.fixture
 def trust(keys):
     return {
         "decision_matrix": decision.DEFAULT_MATRIX,
-        "approvers": {n: {"roles": r, "email": f"{n}@x.invalid"} for n, r in PEOPLE.items()},
+        "approvers": {
+            n: {"roles": r, "email": f"{n}@x.invalid"} for n, r in test_approval.PEOPLE.items()
+        },
         "allowed_signers_file": str(keys / "allowed_signers"),
         "digest": "d" * 64,
         "break_glass_escalate_after_h": 24.0,
@@ -63,7 +50,7 @@ def stamp(hours_ago: float) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def recorded_run(trail, run_id, mode="break_glass", hours_ago=1.0, breaker="oscar"):
+def recorded_run(trail, run_id, mode="break_glass", hours_ago=1.0, breaker="boss"):
     """A finished run in the chain, as the gate and the callback leave a break-glass one."""
     doc = approval.build_request(
         "/x/playbooks/rollback-code.yml",
@@ -78,7 +65,7 @@ def recorded_run(trail, run_id, mode="break_glass", hours_ago=1.0, breaker="osca
     )
     rid = approval.request_id(doc)
     requests = f"{trail['audit_dir']}/requests"
-    subprocess.run(["mkdir", "-p", requests], check=True)
+    Path(requests).mkdir(parents=True, exist_ok=True)
     approval.write_request_file(
         f"{requests}/{rid}.json", {"request": doc, "id": rid, "approvals": []}
     )
@@ -118,7 +105,7 @@ def sign(trail, trust, keys, run_id, who, signer=None):
 def test_open_then_partly_signed_then_closed_in_the_chain(trail, trust, keys):
     recorded_run(trail, "bg-1", hours_ago=3)
     (item,) = break_glass.states(trail["audit_dir"], trust, time.time())
-    assert (item["state"], item["runbook"], item["broken_by"]) == ("open", "rollback-code", "oscar")
+    assert (item["state"], item["runbook"], item["broken_by"]) == ("open", "rollback-code", "boss")
     assert item["missing_roles"] == ["cto", "infra_lead"] and item["signers"] == []
     assert 2.9 < item["age_h"] < 3.1 and item["reason"] == "site down, CTO unreachable"
 
@@ -129,7 +116,7 @@ def test_open_then_partly_signed_then_closed_in_the_chain(trail, trust, keys):
 
     after, closing = sign(trail, trust, keys, "bg-1", "ivan")
     assert after["state"] == "closed" and after["closed_by"] == "ivan"
-    assert closing["kind"] == "break_glass_closed" and closing["broken_by"] == "oscar"
+    assert closing["kind"] == "break_glass_closed" and closing["broken_by"] == "boss"
     assert {(s["principal"], s["role"]) for s in closing["signers"]} == {
         ("carla", "cto"),
         ("ivan", "infra_lead"),
@@ -157,15 +144,15 @@ def test_refusals(trail, trust, keys):
         sign(trail, trust, keys, "bg-2", "mallory")
     with pytest.raises(refused, match="belongs to carla .* not to ivan"):
         sign(trail, trust, keys, "bg-2", "carla", signer="ivan")
-    with pytest.raises(refused, match="oscar broke the glass on run bg-2"):
-        sign(trail, trust, keys, "bg-2", "oscar")
+    with pytest.raises(refused, match="boss broke the glass on run bg-2"):
+        sign(trail, trust, keys, "bg-2", "boss")
     with pytest.raises(refused, match="tess holds team_lead; .* still needs cto, infra_lead"):
         sign(trail, trust, keys, "bg-2", "tess")
     sign(trail, trust, keys, "bg-2", "carla")
     with pytest.raises(refused, match="carla already signed break-glass bg-2"):
         sign(trail, trust, keys, "bg-2", "carla")
-    # the breaker's os_user counts too: ivan logs in as oscar here
-    trust["approvers"]["ivan"]["os_user"] = "oscar"
+    # the breaker's os_user counts too: ivan logs in as boss here
+    trust["approvers"]["ivan"]["os_user"] = "boss"
     with pytest.raises(refused, match="ivan broke the glass"):
         sign(trail, trust, keys, "bg-2", "ivan")
     assert [e["kind"] for e in audit_chain.entries(trail["audit_dir"])] == ["record", "record"]
