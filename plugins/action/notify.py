@@ -75,6 +75,10 @@ class ActionModule(ActionBase):
                 roles=required,
                 sign_with="knowngood approve %s --key <your key>" % params["request"],
             )
+            # what the caller says wins (an overdue break-glass names its own run and command)
+            details.update((k, v) for k, v in params["details"].items() if v not in (None, ""))
+            if event == "break_glass_overdue" and params["details"].get("missing_roles"):
+                required = list(params["details"]["missing_roles"])  # who is still to sign
         subject, text = notify.compose(event, details)
         if self._task.check_mode:
             hooks = params["channels"].get("webhooks") or []

@@ -308,6 +308,10 @@ class CallbackModule(CallbackBase):
             "result": mask(kept),
         }
         self.record["events"].append(event)
+        if task.action.endswith("notify") and isinstance(raw.get("results"), list):
+            for item in raw["results"]:  # a loop (escalate.yml): each item's notices
+                if isinstance(item, dict) and isinstance(item.get("notifications"), list):
+                    self.record["notifications"].extend(mask(item["notifications"]))
         if task.action.endswith("notify") and isinstance(raw.get("notifications"), list):
             self.record["notifications"].extend(mask(raw["notifications"]))
             if raw.get("notifications") and raw["notifications"][0].get("event") in (

@@ -23,7 +23,15 @@ from urllib.parse import urlsplit
 
 from ansible.module_utils.urls import open_url
 
-EVENTS = ("request", "approval_needed", "start", "success", "failure", "break_glass")
+EVENTS = (
+    "request",
+    "approval_needed",
+    "start",
+    "success",
+    "failure",
+    "break_glass",
+    "break_glass_overdue",
+)
 CONTACT_ROLES = ("primary_oncall", "secondary_oncall", "infra_lead")
 # Who is e-mailed for each event; webhooks (the team channel) hear every event.
 ROUTES = {
@@ -33,6 +41,8 @@ ROUTES = {
     "success": ("primary_oncall", "secondary_oncall"),
     "failure": ("primary_oncall", "secondary_oncall", "infra_lead"),
     "break_glass": CONTACT_ROLES,  # every contact
+    # every contact, plus the approvers holding a role its post-hoc approval still needs
+    "break_glass_overdue": CONTACT_ROLES,
 }
 EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$")
 NAME_RE = re.compile(r"^[^\x00-\x1f<>@]{1,100}$")
@@ -152,7 +162,7 @@ def recipients(event, contacts, approvers=None, required_roles=()):
     if event not in EVENTS:
         raise NotifyError("unknown event %r (known: %s)" % (event, ", ".join(EVENTS)))
     found = [contacts[role]["email"] for role in ROUTES[event] if role in contacts]
-    if event == "approval_needed":
+    if event in ("approval_needed", "break_glass_overdue"):
         for entry in [approvers[name] for name in sorted(approvers or {})]:
             if set((entry or {}).get("roles") or []) & set(required_roles or []):
                 mail = str((entry or {}).get("email") or "")
@@ -334,6 +344,7 @@ HEADLINES = {
     "success": "rollback succeeded",
     "failure": "rollback FAILED",
     "break_glass": "BREAK-GLASS rollback starting without approvals",
+    "break_glass_overdue": "BREAK-GLASS still not signed off",
 }
 
 
@@ -356,6 +367,9 @@ def compose(event, details):
         ("break-glass reason", "break_glass_reason"),
         ("approved by", "approved_by"),
         ("approvals required", "roles"),
+        ("broken at", "broken_at"),
+        ("open for", "age"),
+        ("still missing", "missing_roles"),
         ("status", "status"),
         ("duration", "duration"),
         ("failed", "failed"),
@@ -373,19 +387,7 @@ def compose(event, details):
 # The arguments of knowngood.runbooks.notify: its action validates with them, its module
 # (documentation only) declares them.
 ARGUMENT_SPEC = dict(
-    event=dict(
-        type="str",
-        required=True,
-        choices=[
-            "validate",
-            "request",
-            "approval_needed",
-            "start",
-            "success",
-            "failure",
-            "break_glass",
-        ],
-    ),
+    event=dict(type="str", required=True, choices=["validate", *EVENTS]),
     contacts=dict(type="dict", default={}),
     channels=dict(type="dict", default={}),
     smtp_password=dict(type="str", default="", no_log=True),

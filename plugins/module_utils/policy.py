@@ -33,7 +33,9 @@ KEYS = (
     "approvers",
     "awx",
     "state_dir",
+    "break_glass",
 )
+DEFAULT_ESCALATE_AFTER_H = 24.0
 
 
 class PolicyError(Exception):
@@ -114,6 +116,14 @@ def _validate(doc, path):
             raise PolicyError("%s: approvers.%s.roles must list roles of %s" % (path, name, ROLES))
     if not doc.get("allowed_signers_file"):
         raise PolicyError("%s: allowed_signers_file is required" % path)
+    escalation = doc.get("break_glass") or {}
+    if not isinstance(escalation, dict) or set(escalation) - {"escalate_after_hours"}:
+        raise PolicyError("%s: break_glass must be {escalate_after_hours: N}" % path)
+    after = escalation.get("escalate_after_hours", DEFAULT_ESCALATE_AFTER_H)
+    if isinstance(after, bool) or not isinstance(after, (int, float)) or not 0 < after <= 720:
+        raise PolicyError(
+            "%s: break_glass.escalate_after_hours must be a number of hours, 0 < N <= 720" % path
+        )
     awx = doc.get("awx") or {}
     if not isinstance(awx, dict) or not isinstance(awx.get("role_teams", {}), dict):
         raise PolicyError("%s: awx must be {host, role_teams, validate_certs}" % path)
@@ -150,6 +160,9 @@ def load(environ=None, fixed_path=FIXED_PATH):
             "validate_certs": bool((doc.get("awx") or {}).get("validate_certs", True)),
         },
         "state_dir": str(doc.get("state_dir") or DEFAULT_STATE_DIR),
+        "break_glass_escalate_after_h": float(
+            (doc.get("break_glass") or {}).get("escalate_after_hours", DEFAULT_ESCALATE_AFTER_H)
+        ),
         "path": real,
         "source": how,
         "digest": hashlib.sha256(data).hexdigest(),

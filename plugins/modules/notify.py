@@ -13,7 +13,10 @@ description:
     contacts the event is routed to through SMTP."
   - Routing. C(request), C(start) and C(success) go to the primary and secondary on-call;
     C(failure) also to the infrastructure lead; C(approval_needed) to the infrastructure lead
-    and the approvers holding a role the request needs; C(break_glass) to every contact.
+    and the approvers holding a role the request needs; C(break_glass) to every contact;
+    C(break_glass_overdue) (an open break-glass past its escalation limit, sent by
+    C(knowngood breakglass escalate)) to every contact and the approvers holding a role its
+    post-hoc approval still needs.
     Webhooks hear every event.
   - Each delivery is retried up to I(channels.attempts) times with jittered exponential backoff
     and short timeouts. A failed delivery never fails the task; it is returned in
@@ -27,7 +30,15 @@ options:
     description: What happened.
     type: str
     required: true
-    choices: [validate, request, approval_needed, start, success, failure, break_glass]
+    choices:
+      - validate
+      - request
+      - approval_needed
+      - start
+      - success
+      - failure
+      - break_glass
+      - break_glass_overdue
   contacts:
     description:
       - C(primary_oncall), C(secondary_oncall) and C(infra_lead), each with C(name), C(email)

@@ -6,6 +6,7 @@ knowngood lab down                        stop it and remove it
 knowngood run rollback-code --ticket T --reason R [--request FILE] [--check]
 knowngood request rollback-code --decision RUN_ID --ticket T --reason R  -> request file
 knowngood approve REQUEST --key ~/.ssh/id_ed25519                        (sign it)
+knowngood breakglass list [--json] | sign RUN_ID --key K --signer NAME | escalate [--after H]
 knowngood audit list | show RUN_ID | verify | repair
 knowngood report RUN_ID --format md|html
 knowngood drill run NAME | list | report [--html FILE]
@@ -433,6 +434,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not prometheus and (Path(args.root) / "lab.json").exists():
         prometheus = f"http://127.0.0.1:{LabConfig.load(Path(args.root)).prometheus_port}"
     notes = json.loads(Path(args.notes).read_text()) if args.notes else {}
+    if (record.get("approvals") or {}).get("mode") == "break_glass":
+        from knowngood import breakglass
+
+        record = dict(record, break_glass_state=breakglass.state_of(args, audit_dir, args.run_id))
     out = (
         Path(args.output) if args.output else audit_dir / "reports" / f"{args.run_id}.{args.format}"
     )
@@ -594,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     from knowngood import emergency  # `knowngood emergency`
 
     emergency.add_parser(sub)
+    from knowngood import breakglass  # `knowngood breakglass list|sign|escalate`
+
+    breakglass.add_parser(sub)
     return parser
 
 

@@ -363,7 +363,28 @@ def _approvals(record: dict) -> list[str]:
         appr.append(f"signed by {s['principal']} ({', '.join(s['roles'])})")
     if approvals.get("break_glass_reason"):
         appr.append(f"BREAK-GLASS: {approvals['break_glass_reason']}")
-    if approvals.get("post_hoc_approval") == "open":
+    state = record.get("break_glass_state")  # the trail's, added by `knowngood report`
+    if state and state.get("state") == "closed":
+        signed = ", ".join(
+            f"{s['principal']} ({s.get('role') or ', '.join(s.get('roles') or [])})"
+            for s in state.get("signers") or []
+        )
+        appr.append(
+            f"break-glass CLOSED by {state['closed_by']} at {state['closed_at']}; "
+            f"signed after the fact by {signed}"
+        )
+    elif state:
+        signed = ", ".join(s["principal"] for s in state.get("signers") or []) or "nobody"
+        appr.append(
+            f"break-glass OPEN for {state['age_h']} h: missing "
+            f"{', '.join(state.get('missing_roles') or []) or '?'}; signed so far: {signed}; "
+            f"sign with: knowngood breakglass sign {record.get('run_id')} --key K --signer NAME"
+        )
+        if state.get("escalations"):
+            appr.append(
+                f"escalated {state['escalations']} time(s), last at {state['last_escalated_at']}"
+            )
+    elif approvals.get("post_hoc_approval") == "open":
         appr.append(
             f"post-hoc approval OPEN: knowngood approve {approvals.get('post_hoc_request_file')}"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from pathlib import Path
 
@@ -96,11 +97,59 @@ def test_gate_refuses_until_the_exact_request_is_signed_by_cto_and_infra_lead(la
     assert again.returncode == 2 and "was already used at" in again.stdout
 
 
-def test_break_glass_with_a_reason_proceeds_and_leaves_a_post_hoc_approval_open(lab):
+def open_break_glass(run_id: str) -> list[dict]:
+    listed = knowngood("breakglass", "list", "--json", "--all")
+    assert listed.returncode == 0, listed.stderr
+    return [b for b in json.loads(listed.stdout)["break_glass"] if b["run_id"] == run_id]
+
+
+def test_break_glass_proceeds_and_stays_open_until_cto_and_infra_lead_sign_it_off(lab, tmp_path):
     lab.seed("v1", "v1.1")
     done = rollback("--check", "--ticket", "INC-43", "--break-glass", "site down, CTO unreachable")
     assert done.returncode == 0, done.stdout
-    gate = gate_result(record_of(done))
+    record = record_of(done)
+    gate, run_id = gate_result(record), record["run_id"]
     assert gate["mode"] == "break_glass" and gate["post_hoc_approval"] == "open"
     posthoc = json.loads(Path(gate["post_hoc_request_file"]).read_text())
     assert posthoc["request"]["playbook"] == "rollback-code" and posthoc["approvals"] == []
+
+    # Listed open, with who broke the glass, why, and the roles the policy's matrix needs.
+    (item,) = open_break_glass(run_id)
+    assert item["state"] == "open" and item["runbook"] == "rollback-code"
+    assert (
+        item["broken_by"] == record["approvals"]["executed_by"] == getpass.getuser()
+        and item["reason"] == "site down, CTO unreachable"
+    )
+    assert item["missing_roles"] == ["cto", "infra_lead"] and item["age_h"] < 1
+    text = knowngood("breakglass", "list").stdout
+    assert run_id in text and "missing: cto, infra_lead" in text
+
+    keys = lab.root / "governance" / "keys"
+
+    def sign(who: str):
+        return knowngood("breakglass", "sign", run_id, "--key", str(keys / who), "--signer", who)
+
+    tess = sign("tess")  # a team lead: not a role this severity needs
+    assert tess.returncode == 1 and "still needs cto, infra_lead" in tess.stderr
+    half = sign("carla")
+    assert half.returncode == 0 and "still missing infra_lead" in half.stdout, half.stderr
+    (item,) = open_break_glass(run_id)
+    assert item["state"] == "partly signed" and item["missing_roles"] == ["infra_lead"]
+    again = sign("carla")
+    assert again.returncode == 1 and "carla already signed" in again.stderr
+    closed = sign("ivan")
+    assert closed.returncode == 0 and "CLOSED by ivan" in closed.stdout, closed.stderr
+
+    (item,) = open_break_glass(run_id)
+    assert item["state"] == "closed" and item["closed_by"] == "ivan" and item["closed_at"]
+    assert run_id not in knowngood("breakglass", "list").stdout  # open ones only by default
+    out = tmp_path / "report.md"
+    assert knowngood("report", run_id, "-o", str(out)).returncode == 0
+    assert f"break-glass CLOSED by ivan at {item['closed_at']}" in out.read_text()
+    assert "carla (cto), ivan (infra_lead)" in out.read_text()
+    # The closing entry is in the chain, signed and witnessed like every entry.
+    verify = knowngood("audit", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    index = (lab.root / "audit" / "index.jsonl").read_text().splitlines()
+    closing = [json.loads(line) for line in index if '"break_glass_closed"' in line]
+    assert [c["closed_by"] for c in closing if c["run_id"] == run_id] == ["ivan"]
