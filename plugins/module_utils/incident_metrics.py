@@ -58,7 +58,9 @@ def capture(url, started, finished, now=None, margin_before=MARGIN_BEFORE_S, tim
     """{source, window: {before, start, end, after}, step_s, series, errors} for a run that
     ran from `started` to `finished` (epoch seconds); after is the moment of capture."""
     now = time.time() if now is None else now
-    before, after = started - margin_before, max(now, finished)
+    # Prometheus keeps times to the millisecond and answers at start + k * step: a window
+    # rounded the same way holds every point it returns, its first one included.
+    before, after = round(started - margin_before, 3), round(max(now, finished), 3)
     step = max(2.0, round((after - before) / MAX_POINTS, 1))
     out = {
         "source": source(url),

@@ -227,3 +227,22 @@ def test_drill_trends_date_the_x_axis_and_chart_rpo_against_its_objective():
     assert rto.count("<circle") == 3 and rpo.split("</svg>")[0].count("<circle") == 2
     assert "2026-09-01" in rto and "2026-10-13" in rto and "drill run date (UTC)" in rto
     assert "RTO (s)" in rto and "RPO (s)" in rpo
+
+
+def test_a_point_at_the_windows_first_millisecond_is_inside_the_window(monkeypatch):
+    """Prometheus answers at start + k * step with millisecond times: a run that started at a
+    sub-millisecond instant still gets a window holding every point, the first one included."""
+    asked = []
+
+    def query_range(url, query, start, end, step, timeout=3.0):
+        asked.append((start, end, step))
+        first_ms = round(start * 1000) / 1000.0  # what Prometheus does with the start time
+        return [(first_ms + k * step, 1.0) for k in range(int((end - start) // step) + 1)]
+
+    monkeypatch.setattr(incident_metrics, "query_range", query_range)
+    started = T0 + 0.123456789
+    got = incident_metrics.capture("http://prom", started, started + 40, now=started + 41.0004)
+    window = got["window"]
+    for points in got["series"].values():
+        assert points and all(window["before"] <= t <= window["after"] for t, _v in points)
+    assert asked[0][0] == window["before"] == round(started - 120, 3)
