@@ -58,9 +58,11 @@ def capture(url, started, finished, now=None, margin_before=MARGIN_BEFORE_S, tim
     """{source, window: {before, start, end, after}, step_s, series, errors} for a run that
     ran from `started` to `finished` (epoch seconds); after is the moment of capture."""
     now = time.time() if now is None else now
-    # Prometheus keeps times to the millisecond and answers at start + k * step: a window
-    # rounded the same way holds every point it returns, its first one included.
-    before, after = round(started - margin_before, 3), round(max(now, finished), 3)
+    # Prometheus keeps times to the millisecond and answers at start + k * step: a window on
+    # whole milliseconds (widened outwards, so it still covers the margin and the wait after
+    # the run) holds every point it returns, its first one included.
+    before = math.floor((started - margin_before) * 1000) / 1000.0
+    after = math.ceil(max(now, finished) * 1000) / 1000.0
     step = max(2.0, round((after - before) / MAX_POINTS, 1))
     out = {
         "source": source(url),

@@ -6,6 +6,7 @@ metrics captured into the record, never from a Prometheus that is gone."""
 from __future__ import annotations
 
 import datetime
+import math
 import re
 import socket
 
@@ -245,4 +246,5 @@ def test_a_point_at_the_windows_first_millisecond_is_inside_the_window(monkeypat
     window = got["window"]
     for points in got["series"].values():
         assert points and all(window["before"] <= t <= window["after"] for t, _v in points)
-    assert asked[0][0] == window["before"] == round(started - 120, 3)
+    assert asked[0][0] == window["before"] == math.floor((started - 120) * 1000) / 1000
+    assert window["after"] >= started + 41.0004 and window["start"] - window["before"] >= 120
