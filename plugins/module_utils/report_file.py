@@ -10,7 +10,10 @@ ansible.builtin.copy that was three interpreter starts on the controller per rep
 import json
 import os
 import re
-import tempfile
+
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.common import (
+    write_atomic,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -58,18 +61,7 @@ def run(module):
     try:
         if not os.path.isdir(directory):
             os.makedirs(directory, 0o700)
-        fd, temp = tempfile.mkstemp(prefix=".%s." % name, dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temp, 0o600)
-            os.replace(temp, path)
-        except BaseException:
-            if os.path.exists(temp):
-                os.unlink(temp)
-            raise
+        write_atomic(path, text, mode=0o600)
     except OSError as err:
         return True, {"msg": "cannot write %s: %s" % (path, err), "changed": False, "path": path}
     return False, result

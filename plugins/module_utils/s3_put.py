@@ -18,6 +18,8 @@ import http.client
 import time
 import urllib.parse
 
+from ansible_collections.knowngood.runbooks.plugins.module_utils import aws
+
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_SAFE = "-_.~"
 
@@ -133,7 +135,7 @@ def put_object(
         finally:
             connection.close()
         if attempt < attempts:
-            time.sleep(0.2 * 2 ** (attempt - 1))
+            time.sleep(aws.backoff(attempt, 0.2, 2.0))
     raise S3PutError("PUT s3://%s/%s failed: %s" % (bucket, key, failure))
 
 
