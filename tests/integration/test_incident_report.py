@@ -4,7 +4,7 @@ A real rollback-code run on the lab under load captures the error rate and p95 l
 it into its record (through a Prometheus URL that carries a password, which never reaches the
 record); the report then renders the same chart with Prometheus at a closed port, in a real
 browser, with the section 7 headings, every host and what was done there, and a failed run's
-failure first.
+failure first, then its post-incident review (recorded in the same chain, which still verifies).
 """
 
 from __future__ import annotations
@@ -151,7 +151,23 @@ def test_failed_run_shows_its_failure_first(lab, tmp_path):
         assert f"<h2>{heading}</h2>" in text
     px = screenshot(page, tmp_path / "failed.png", "1000,2200")
     assert sum(1 for r, g, b in px if r > 180 and g < 90 and b < 90) > 200  # the red failure box
-    md = render(record["run_id"], "md", tmp_path / "failed.md", "")
+    # the post-incident review of the failed run, in the same signed, witnessed chain
+    run_id, due = record["run_id"], time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400))
+    for step in (
+        ("open", run_id, "--by", "carla", "--summary", "unknown release asked for"),
+        ("action", run_id, "refuse unknown releases first", "--owner", "ivan", "--due", due),
+        ("done", run_id, "A1", "--link", "roles/code_identify"),
+        ("close", run_id),
+    ):
+        done = knowngood("review", *step)
+        assert done.returncode == 0, done.stdout + done.stderr
+    verify = knowngood("audit", "verify")
+    assert verify.returncode == 0 and "witness" in verify.stdout, verify.stdout + verify.stderr
+    md = render(run_id, "md", tmp_path / "failed.md", "")
     assert (
         md.split("\n## ", 1)[1].startswith("Failure") and failed[0]["host"] in md.split("\n## ")[1]
     )
+    review = md.split("## Post-incident Review\n", 1)[1].split("\n## ", 1)[0]
+    assert "review opened by carla at " in review and ": unknown release asked for" in review
+    assert f"action A1: refuse unknown releases first (owner ivan, due {due}): DONE by " in review
+    assert ": roles/code_identify" in review and "- review CLOSED by " in review
