@@ -209,7 +209,8 @@ def resolve_link(target, root):
     if "://" not in target and not os.path.isabs(target):
         path = os.path.realpath(os.path.join(base, target))
         inside = path.startswith(base + os.sep)
-        if inside and os.path.exists(path) and not os.path.relpath(path, base).startswith(".git"):
+        in_git = os.path.relpath(path, base).split(os.sep)[0] == ".git"
+        if inside and os.path.exists(path) and not in_git:
             link = {"kind": "path", "path": os.path.relpath(path, base)}
             if os.path.isfile(path):
                 link["sha256"] = audit_chain.sha256_file(path)

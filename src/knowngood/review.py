@@ -42,7 +42,7 @@ def state_of(audit_dir: Path, run_id: str) -> dict | None:
     """The run's review for the report, None when it has none."""
     chain = module_utils("audit_chain")
     entries = chain.entries(str(audit_dir)) if (audit_dir / "index.jsonl").exists() else []
-    return module_utils("review").state(entries, run_id, _today())
+    return _call(module_utils("review").state, entries, run_id, _today())
 
 
 def link_text(link: dict) -> str:
@@ -139,13 +139,13 @@ def cmd_list(args: argparse.Namespace, trail: dict) -> int:
     rv = module_utils("review")
     entries = _entries(trail)
     today = _today()
-    items = rv.action_items(entries, today, only_open=args.open)
+    items = _call(rv.action_items, entries, today, only_open=args.open)
     if args.json:
         doc = {
             "audit_dir": trail["audit_dir"],
             "today": today.isoformat(),
             "actions": items,
-            "reviews": rv.reviews(entries, today),
+            "reviews": _call(rv.reviews, entries, today),
         }
         print(json.dumps(doc, indent=2))
         return 0

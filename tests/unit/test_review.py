@@ -171,6 +171,7 @@ def test_every_refusal_is_named_and_writes_nothing(trail):
         "roles/no_such_role",
         "deadbeefdeadbeef",
         ".git/config",
+        ".",
     ):
         refused(f"link '{link}' refused", review.mark_done, "run-2", "DB", [link], ROOT, "r", TODAY)
     refused("open action.s. DB: mark them done", review.close, "run-2", "carla", TODAY)
