@@ -85,7 +85,9 @@ class ActionModule(ActionBase):
             targets = [("webhook", notify.mask_url(u)) for u in hooks]
             if params["channels"].get("smtp"):
                 contacts = notify.validate_contacts(params["contacts"])
-                for address in notify.recipients(event, contacts, params["approvers"], required):
+                for address in notify.recipients(
+                    event, contacts, params["approvers"], required, params["owners"]
+                ):
                     targets.append(("email", address))
             result["notifications"] = [
                 {
@@ -109,6 +111,7 @@ class ActionModule(ActionBase):
             approvers=params["approvers"],
             required_roles=required,
             subject=subject,
+            owners=params["owners"],
         )
         delivered = sum(1 for n in sent if n["outcome"] == "delivered")
         result.update(

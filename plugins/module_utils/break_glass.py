@@ -42,7 +42,7 @@ class BreakGlassError(Exception):
     """A break-glass that cannot be listed, signed or escalated as asked; the message says why."""
 
 
-def _parse(ts):
+def parse_stamp(ts):
     """Epoch seconds of the gate's (YYYY-MM-DDTHH:MM:SSZ) or the chain's (.ffffffZ) stamps."""
     text = str(ts or "")
     if "." in text:
@@ -181,7 +181,7 @@ def state(audit_dir, record, entries_index, trust, now):
         "broken_by": approvals.get("executed_by") or record.get("user") or "?",
         "reason": approvals.get("break_glass_reason") or "",
         "at": record.get("started_at") or "",
-        "age_h": round((now - _parse(record.get("started_at"))) / 3600.0, 2),
+        "age_h": round((now - parse_stamp(record.get("started_at"))) / 3600.0, 2),
         "ticket": record.get("ticket") or "",
         "severity": approvals.get("severity") or "",
         "request_id": approvals.get("request_id") or "",
@@ -252,8 +252,9 @@ def of_run(audit_dir, run_id, trust, now):
 
 
 @contextlib.contextmanager
-def _locked(audit_dir):
-    with open(os.path.join(audit_dir, ".break-glass.lock"), "w") as lock:
+def locked(audit_dir, name=".break-glass.lock"):
+    """One lifecycle at a time: read the trail, judge, append, under this lock."""
+    with open(os.path.join(audit_dir, name), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -266,7 +267,7 @@ def sign(trail, run_id, key, signer, trust, now, who):
     key is someone else's, whoever broke the glass, a second signature by the same person, and
     a signer holding none of the roles still missing."""
     audit_dir = trail["audit_dir"]
-    with _locked(audit_dir):
+    with locked(audit_dir):
         record, before = of_run(audit_dir, run_id, trust, now)
         if before["state"] == "closed":
             raise BreakGlassError(
@@ -379,9 +380,12 @@ def due(item, after_h, now):
     escalated or last escalated at least a whole period ago (once per period)."""
     if item["state"] == "closed" or item["age_h"] < after_h:
         return False
-    if not item["last_escalated_at"]:
-        return True
-    return now - _parse(item["last_escalated_at"]) >= after_h * 3600.0
+    return period_passed(item["last_escalated_at"], after_h, now)
+
+
+def period_passed(last_at, period_h, now):
+    """Whether a reminder last sent at last_at (empty: never) may be sent again now."""
+    return not last_at or now - parse_stamp(last_at) >= period_h * 3600.0
 
 
 def escalation_entry(item, after_h, outcome):
@@ -401,7 +405,7 @@ def escalate(trail, trust, after_h, now, send):
     """Escalate every due open break-glass: send(items) tells the contacts and returns
     {run_id, summary}; one chained escalation entry per run. Returns the entries written."""
     audit_dir = trail["audit_dir"]
-    with _locked(audit_dir):
+    with locked(audit_dir):
         items = [s for s in states(audit_dir, trust, now) if due(s, after_h, now)]
         if not items:
             return [], items

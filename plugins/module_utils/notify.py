@@ -31,6 +31,7 @@ EVENTS = (
     "failure",
     "break_glass",
     "break_glass_overdue",
+    "review_action_due",
 )
 CONTACT_ROLES = ("primary_oncall", "secondary_oncall", "infra_lead")
 # Who is e-mailed for each event; webhooks (the team channel) hear every event.
@@ -43,6 +44,8 @@ ROUTES = {
     "break_glass": CONTACT_ROLES,  # every contact
     # every contact, plus the approvers holding a role its post-hoc approval still needs
     "break_glass_overdue": CONTACT_ROLES,
+    # every contact, plus each action item's owner (owner_addresses)
+    "review_action_due": CONTACT_ROLES,
 }
 EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$")
 NAME_RE = re.compile(r"^[^\x00-\x1f<>@]{1,100}$")
@@ -157,7 +160,26 @@ def validate_channels(channels):
     )
 
 
-def recipients(event, contacts, approvers=None, required_roles=()):
+def owner_addresses(owners, contacts, approvers=None):
+    """The e-mail address of each owner that has one: an address as given, a contact role
+    (infra_lead), a contact's name, or an approver's principal; others are left out (the notice
+    still names them)."""
+    found = []
+    for owner in owners or []:
+        owner = str(owner or "").strip()
+        by_name = [c for c in contacts.values() if c.get("name", "").lower() == owner.lower()]
+        if EMAIL_RE.match(owner):
+            found.append(owner)
+        elif owner in contacts:
+            found.append(contacts[owner]["email"])
+        elif by_name:
+            found.append(by_name[0]["email"])
+        elif EMAIL_RE.match(str(((approvers or {}).get(owner) or {}).get("email") or "")):
+            found.append(approvers[owner]["email"])
+    return found
+
+
+def recipients(event, contacts, approvers=None, required_roles=(), owners=()):
     """E-mail addresses the event goes to, in a stable order, without duplicates."""
     if event not in EVENTS:
         raise NotifyError("unknown event %r (known: %s)" % (event, ", ".join(EVENTS)))
@@ -168,6 +190,7 @@ def recipients(event, contacts, approvers=None, required_roles=()):
                 mail = str((entry or {}).get("email") or "")
                 if EMAIL_RE.match(mail):
                     found.append(mail)
+    found += owner_addresses(owners, contacts, approvers)
     return list(dict.fromkeys(found))
 
 
@@ -281,6 +304,7 @@ def deliver(
     approvers=None,
     required_roles=(),
     subject="",
+    owners=(),
 ):
     """Send the event to every webhook and routed contact, in parallel; never raises.
 
@@ -301,7 +325,7 @@ def deliver(
         lambda url=url: keep([post_webhook(event, url, text, attempts, timeout, backoff)])
         for url in channels["webhooks"]
     ]
-    to = recipients(event, contacts, approvers, required_roles)
+    to = recipients(event, contacts, approvers, required_roles, owners)
     if channels["smtp"] and to:
         subject = subject or "[knowngood] %s" % event.replace("_", "-").upper()
         jobs.append(
@@ -345,6 +369,7 @@ HEADLINES = {
     "failure": "rollback FAILED",
     "break_glass": "BREAK-GLASS rollback starting without approvals",
     "break_glass_overdue": "BREAK-GLASS still not signed off",
+    "review_action_due": "post-incident action item due",
 }
 
 
@@ -370,6 +395,11 @@ def compose(event, details):
         ("broken at", "broken_at"),
         ("open for", "age"),
         ("still missing", "missing_roles"),
+        ("action item", "action"),
+        ("owner", "owner"),
+        ("due", "due"),
+        ("state", "state"),
+        ("mark it done with", "done_with"),
         ("status", "status"),
         ("duration", "duration"),
         ("failed", "failed"),
@@ -395,4 +425,5 @@ ARGUMENT_SPEC = dict(
     matrix=dict(type="dict", default={}),
     request=dict(type="path"),
     details=dict(type="dict", default={}),
+    owners=dict(type="list", elements="str", default=[]),
 )

@@ -16,7 +16,8 @@ description:
     and the approvers holding a role the request needs; C(break_glass) to every contact;
     C(break_glass_overdue) (an open break-glass past its escalation limit, sent by
     C(knowngood breakglass escalate)) to every contact and the approvers holding a role its
-    post-hoc approval still needs.
+    post-hoc approval still needs; C(review_action_due) (a post-incident action item overdue or
+    near its due date, sent by C(knowngood review nag)) to every contact and the I(owners).
     Webhooks hear every event.
   - Each delivery is retried up to I(channels.attempts) times with jittered exponential backoff
     and short timeouts. A failed delivery never fails the task; it is returned in
@@ -39,6 +40,7 @@ options:
       - failure
       - break_glass
       - break_glass_overdue
+      - review_action_due
   contacts:
     description:
       - C(primary_oncall), C(secondary_oncall) and C(infra_lead), each with C(name), C(email)
@@ -72,6 +74,13 @@ options:
     description: Public facts the message carries (mode, break_glass_reason, approved_by, ...).
     type: dict
     default: {}
+  owners:
+    description:
+      - Action item owners e-mailed too, each an address, a contact role, a contact's name or an
+        approver's principal; an owner with no address is only named in the notice.
+    type: list
+    elements: str
+    default: []
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - knowngood.runbooks.attributes

@@ -110,43 +110,51 @@ def cmd_sign(args: argparse.Namespace, trail: dict) -> int:
     return 0
 
 
-def cmd_escalate(args: argparse.Namespace, trail: dict) -> int:
+def notify_run(
+    args: argparse.Namespace, trail: dict, runbook: str, variables: dict, ticket: str, reason: str
+) -> dict:
+    """Run a notice playbook (escalate, review-nag) on the inventory's channels, recorded like
+    any run; {run_id, summary} for the chain entries that say it was sent."""
     from knowngood import cli
 
+    result = runner.run(
+        runner.RunRequest(
+            runbook=runbook,
+            inventory=cli._run_target(args)[0],
+            extravars={**variables, **cli._parse_extravars(args.extra_vars)},
+            audit_dir=Path(trail["audit_dir"]),
+            audit_key=Path(trail["key"]),
+            quiet=True,
+            ticket=ticket,
+            reason=reason,
+        )
+    )
+    sent = result.record.get("notifications", []) if result.record else []
+    ok = sum(1 for n in sent if n["outcome"] == "delivered")
+    summary = (
+        f"{ok} of {len(sent)} notice(s) delivered"
+        if sent
+        else f"no notice sent ({result.status}; no channel configured?)"
+    )
+    for n in sent:
+        print(f"notify: {n['event']} {n['channel']} {n['target']}: {n['outcome']}", file=sys.stderr)
+    return {"run_id": result.run_id, "summary": summary}
+
+
+def cmd_escalate(args: argparse.Namespace, trail: dict) -> int:
     bg = module_utils("break_glass")
     trust = trust_root(args, required=False)
     after = _call(bg.escalate_after, trust, args.after)
-    inventory = cli._run_target(args)[0]
 
     def send(items: list[dict]) -> dict:
-        result = runner.run(
-            runner.RunRequest(
-                runbook="escalate",
-                inventory=inventory,
-                extravars={
-                    "knowngood_break_glass_overdue": items,
-                    **cli._parse_extravars(args.extra_vars),
-                },
-                audit_dir=Path(trail["audit_dir"]),
-                audit_key=Path(trail["key"]),
-                quiet=True,
-                ticket="break-glass-escalation",
-                reason=f"{len(items)} break-glass run(s) unsigned after {after:g} h",
-            )
+        return notify_run(
+            args,
+            trail,
+            "escalate",
+            {"knowngood_break_glass_overdue": items},
+            "break-glass-escalation",
+            f"{len(items)} break-glass run(s) unsigned after {after:g} h",
         )
-        sent = result.record.get("notifications", []) if result.record else []
-        ok = sum(1 for n in sent if n["outcome"] == "delivered")
-        summary = (
-            f"{ok} of {len(sent)} notice(s) delivered"
-            if sent
-            else f"no notice sent ({result.status}; no channel configured?)"
-        )
-        for n in sent:
-            print(
-                f"notify: {n['event']} {n['channel']} {n['target']}: {n['outcome']}",
-                file=sys.stderr,
-            )
-        return {"run_id": result.run_id, "summary": summary}
 
     written, items = _call(bg.escalate, trail, trust, after, time.time(), send)
     if args.json:

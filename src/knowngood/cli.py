@@ -7,6 +7,8 @@ knowngood run rollback-code --ticket T --reason R [--request FILE] [--check]
 knowngood request rollback-code --decision RUN_ID --ticket T --reason R  -> request file
 knowngood approve REQUEST --key ~/.ssh/id_ed25519                        (sign it)
 knowngood breakglass list [--json] | sign RUN_ID --key K --signer NAME | escalate [--after H]
+knowngood review open RUN_ID --by NAME | finding | action --owner X --due D | done --link | close
+knowngood review list [--open] [--json] | nag                            (post-incident review)
 knowngood audit list | show RUN_ID | verify | repair
 knowngood report RUN_ID --format md|html
 knowngood drill run NAME | list | report [--html FILE]
@@ -438,6 +440,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         from knowngood import breakglass
 
         record = dict(record, break_glass_state=breakglass.state_of(args, audit_dir, args.run_id))
+    from knowngood import review
+
+    record = dict(record, review_state=review.state_of(audit_dir, args.run_id))
     out = (
         Path(args.output) if args.output else audit_dir / "reports" / f"{args.run_id}.{args.format}"
     )
@@ -602,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     from knowngood import breakglass  # `knowngood breakglass list|sign|escalate`
 
     breakglass.add_parser(sub)
+    from knowngood import review  # `knowngood review open|finding|action|done|close|list|nag`
+
+    review.add_parser(sub)
     return parser
 
 

@@ -391,6 +391,39 @@ def _approvals(record: dict) -> list[str]:
     return appr
 
 
+def _review(record: dict) -> list[str]:
+    """The post-incident review from the trail (added by `knowngood report`): findings, each
+    action item with owner, due date and state, who closed it and when."""
+    from knowngood import review
+
+    state = record.get("review_state")
+    if not state:
+        return [
+            "no post-incident review recorded: knowngood review open "
+            f"{record.get('run_id')} --by NAME"
+        ]
+    lines = [
+        f"review opened by {state['opened_by']} at {state['opened_at']}"
+        + (f": {state['summary']}" if state.get("summary") else "")
+    ]
+    lines += [f"finding {f['id']}: {f['text']}" for f in state["findings"]]
+    lines += [
+        f"action {a['id']}: {a['text']} (owner {a['owner']}, due {a['due']}): "
+        + review.item_text(a)
+        for a in state["actions"]
+    ]
+    if state["state"] == "closed":
+        deferred = (
+            f"; deferred {', '.join(state['deferred'])}: {state['defer_reason']}"
+            if state["deferred"]
+            else ""
+        )
+        lines.append(f"review CLOSED by {state['closed_by']} at {state['closed_at']}{deferred}")
+    else:
+        lines.append(f"review OPEN: close with knowngood review close {record.get('run_id')}")
+    return lines
+
+
 def _sections(rep: Report) -> list[tuple[str, list[str]]]:
     """(heading, lines); the failure first when the run failed, then section 7 and the rest."""
     r, n = rep.record, rep.notes
@@ -455,6 +488,7 @@ def _sections(rep: Report) -> list[tuple[str, list[str]]]:
             + [f"{label}: before {b}, during {d}, after {a}" for label, b, d, a in impact(rep)],
         ),
         ("Preventive Recommendations", [n.get("recommendations") or "(to be completed)"]),
+        ("Post-incident Review", _review(r)),
         ("Approvals", _approvals(r)),
         ("Verification", verify or ["(no verification step in this run)"]),
         (
@@ -673,6 +707,21 @@ def to_html(rep: Report) -> str:
         if name == "Hosts and what was done there":
             body.append(
                 _table(("host", "what was done there (changed tasks by phase)"), hosts_touched(r))
+            )
+            continue
+        if name == "Post-incident Review" and (r.get("review_state") or {}).get("actions"):
+            from knowngood import review
+
+            actions = r["review_state"]["actions"]
+            body.append(_ul([line for line in lines if not line.startswith("action ")]))
+            body.append(
+                _table(
+                    ("action", "what", "owner", "due", "state"),
+                    [
+                        (a["id"], a["text"], a["owner"], a["due"], review.item_text(a))
+                        for a in actions
+                    ],
+                )
             )
             continue
         if name == "Impact Assessment":

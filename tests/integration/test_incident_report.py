@@ -3,8 +3,8 @@
 A real rollback-code run on the lab under load captures the error rate and p95 latency around
 it into its record (through a Prometheus URL that carries a password, which never reaches the
 record); the report then renders the same chart with Prometheus at a closed port, in a real
-browser, with the section 7 headings, every host and what was done there, and a failed run's
-failure first.
+browser, with the section 7 headings, every host and what was done there, its post-incident
+review (recorded in the same chain, which still verifies), and a failed run's failure first.
 """
 
 from __future__ import annotations
@@ -89,7 +89,17 @@ def test_report_renders_from_the_record_alone_with_prometheus_gone(lab, tmp_path
     assert window["after"] - window["end"] >= 4.99
     assert 119.999 <= window["start"] - window["before"] <= 120.002
     assert any(t > window["end"] + 2 for t, _v in metrics["series"]["p95_ms"])
-    # the record is sealed with the metrics in it: the chain and its hashes still check
+    # its post-incident review goes into the same signed, witnessed chain
+    run_id, due = record["run_id"], time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400))
+    for step in (
+        ("open", run_id, "--by", "carla", "--summary", "v1.1 broke checkout"),
+        ("action", run_id, "gate on checkout errors", "--owner", "ivan", "--due", due),
+        ("done", run_id, "A1", "--link", "roles/code_verify/defaults/main.yml"),
+        ("close", run_id),
+    ):
+        reviewed = knowngood("review", *step)
+        assert reviewed.returncode == 0, reviewed.stdout + reviewed.stderr
+    # the record is sealed with the metrics in it, the review follows: the chain still checks
     verified = knowngood("audit", "verify")
     assert verified.returncode == 0 and "intact" in verified.stdout, verified.stdout
 
@@ -105,6 +115,7 @@ def test_report_renders_from_the_record_alone_with_prometheus_gone(lab, tmp_path
     for heading in SECTION7:
         assert f"<h2>{heading}</h2>" in text
     assert "<h2>Failure</h2>" not in text  # a successful run has none
+    assert "<td>gate on checkout errors</td><td>ivan</td>" in text  # the review's actions
     assert text.index("<h2>Timeline</h2>") < text.index("<h2>Rollback Procedure Used</h2>")
     # time axis: UTC HH:MM:SS ticks and titles
     assert "time (UTC, HH:MM:SS)" in text and "p95 latency (ms)" in text
@@ -127,6 +138,11 @@ def test_report_renders_from_the_record_alone_with_prometheus_gone(lab, tmp_path
     md = render(record["run_id"], "md", tmp_path / "gone.md", gone)
     assert [h for h in SECTION7 if f"## {h}\n" in md] == list(SECTION7)
     assert md.index("<details>") > md.index("## Preventive Recommendations")
+    review = md.split("## Post-incident Review\n", 1)[1].split("\n## ", 1)[0]
+    assert "review opened by carla at " in review and ": v1.1 broke checkout" in review
+    assert f"action A1: gate on checkout errors (owner ivan, due {due}): DONE by " in review
+    assert ": roles/code_verify/defaults/main.yml (sha256 " in review
+    assert "- review CLOSED by " in review
 
 
 def test_failed_run_shows_its_failure_first(lab, tmp_path):
