@@ -325,11 +325,17 @@ def test_fetch_prefetch_missing_and_continuity(pg_factory, walenv, tmp_path: Pat
     print(f"fetch from location {cold * 1000:.0f} ms; from spool {min(warm) * 1000:.0f} ms")
     # Not archived anywhere: exit 1, fast (no backoff on not-found).
     missing = next_segment(names[-1], 50)
-    run, took = fetch(missing)
-    assert run.returncode == 1 and "not found" in run.stderr
     # Against the cold fetch of this run (the same process, plus a download), not a fixed time:
-    # a not-found retried with backoff (0.5 s base, 4 attempts) would add seconds.
-    assert took < cold + 0.5, f"fetch of a missing segment took {took:.2f}s, cold {cold:.2f}s"
+    # a not-found retried with backoff (0.5 s base, 4 attempts) would add seconds to every try,
+    # where a stall of this shared machine hits one; so the fastest of up to three tries counts.
+    tries = []
+    for _try in range(3):
+        run, took = fetch(missing)
+        assert run.returncode == 1 and "not found" in run.stderr
+        tries.append(took)
+        if took < cold + 0.5:
+            break
+    assert min(tries) < cold + 0.5, f"fetch of a missing segment took {tries}s, cold {cold:.2f}s"
     # Continuity names every gap (the three taken away above), per location.
     local_b = store.open_locations(cfg)[1]
     report = archive.continuity(cfg, local_b, names[0])
