@@ -132,11 +132,6 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.knowngood.runbooks.plugins.module_utils import postgres, replication
 
-try:
-    from psycopg import sql
-except ImportError:
-    sql = None
-
 
 def _streaming(conn):
     rows = conn.execute(
@@ -187,8 +182,6 @@ def main():
         spec = replication.validate(p["synchronous"])
         if not spec["enabled"]:
             module.exit_json(**result)
-        if sql is None:
-            module.fail_json(msg="pg_synchronous needs the psycopg package", **result)
         conn = postgres.connect(postgres.Target.from_params(p))
         streaming = _streaming(conn)
         planned = replication.plan(spec, p["primary"], p["exclude"], list(streaming))
@@ -216,16 +209,8 @@ def main():
             module.warn(planned["warning"])
         if module.check_mode:
             module.exit_json(**result)
-        for key in changes:
-            # ALTER SYSTEM takes no bind parameters: identifier and literal quoted by psycopg.
-            query = sql.SQL("ALTER SYSTEM SET {} = {}").format(
-                sql.Identifier(key), sql.Literal(desired[key])
-            )
-            result["queries"].append(query.as_string(conn))
-            conn.execute(query)
+        result["queries"] += postgres.alter_system(conn, {k: desired[k] for k in changes})
         if changes:
-            conn.execute("SELECT pg_reload_conf()")
-            result["queries"].append("SELECT pg_reload_conf()")
             deadline = time.monotonic() + 10
             while postgres.settings(conn, replication.SETTINGS) != desired:
                 if time.monotonic() > deadline:

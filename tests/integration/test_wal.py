@@ -74,6 +74,14 @@ def notifying(hook: WebhookReceiver) -> dict:
     }
 
 
+def only_notice(hook: WebhookReceiver) -> str:
+    """The one notice the receiver heard (waits for it, then a moment for any second one)."""
+    wait_for(hook.texts, 10, "the notice")
+    time.sleep(0.5)
+    (text,) = hook.texts()
+    return text
+
+
 def job_ok(cfg: BackupConfig, kind: str) -> float:
     labels = frozenset({("cluster", cfg.cluster), ("kind", kind)})
     return samples(metrics.metrics_path(cfg))[("knowngood_backup_job_ok", labels)]
@@ -269,9 +277,7 @@ def test_required_region_down_blocks_then_catches_up(pg_factory, walenv, labcfg:
             60,
             "archive_command to fail and be retried",
         )
-        wait_for(lambda: hook.texts(), 10, "the notice")
-        time.sleep(0.5)
-        (text,) = hook.texts()
+        text = only_notice(hook)
         assert text.startswith("[knowngood] WAL archiving FAILED: waltest on "), text
         assert "s3-region-a" in text and "locations not stored: s3-region-a" in text, text
         assert job_ok(cfg, "wal_push") == 0
@@ -309,9 +315,7 @@ def test_optional_region_down_pending_then_backfilled(
         # The archive falls behind in region A: one notice while it stays down.
         (second,) = write_and_switch(pg, 1)
         assert wal.pending_copies(cfg) == {"s3-region-a": [name, second]}
-        wait_for(lambda: hook.texts(), 10, "the notice")
-        time.sleep(0.5)
-        (text,) = hook.texts()
+        text = only_notice(hook)
         assert text.startswith("[knowngood] WAL archive falling behind: waltest on "), text
         assert "location s3-region-a" in text and "queued" in text, text
         assert job_ok(cfg, "wal_push") == 1

@@ -431,11 +431,10 @@ def apply_synchronous(cfg: LabConfig, declaration: dict | None = None) -> bool:
     """The primary (base+432) runs with the declaration's settings (PostgreSQL's defaults when
     it is off); True if anything changed. A standby cloned from a primary carries the primary's
     postgresql.auto.conf, so every change of roles ends here."""
-    from psycopg import sql
-
     from knowngood.modutils import module_utils
 
     replication = module_utils("replication")
+    postgres_utils = module_utils("postgres")
     declaration = declaration or synchronous_declaration(cfg)
     primary, _standby = pg_nodes(cfg)
     with _pg_connect(primary.port, "postgres") as conn:
@@ -449,14 +448,14 @@ def apply_synchronous(cfg: LabConfig, declaration: dict | None = None) -> bool:
             desired = replication.plan(declaration, "db1", (), streaming)["settings"]
         else:
             desired = {"synchronous_standby_names": "", "synchronous_commit": "on"}
-        changed = False
-        for name, value in desired.items():
-            if conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0] != value:
-                query = sql.SQL("ALTER SYSTEM SET {} = {}")
-                conn.execute(query.format(sql.Identifier(name), sql.Literal(value)))
-                changed = True
+        changes = {
+            name: value
+            for name, value in desired.items()
+            if conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0] != value
+        }
+        postgres_utils.alter_system(conn, changes)
+        changed = bool(changes)
         if changed:
-            conn.execute("SELECT pg_reload_conf()")
             wait_until(
                 lambda: all(
                     conn.execute("SELECT current_setting(%s)", (k,)).fetchone()[0] == v
