@@ -10,14 +10,14 @@ version_added: "0.1.0"
 description:
   - Sets C(synchronous_standby_names) and C(synchronous_commit) (ALTER SYSTEM, then a reload)
     from the cluster's declaration (I(synchronous), the inventory's C(knowngood_db_synchronous)),
-    rewritten for I(primary): the other nodes' application names, minus I(exclude). It never
+    rewritten for I(primary) - the other nodes' application names, minus I(exclude). It never
     names the primary itself.
   - When fewer standbys stream than the declaration waits for, the declaration's
     C(without_standby) decides. C(async) (the default) sets no synchronous standby, so the
     primary never blocks a commit, and returns C(degraded=true) with a warning. C(refuse) fails
     before anything is written when too few standbys remain to wait for.
   - On a hot standby about to be promoted the settings are written all the same (ALTER SYSTEM
-    writes no WAL): the node takes its first commit as a primary with the right ones.
+    writes no WAL); the node takes its first commit as a primary with the right ones.
   - With I(wait), waits until the named standbys are synchronous (C(pg_stat_replication.sync_state)
     C(sync) or C(quorum)).
   - A declaration that is not enabled changes nothing.
