@@ -116,6 +116,9 @@ KEPT_KEYS = (
     "last_known_good",
     "removed_releases",
     "verdict",
+    # a primary left without its synchronous standby (pg_synchronous): the risk, recorded
+    "degraded",
+    "warning",
     "severity",
     "action",
     "approvals_required",

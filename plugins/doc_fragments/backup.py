@@ -194,6 +194,23 @@ options:
           storage_port:
             description: S3 port.
             type: int
+      notify:
+        description:
+          - Where the WAL tool announces a scheduled backup or restore test that failed, WAL
+            archiving that fails and a location whose copies start to queue (the archive falls
+            behind there): once per failed run, once per archiving failure (not per retry).
+            The runbooks' channels and contacts; empty, only the metrics tell.
+        type: dict
+        suboptions:
+          channels:
+            description: C(knowngood_notify) (webhooks, smtp, attempts, timeout_s, backoff_s).
+            type: dict
+          contacts:
+            description: C(knowngood_contacts) (primary_oncall, secondary_oncall, infra_lead).
+            type: dict
+          smtp_password:
+            description: Password of the SMTP relay (vaulted).
+            type: str
   encryption_key:
     description: Passphrase for locations with C(encrypt=true); from a vaulted variable.
     type: str

@@ -18,10 +18,14 @@ import re
 import smtplib
 import threading
 import time
+import urllib.request
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 
-from ansible.module_utils.urls import open_url
+try:
+    from ansible.module_utils.urls import open_url
+except ImportError:  # kg-wal, the standalone WAL tool, on a host without Ansible
+    open_url = None
 
 EVENTS = (
     "request",
@@ -220,6 +224,16 @@ def _outcome(event, channel, target, started, attempts, error):
     }
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # answered as the HTTP error it is: the URL holds a token
+
+
+def _stdlib_open(url, data, headers, method, timeout, follow_redirects="none"):
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    return urllib.request.build_opener(_NoRedirect).open(request, timeout=timeout)
+
+
 def post_webhook(event, url, text, attempts, timeout, backoff):
     """POST {"text": ...}; retries connection errors, 429 and 5xx; 4xx is final."""
     started = time.monotonic()
@@ -229,7 +243,7 @@ def post_webhook(event, url, text, attempts, timeout, backoff):
     for attempt in range(1, attempts + 1):
         retry = True
         try:
-            resp = open_url(
+            resp = (open_url or _stdlib_open)(
                 url,
                 data=body,
                 headers={"Content-Type": "application/json"},

@@ -128,6 +128,22 @@ def as_os_user_kwargs(name, error=PgError):
     return {"user": uid, "group": gid, "extra_groups": []}
 
 
+def alter_system(conn, settings):
+    """ALTER SYSTEM SET every setting, then one reload; the statements run, as text."""
+    from psycopg import sql
+
+    queries = []
+    for name, value in settings.items():
+        # ALTER SYSTEM takes no bind parameters: identifier and literal quoted by psycopg.
+        query = sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+        queries.append(query.as_string(conn))
+        conn.execute(query)
+    if queries:
+        conn.execute("SELECT pg_reload_conf()")
+        queries.append("SELECT pg_reload_conf()")
+    return queries
+
+
 def conf_value(value):
     """A value as postgresql.conf writes it: on/off, a bare integer, else a quoted string."""
     if isinstance(value, bool):

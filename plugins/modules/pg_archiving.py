@@ -115,6 +115,7 @@ import pwd
 import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.knowngood.runbooks.plugins.module_utils import postgres
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import install as wal_tool
 
 # kg-wal's own entry point: imported so that Ansible ships every source install_tool copies.
@@ -131,12 +132,7 @@ from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.store i
     probe_locations,
 )
 
-try:
-    from psycopg import sql
-
-    HAS_PSYCOPG = True
-except ImportError:
-    HAS_PSYCOPG = False
+HAS_PSYCOPG = postgres.has_psycopg()
 
 SETTINGS = ("archive_mode", "archive_command", "restore_command", "archive_timeout")
 
@@ -253,16 +249,7 @@ def main():
         if module.check_mode:
             result["settings"] = before
             module.exit_json(**result)
-        for key in changes:
-            # ALTER SYSTEM takes no bind parameters: identifier and literal quoted by psycopg.
-            query = sql.SQL("ALTER SYSTEM SET {} = {}").format(
-                sql.Identifier(key), sql.Literal(desired[key])
-            )
-            result["queries"].append(query.as_string(conn))
-            conn.execute(query)
-        if changes:
-            conn.execute("SELECT pg_reload_conf()")
-            result["queries"].append("SELECT pg_reload_conf()")
+        result["queries"] += postgres.alter_system(conn, {k: desired[k] for k in changes})
         if "archive_mode" in changes:
             conn.close()
             _restart(module, cfg)

@@ -47,7 +47,10 @@ EXIT_CODES = """exit codes:
 def _lab_config(args: argparse.Namespace) -> LabConfig:
     root = Path(args.root)
     if args.command == "up":
-        return LabConfig(root=root, hosts=args.hosts, ssh=args.ssh, base_port=args.base_port)
+        extra = {"synchronous": True} if args.synchronous else {}
+        return LabConfig(
+            root=root, hosts=args.hosts, ssh=args.ssh, base_port=args.base_port, extra=extra
+        )
     if not (root / "lab.json").exists():
         raise KnowngoodError(f"no lab at {root}: run `knowngood lab up` first")
     return LabConfig.load(root)
@@ -500,6 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--hosts", type=int, default=3)
     up.add_argument("--ssh", action="store_true", help="one sshd per host on 127.0.1.x")
     up.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
+    up.add_argument(
+        "--synchronous",
+        action="store_true",
+        help="the primary waits for the standby on every commit (knowngood_db_synchronous)",
+    )
     lab_sub.add_parser("down", help="stop every lab process and remove the lab")
     broken = lab_sub.add_parser("break", help="inject a failure (drills, demos)")
     broken.add_argument(

@@ -161,7 +161,13 @@ def test_check_mode_takes_nothing(lab_session, archiving):
     assert [e["label"] for e in catalog(lab_session)] == before
 
 
-def test_scheduled_full_backup_command_takes_a_backup(lab_session, archiving):
+def test_scheduled_backup_command_takes_a_backup_and_a_failed_one_sends_one_notice(
+    lab_session, archiving, tmp_path
+):
+    from promrules import samples
+
+    from knowngood.lab.notify_sinks import WebhookReceiver, closed_port
+
     before = {e["label"] for e in catalog(lab_session)}
     tool = Path(backup_settings(lab_session)["knowngood_backup_tool_dir"]) / "kg-wal"
     proc = subprocess.run(
@@ -170,6 +176,51 @@ def test_scheduled_full_backup_command_takes_a_backup(lab_session, archiving):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     after = {e["label"] for e in catalog(lab_session)}
     assert len(after - before) == 1
+
+    # The same scheduled job with a required disk that cannot be written (its path runs
+    # through a file), a catalog and spool of its own: it fails, the metric says so, and the
+    # on-call hears once. A receiver that is down changes nothing about the result.
+    cfg = open_config(lab_session).to_dict()
+    unwritable = str(tmp_path / "not-a-dir" / "disk-b")
+    (tmp_path / "not-a-dir").write_text("a file, not a directory")
+    cfg["locations"] = [
+        {**loc, "path": unwritable} if loc["name"] == "local-b" else loc
+        for loc in cfg["locations"]
+        if loc["type"] == "local"
+    ]
+    cfg.update(spool_dir=str(tmp_path / "spool"), catalog_dir=str(tmp_path / "catalog"))
+    contacts = {
+        role: {"name": name, "email": f"{name}@lab.invalid"}
+        for role, name in (("primary_oncall", "o"), ("secondary_oncall", "t"), ("infra_lead", "i"))
+    }
+
+    def failed_backup(webhook: str) -> subprocess.CompletedProcess:
+        cfg["notify"] = {
+            "channels": {"webhooks": [webhook], "attempts": 1, "timeout_s": 2},
+            "contacts": contacts,
+        }
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(cfg))
+        return subprocess.run(
+            [str(tool), "--config", str(path), "backup", "full"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    with WebhookReceiver() as hook:
+        failed = failed_backup(hook.url())
+        texts = hook.texts()
+    dead = failed_backup(f"http://127.0.0.1:{closed_port()}/T/SECRET")
+    for run in (failed, dead):
+        assert run.returncode == 1, run.stdout + run.stderr
+    (text,) = texts
+    assert text.startswith("[knowngood] scheduled full backup FAILED: "), text
+    assert "local-b" in text, text
+    assert "notice webhook http://127.0.0.1" in dead.stderr and "failed" in dead.stderr
+    prom = Path(cfg["spool_dir"]) / "metrics" / f"knowngood_backup_{cfg['cluster']}.prom"
+    labels = frozenset({("cluster", cfg["cluster"]), ("kind", "backup_full")})
+    assert samples(prom)[("knowngood_backup_job_ok", labels)] == 0
 
 
 def test_region_down_during_backup_is_retried_reported_and_others_complete(lab_session, archiving):

@@ -53,8 +53,38 @@ from stalls import StallingEndpoint
 
 from knowngood.lab import s3 as lab_s3
 from knowngood.lab.config import LabConfig
+from knowngood.lab.notify_sinks import WebhookReceiver
 
 ENC_KEY = "wal-test-passphrase-0123456789"
+CONTACTS = {
+    role: {"name": name, "email": f"{name}@lab.invalid"}
+    for role, name in (
+        ("primary_oncall", "oscar"),
+        ("secondary_oncall", "tess"),
+        ("infra_lead", "ivan"),
+    )
+}
+
+
+def notifying(hook: WebhookReceiver) -> dict:
+    """The backup configuration's notify: the test's webhook, the lab's contacts."""
+    return {
+        "channels": {"webhooks": [hook.url()], "attempts": 1, "timeout_s": 2},
+        "contacts": CONTACTS,
+    }
+
+
+def only_notice(hook: WebhookReceiver) -> str:
+    """The one notice the receiver heard (waits for it, then a moment for any second one)."""
+    wait_for(hook.texts, 10, "the notice")
+    time.sleep(0.5)
+    (text,) = hook.texts()
+    return text
+
+
+def job_ok(cfg: BackupConfig, kind: str) -> float:
+    labels = frozenset({("cluster", cfg.cluster), ("kind", kind)})
+    return samples(metrics.metrics_path(cfg))[("knowngood_backup_job_ok", labels)]
 
 
 @pytest.fixture(scope="module")
@@ -233,18 +263,24 @@ def wait_for(predicate, timeout: float, what: str):
 
 def test_required_region_down_blocks_then_catches_up(pg_factory, walenv, labcfg: LabConfig) -> None:
     base, config = walenv
-    cfg = config(s3_required=True)
+    hook = WebhookReceiver().__enter__()
+    cfg = config(s3_required=True, notify=notifying(hook))
     pg, _ = start_archiving(pg_factory, cfg, base / "tool")
     write_and_switch(pg, 1)
     lab_s3.s3_region_down(labcfg, 0)
     try:
         pg.sql("INSERT INTO t SELECT g, 'y' FROM generate_series(1, 1000) g")
         stuck = pg.scalar("SELECT pg_walfile_name(pg_switch_wal())")
+        # PostgreSQL retries the segment: the on-call hears once, not once per attempt.
         wait_for(
-            lambda: pg.scalar("SELECT failed_count FROM pg_stat_archiver") > 0,
+            lambda: pg.scalar("SELECT failed_count FROM pg_stat_archiver") > 1,
             60,
-            "archive_command to fail",
+            "archive_command to fail and be retried",
         )
+        text = only_notice(hook)
+        assert text.startswith("[knowngood] WAL archiving FAILED: waltest on "), text
+        assert "s3-region-a" in text and "locations not stored: s3-region-a" in text, text
+        assert job_ok(cfg, "wal_push") == 0
         assert pg.scalar("SELECT last_archived_wal FROM pg_stat_archiver") < stuck
         assert f"push {stuck} FAILED" in pg.log()
         assert "endpoint" in pg.log() and "unreachable" in pg.log()
@@ -252,6 +288,7 @@ def test_required_region_down_blocks_then_catches_up(pg_factory, walenv, labcfg:
         assert (pg.data_dir / "pg_wal" / "archive_status" / f"{stuck}.ready").exists()
     finally:
         lab_s3.s3_region_up(labcfg, lambda m: None, 0)
+        hook.__exit__(None, None, None)
     names = write_and_switch(pg, 1)  # wakes the archiver; it catches up in order
     assert names[0] > stuck
     s3 = store.open_locations(cfg)[2]
@@ -262,7 +299,8 @@ def test_optional_region_down_pending_then_backfilled(
     pg_factory, walenv, labcfg: LabConfig
 ) -> None:
     base, config = walenv
-    cfg = config(s3_required=False)
+    hook = WebhookReceiver().__enter__()
+    cfg = config(s3_required=False, notify=notifying(hook))
     pg, _ = start_archiving(pg_factory, cfg, base / "tool")
     write_and_switch(pg, 1)  # the S3 repo.json exists (and is cached) before the outage
     lab_s3.s3_region_down(labcfg, 0)
@@ -274,14 +312,22 @@ def test_optional_region_down_pending_then_backfilled(
         assert "pending copies: 1" in pg.log()
         local_a = store.open_locations(cfg)[0]
         assert name in archive.list_segments(local_a)
+        # The archive falls behind in region A: one notice while it stays down.
+        (second,) = write_and_switch(pg, 1)
+        assert wal.pending_copies(cfg) == {"s3-region-a": [name, second]}
+        text = only_notice(hook)
+        assert text.startswith("[knowngood] WAL archive falling behind: waltest on "), text
+        assert "location s3-region-a" in text and "queued" in text, text
+        assert job_ok(cfg, "wal_push") == 1
     finally:
         lab_s3.s3_region_up(labcfg, lambda m: None, 0)
+        hook.__exit__(None, None, None)
     time.sleep(wal._down_hold(cfg) + 0.5)
     (later,) = write_and_switch(pg, 1)  # the next push backfills first
     assert wal.pending_copies(cfg) == {}
     s3 = store.open_locations(cfg)[2]
-    assert {name, later} <= set(archive.list_segments(s3))
-    assert "backfilled 1 pending WAL file(s) to s3-region-a" in pg.log()
+    assert {name, second, later} <= set(archive.list_segments(s3))
+    assert "backfilled 2 pending WAL file(s) to s3-region-a" in pg.log()
 
 
 def test_fetch_prefetch_missing_and_continuity(pg_factory, walenv, tmp_path: Path) -> None:

@@ -110,6 +110,10 @@ class BackupConfig:
     pgbackrest_stanza: str = ""
     pgbackrest_config: str = ""
     pgbackrest_repos: tuple = ()
+    # Where failed scheduled jobs and a falling-behind WAL archive are announced
+    # (_backup/notice.py): {channels: knowngood_notify, contacts: knowngood_contacts,
+    # smtp_password}.
+    notify: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
 
     @classmethod
     def from_dict(cls, data):
@@ -133,6 +137,12 @@ class BackupConfig:
         data["locations"] = [loc.public() for loc in self.locations]
         for key in ("encryption_key", "signing_key"):
             data[key] = "********" if data[key] else ""
+        # A webhook's path is its token: only how many channels there are.
+        channels = self.notify.get("channels") or {}
+        data["notify"] = {
+            "webhooks": len(channels.get("webhooks") or []),
+            "smtp": bool(channels.get("smtp")),
+        }
         return data
 
     def to_dict(self):
@@ -290,4 +300,15 @@ def parse_config(data):
         pgbackrest_stanza=data.get("pgbackrest_stanza") or "",
         pgbackrest_config=data.get("pgbackrest_config") or "",
         pgbackrest_repos=tuple(data.get("pgbackrest_repos") or ()),
+        notify=_notify_settings(data.get("notify")),
     )
+
+
+def _notify_settings(raw):
+    raw = raw or {}
+    _require(isinstance(raw, dict), "notify must be a mapping of channels, contacts, smtp_password")
+    unknown = sorted(set(raw) - {"channels", "contacts", "smtp_password"})
+    _require(not unknown, f"notify: unknown keys {unknown}")
+    for key in ("channels", "contacts"):
+        _require(isinstance(raw.get(key) or {}, dict), f"notify.{key} must be a mapping")
+    return dict(raw)

@@ -41,6 +41,8 @@ MODULES = (
     "_backup.pgbackrest",
     "_backup.engine",
     "_backup.verify",
+    "_backup.notice",
+    "notify",
 )
 PACKAGES = ("_backup",)
 

@@ -85,6 +85,16 @@ def render(state):
     return "\n".join(lines) + "\n"
 
 
+def state(cfg):
+    """The recorded state ({cluster, jobs, locations, pending}); {} when there is none yet."""
+    path = os.path.join(metrics_dir(cfg), f".{PREFIX}_{cfg.cluster}.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
+
+
 def record(cfg, kind, ok, locations=None, pending=None, now=None):
     """Record one run of `kind`: ok, and optionally {location: stored?} and {location: count}.
 
@@ -131,4 +141,4 @@ def record(cfg, kind, ok, locations=None, pending=None, now=None):
         os.close(fd)
 
 
-__all__ = ["KINDS", "metrics_path", "record", "render"]
+__all__ = ["KINDS", "metrics_path", "record", "render", "state"]

@@ -77,6 +77,15 @@ CONFIG_SPEC = {
     "pgbackrest_stanza": _S,
     "pgbackrest_config": _P,
     "pgbackrest_repos": {"type": "list", "elements": "dict", "options": PGBACKREST_REPO_SPEC},
+    "notify": {
+        "type": "dict",
+        "options": {
+            # a webhook URL's path is its token
+            "channels": {"type": "dict", "no_log": True},
+            "contacts": {"type": "dict"},
+            "smtp_password": _SECRET,
+        },
+    },
 }
 
 BACKUP_ARGUMENT_SPEC = {

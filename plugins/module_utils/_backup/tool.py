@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import metrics
+from ansible_collections.knowngood.runbooks.plugins.module_utils._backup import metrics, notice
 from ansible_collections.knowngood.runbooks.plugins.module_utils._backup.archive import (
     list_segments,
     newest_segment,
@@ -90,15 +90,24 @@ def _scheduled_job(cfg, args, outcome):
             name: copy.get("status") == "ok"
             for name, copy in (entry.get("locations") or {}).items()
         }
+        if missing:
+            outcome["error"] = "backup %s not stored in %s" % (entry["label"], ", ".join(missing))
         summary = {"backup_id": entry["label"], "type": entry["type"], "missing": missing}
         sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
         return 1 if missing else 0
     tiers = tuple(t for t in args.tiers.split(",") if t)
-    outcome = verify.verify(cfg, tiers=tiers)
+    verified = verify.verify(cfg, tiers=tiers)
     sys.stdout.write(
-        json.dumps({"ok": outcome.get("ok"), "tiers": sorted(outcome.get("tiers", {}))}) + "\n"
+        json.dumps({"ok": verified.get("ok"), "tiers": sorted(verified.get("tiers", {}))}) + "\n"
     )
-    return 0 if outcome.get("ok") else 1
+    failed = {
+        name: "; ".join(str(p) for p in (tier.get("problems") or [])[:2]) or "failed"
+        for name, tier in sorted((verified.get("tiers") or {}).items())
+        if not tier.get("ok")
+    }
+    if failed:
+        outcome["error"] = "; ".join("%s: %s" % item for item in failed.items())[:600]
+    return 0 if verified.get("ok") else 1
 
 
 def watchdog_limit(cmd, environ):
@@ -177,9 +186,11 @@ def _run(args):
     except BackupError as err:
         log(f"{args.cmd}: {err}")
         outcome["locations"] = _stored(getattr(err, "locations", {}))
+        outcome["error"] = safe_error(err)
         return 1
     except Exception as err:  # noqa: BLE001 - never a traceback with locals into the PG log
         log(f"{args.cmd}: unexpected {type(err).__name__}")
+        outcome["error"] = f"unexpected {type(err).__name__}"
         return 1
     finally:
         if cfg is not None and args.cmd in ("push", "backup", "verify"):
@@ -192,7 +203,9 @@ def _stored(statuses):
 
 
 def _record_metrics(cfg, args, outcome):
+    """The run's outcome into the metrics, then the notices it owes (never the job's result)."""
     kind = {"push": "wal_push", "verify": "verify"}.get(args.cmd) or f"backup_{args.type}"
+    before = metrics.state(cfg)
     try:
         metrics.record(
             cfg,
@@ -203,6 +216,13 @@ def _record_metrics(cfg, args, outcome):
         )
     except Exception as err:  # noqa: BLE001 - a metrics file never fails the job it records
         log(f"{args.cmd}: metrics not written: {safe_error(err)}")
+    try:
+        notices = notice.due(kind, dict(outcome, cluster=cfg.cluster), before)
+        # archive_command must return at once; a scheduled job may wait for its notice.
+        deliver = notice.send_detached if args.cmd == "push" else notice.send
+        deliver(cfg.notify, notices, lambda line: log(f"{args.cmd}: {line}"))
+    except Exception as err:  # noqa: BLE001 - a notice never fails the job it reports
+        log(f"{args.cmd}: notice not sent: {type(err).__name__}")
 
 
 class _Expired(Exception):

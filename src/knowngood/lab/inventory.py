@@ -14,7 +14,13 @@ from knowngood.lab.apps import POOLS, app_url
 from knowngood.lab.config import LabConfig
 from knowngood.lab.flags import flag_token_file
 from knowngood.lab.nginx import nginx_commands, nginx_paths
-from knowngood.lab.postgres import PG_OS_USER, PG_SUPERUSER, pg_slot, postgres_status
+from knowngood.lab.postgres import (
+    PG_OS_USER,
+    PG_SUPERUSER,
+    pg_slot,
+    postgres_status,
+    synchronous_declaration,
+)
 from knowngood.lab.s3 import COLD_BUCKET, s3_credentials, s3_status
 from knowngood.lab.sshd import ssh_client_options
 
@@ -73,6 +79,9 @@ def inventory(cfg: LabConfig) -> dict:
                 "knowngood_log_files": [str(cfg.log_dir / "*.log"), str(cfg.pg_dir / "*.log")],
                 "knowngood_db_dsn": pg["primary_dsn"],
                 "knowngood_db_cluster": pg["name"],
+                # Synchronous replication (`knowngood lab up --synchronous`); recover-system
+                # rewrites the settings for whichever node it promotes.
+                "knowngood_db_synchronous": synchronous_declaration(cfg),
                 # The lab's services share two cores with the controller and whatever else runs:
                 # Prometheus latency and throughput of another minute's window measure that
                 # load as much as the service, so here they report rather than decide. Every

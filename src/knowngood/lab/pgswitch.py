@@ -127,7 +127,8 @@ def restore_topology(cfg: LabConfig, progress: Callable[[str], None] = print) ->
     moved = False
     if roles == {"primary": "primary", "standby": "standby"} and postgres.pg_streaming(standby):
         _drop_dsn_overrides(cfg)
-        return False
+        # A recovery may have left the lab's synchronous settings rewritten for the other node.
+        return postgres.apply_synchronous(cfg)
     started = time.monotonic()
     if roles["standby"] == "primary":
         if roles["primary"] != "standby" or not postgres.pg_streaming(primary):
@@ -176,6 +177,9 @@ def restore_topology(cfg: LabConfig, progress: Callable[[str], None] = print) ->
         _wait(lambda: postgres.pg_streaming(standby), "standby streaming")
         moved = True
     _drop_dsn_overrides(cfg)
+    # The promoted node runs with the postgresql.auto.conf of the clone it was made from, whose
+    # synchronous_standby_names named this node itself: it would wait for no one, forever.
+    moved |= postgres.apply_synchronous(cfg)
     if moved:
         progress(
             f"postgres: primary on {primary.port}, standby streaming "

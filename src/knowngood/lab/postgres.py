@@ -406,6 +406,65 @@ def postgres_up(cfg: LabConfig, progress: Progress) -> None:
     else:
         # A promoted standby (failover drill) is left as it is: rebuilding it is a runbook's job.
         progress("postgres: standby is not in recovery (promoted?); leaving it alone")
+        return
+    if apply_synchronous(cfg):
+        state = "on" if synchronous_declaration(cfg)["enabled"] else "off"
+        progress(f"postgres: synchronous replication {state}")
+
+
+def synchronous_declaration(cfg: LabConfig, enabled: bool | None = None) -> dict:
+    """knowngood_db_synchronous for the lab: on with `knowngood lab up --synchronous`.
+
+    Each node's application_name is its cluster_name (the walreceiver's default), which its
+    kglab.conf sets and a re-seed carries over."""
+    return {
+        "enabled": bool(cfg.extra.get("synchronous")) if enabled is None else enabled,
+        "method": "ANY",
+        "num_sync": 1,
+        "commit": "on",
+        "names": {"db1": cfg.name, "db2": f"{cfg.name}-standby"},
+        "without_standby": "async",
+    }
+
+
+def apply_synchronous(cfg: LabConfig, declaration: dict | None = None) -> bool:
+    """The primary (base+432) runs with the declaration's settings (PostgreSQL's defaults when
+    it is off); True if anything changed. A standby cloned from a primary carries the primary's
+    postgresql.auto.conf, so every change of roles ends here."""
+    from knowngood.modutils import module_utils
+
+    replication = module_utils("replication")
+    postgres_utils = module_utils("postgres")
+    declaration = declaration or synchronous_declaration(cfg)
+    primary, _standby = pg_nodes(cfg)
+    with _pg_connect(primary.port, "postgres") as conn:
+        if declaration["enabled"]:
+            streaming = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'"
+                )
+            ]
+            desired = replication.plan(declaration, "db1", (), streaming)["settings"]
+        else:
+            desired = {"synchronous_standby_names": "", "synchronous_commit": "on"}
+        changes = {
+            name: value
+            for name, value in desired.items()
+            if conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0] != value
+        }
+        postgres_utils.alter_system(conn, changes)
+        changed = bool(changes)
+        if changed:
+            wait_until(
+                lambda: all(
+                    conn.execute("SELECT current_setting(%s)", (k,)).fetchone()[0] == v
+                    for k, v in desired.items()
+                ),
+                what="postgres: synchronous settings reloaded",
+                timeout=10,
+            )
+    return changed
 
 
 def postgres_down(cfg: LabConfig) -> None:
