@@ -16,7 +16,7 @@ description:
     sentinel rows committed before the failure but missing after recovery, measured from the
     newest row that survived before the oldest lost one to the newest lost row; zero when none
     is missing.
-  - When no sentinel row older than the lost ones survived, nothing bounds the loss: the RPO is
+  - When no sentinel row older than the lost ones survived, nothing bounds the loss; the RPO is
     unbounded (C(rpo_s) null, C(rpo_at_least_s) the span of the lost rows) and the drill misses
     its RPO objective. A drill that must survive a loss of its newest writes commits sentinel
     rows early enough (before its baseline backup) for some to survive.
