@@ -233,9 +233,9 @@ def score(state, surviving=None):
             # Every sentinel row is gone: nothing proves how far back the data went, so the
             # objective cannot be shown to hold (it used to be assumed from the drill's start).
             misses.append(
-                "RPO unbounded: all %d sentinel rows lost, so the data went back past the oldest "
-                "(at least %.1fs of commits lost) and nothing bounds the loss within the %.1fs "
-                "target" % (card["rows_lost"], card["rpo_at_least_s"], targets["rpo_s"])
+                f"RPO unbounded: all {card['rows_lost']} sentinel rows lost, so the data went "
+                f"back past the oldest (at least {card['rpo_at_least_s']:.1f}s of commits lost) "
+                f"and nothing bounds the loss within the {targets['rpo_s']:.1f}s target"
             )
         elif rpo > targets["rpo_s"]:
             misses.append(
