@@ -94,28 +94,28 @@ def _connect(dsn):
 
 
 def tick(drill_dir, name, dsn, count, interval):
-    """Commit `count` sentinel rows `interval` seconds apart; remember the newest one."""
+    """Commit `count` sentinel rows `interval` s apart; remember each one (id, commit time)."""
     state = load(drill_dir, name)
+    committed = []
     with _connect(dsn) as conn:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS %s (id bigserial PRIMARY KEY, drill text NOT NULL, "
             "run_id text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())" % TICKS_TABLE
         )
-        newest = None
         for index in range(count):
-            newest = conn.execute(
+            row = conn.execute(
                 "INSERT INTO %s (drill, run_id) VALUES (%%s, %%s) RETURNING id, at" % TICKS_TABLE,
                 (name, state["run_id"]),
             ).fetchone()
+            committed.append([row[0], row[1].isoformat()])
             if index + 1 < count:
                 time.sleep(interval)
-        total = conn.execute(
-            "SELECT count(*) FROM %s WHERE run_id = %%s" % TICKS_TABLE, (state["run_id"],)
-        ).fetchone()[0]
+    rows = (state.get("ticks") or {}).get("rows", []) + committed
     state["ticks"] = {
-        "committed": total,
-        "newest_id": newest[0],
-        "newest_at": newest[1].isoformat(),
+        "committed": len(rows),
+        "rows": rows,
+        "newest_id": rows[-1][0],
+        "newest_at": rows[-1][1],
     }
     _write(_current(drill_dir, name), state)
     return state
@@ -136,14 +136,46 @@ def writable(candidates):
 
 
 def survivors(dsn, run_id):
+    """The sentinel rows of run_id the database holds now: their count, newest and ids."""
     with _connect(dsn) as conn:
         exists = conn.execute("SELECT to_regclass(%s)", (TICKS_TABLE,)).fetchone()[0]
         if exists is None:
-            return {"count": 0, "newest_at": None}
-        row = conn.execute(
-            "SELECT count(*), max(at) FROM %s WHERE run_id = %%s" % TICKS_TABLE, (run_id,)
-        ).fetchone()
-    return {"count": row[0], "newest_at": row[1].isoformat() if row[1] else None}
+            return {"count": 0, "newest_at": None, "ids": []}
+        ids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM %s WHERE run_id = %%s ORDER BY id" % TICKS_TABLE, (run_id,)
+            )
+        ]
+        newest = conn.execute(
+            "SELECT max(at) FROM %s WHERE run_id = %%s" % TICKS_TABLE, (run_id,)
+        ).fetchone()[0]
+    return {"count": len(ids), "newest_at": newest.isoformat() if newest else None, "ids": ids}
+
+
+def data_loss(rows, surviving_ids):
+    """The data-loss window the sentinel rows prove, from rows committed [[id, at], ...] (in
+    commit order) and the ids found after recovery.
+
+    The database came back to a point between the newest row committed before the oldest lost
+    one that survived and that lost row, so every commit from that survivor up to the newest
+    lost row is gone: the window is the newest lost row's commit time minus that survivor's.
+    With no survivor before the oldest lost row the evidence bounds nothing (the database may
+    have come back to any older point: the drill's start, the last backup, an empty cluster);
+    the window is then unbounded and only its lower bound is known, the span of the lost rows.
+
+    Returns (rows lost, window in seconds or None when unbounded, lower bound in seconds).
+    """
+    kept = set(surviving_ids)
+    lost = [row for row in rows if row[0] not in kept]
+    if not lost:
+        return 0, 0.0, 0.0
+    oldest, newest = _parse(lost[0][1]), _parse(lost[-1][1])
+    before = [row for row in rows if row[0] in kept and _parse(row[1]) < oldest]
+    at_least = round((newest - oldest).total_seconds(), 3)
+    if not before:
+        return len(lost), None, at_least
+    return len(lost), round((newest - _parse(before[-1][1])).total_seconds(), 3), at_least
 
 
 def _seconds(state, start, end):
@@ -173,6 +205,7 @@ def score(state, surviving=None):
         "rto_s": rto,
         "runbook_s": _seconds(state, "runbook_started", "runbook_finished"),
         "rpo_s": None,
+        "rpo_at_least_s": None,
         "rows_committed": None,
         "rows_lost": None,
         "steps": steps,
@@ -181,19 +214,11 @@ def score(state, surviving=None):
     }
     ticks = state.get("ticks") or {}
     if ticks and surviving is not None:
-        lost = max(ticks["committed"] - surviving["count"], 0)
+        lost, window, at_least = data_loss(ticks["rows"], surviving["ids"])
         card["rows_committed"] = ticks["committed"]
         card["rows_lost"] = lost
-        if lost == 0:
-            card["rpo_s"] = 0.0
-        elif surviving["newest_at"] is None:
-            card["rpo_s"] = round(
-                (_parse(ticks["newest_at"]) - _parse(state["started_at"])).total_seconds(), 3
-            )
-        else:
-            card["rpo_s"] = round(
-                (_parse(ticks["newest_at"]) - _parse(surviving["newest_at"])).total_seconds(), 3
-            )
+        card["rpo_s"] = window
+        card["rpo_at_least_s"] = at_least
     misses = []
     if "recovered" not in marks:
         misses.append("never verified green")
@@ -201,11 +226,22 @@ def score(state, surviving=None):
     if rto is not None and targets.get("rto_s") is not None and rto > targets["rto_s"]:
         misses.append("RTO %.1fs over the %.1fs target" % (rto, targets["rto_s"]))
     rpo = card["rpo_s"]
-    if targets.get("rpo_s") is not None:
-        if rpo is None and ticks:
+    if targets.get("rpo_s") is not None and ticks:
+        if surviving is None:
             misses.append("RPO not measured")
-        elif rpo is not None and rpo > targets["rpo_s"]:
-            misses.append(f"RPO {rpo:.1f}s over the {targets['rpo_s']:.1f}s target")
+        elif rpo is None:
+            # Every sentinel row is gone: nothing proves how far back the data went, so the
+            # objective cannot be shown to hold (it used to be assumed from the drill's start).
+            misses.append(
+                f"RPO unbounded: all {card['rows_lost']} sentinel rows lost, so the data went "
+                f"back past the oldest (at least {card['rpo_at_least_s']:.1f}s of commits lost) "
+                f"and nothing bounds the loss within the {targets['rpo_s']:.1f}s target"
+            )
+        elif rpo > targets["rpo_s"]:
+            misses.append(
+                f"RPO {rpo:.1f}s over the {targets['rpo_s']:.1f}s target "
+                f"({card['rows_lost']} of {card['rows_committed']} sentinel rows lost)"
+            )
     card["misses"] = misses
     card["passed"] = not misses
     return card

@@ -13,8 +13,13 @@ description:
     C(recovered)), C(ticked) to commit sentinel rows into the database before the failure, and
     C(scored) in its verify phase.
   - RTO is the time from C(failure_injected) to C(recovered). RPO is the commit-time window of
-    sentinel rows committed before the failure but missing after recovery; zero when none is
-    missing.
+    sentinel rows committed before the failure but missing after recovery, measured from the
+    newest row that survived before the oldest lost one to the newest lost row; zero when none
+    is missing.
+  - When no sentinel row older than the lost ones survived, nothing bounds the loss; the RPO is
+    unbounded (C(rpo_s) null, C(rpo_at_least_s) the span of the lost rows) and the drill misses
+    its RPO objective. A drill that must survive a loss of its newest writes commits sentinel
+    rows early enough (before its baseline backup) for some to survive.
   - The scorecard is compared with I(targets), written to the drill history
     (C(<drill_dir>/history.jsonl)) and returned; the module fails when a target is missed and
     I(fail_on_miss) is true.
@@ -120,7 +125,8 @@ run_id:
   type: str
 scorecard:
   description:
-    - C(scored) only. drill, run_id, rto_s, runbook_s, rpo_s, rows_committed, rows_lost,
+    - C(scored) only. drill, run_id, rto_s, runbook_s, rpo_s (null when unbounded),
+      rpo_at_least_s, rows_committed, rows_lost,
       steps (each mark with the seconds to the next), targets, misses, passed.
   returned: when state is scored
   type: dict

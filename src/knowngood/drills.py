@@ -110,7 +110,7 @@ def summary(card: dict[str, Any]) -> list[str]:
     lines = [
         f"drill {card['drill']} {verdict} ({card['run_id']})",
         f"  RTO {card['rto_s']}s (target {targets.get('rto_s')}s); runbook {card['runbook_s']}s",
-        f"  RPO {card['rpo_s']}s (target {targets.get('rpo_s')}s); "
+        f"  RPO {_rpo(card)} (target {targets.get('rpo_s')}s); "
         f"{card['rows_lost']} of {card['rows_committed']} sentinel rows lost",
     ]
     for step in card["steps"]:
@@ -121,6 +121,13 @@ def summary(card: dict[str, Any]) -> list[str]:
         )
     lines += [f"  missed: {m}" for m in card.get("misses", [])]
     return lines
+
+
+def _rpo(card: dict[str, Any]) -> str:
+    """The measured RPO, or its lower bound when every sentinel row was lost."""
+    if card["rpo_s"] is None and card.get("rpo_at_least_s") is not None:
+        return f"unbounded (at least {card['rpo_at_least_s']}s)"
+    return f"{card['rpo_s']}s"
 
 
 def history(lab_dir: Path) -> list[dict[str, Any]]:
