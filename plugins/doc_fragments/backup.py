@@ -198,7 +198,7 @@ options:
         description:
           - Where the WAL tool announces a scheduled backup or restore test that failed, WAL
             archiving that fails and a location whose copies start to queue (the archive falls
-            behind there): once per failed run, once per archiving failure (not per retry).
+            behind there), once per failed run and once per archiving failure (not per retry).
             The runbooks' channels and contacts; empty, only the metrics tell.
         type: dict
         suboptions:
