@@ -319,12 +319,20 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             return  # access logs come from nginx; keep the runtime quiet
 
-        def reply(self, code: int, body: dict | str, content_type: str = "application/json"):
+        def reply(
+            self,
+            code: int,
+            body: dict | str,
+            content_type: str = "application/json",
+            release: Release | None = None,
+        ):
             data = (json.dumps(body) if isinstance(body, dict) else body).encode()
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
-            release = app.release
+            # The release that answered, not the one loaded now: a request in flight across a
+            # switch is the old release's answer (a v2 error must not read as v1's).
+            release = release or app.release
             settings = app.settings  # one reference per response: a reload mid-way is safe
             self.send_header("X-Release", release.id if release else "none")
             self.send_header("X-Host", app.host)
@@ -358,7 +366,7 @@ def make_handler(app: App) -> type[BaseHTTPRequestHandler]:
                 except Exception as exc:
                     code, body = 500, {"error": repr(exc)}
                 body = {"release": release.id, "host": app.host, **body}
-            self.reply(code, body)
+            self.reply(code, body, release=release)
             app.metrics.observe(
                 release.id if release else "none", path, code, time.perf_counter() - started
             )
