@@ -144,6 +144,16 @@ def alter_system(conn, settings):
     return queries
 
 
+def settings_diff(before, after, names):
+    """The module diff of these server settings, one `name = value` line each."""
+    return {
+        "before": "".join("%s = %s\n" % (k, before.get(k)) for k in names),
+        "after": "".join("%s = %s\n" % (k, after[k]) for k in names),
+        "before_header": "postgresql settings",
+        "after_header": "postgresql settings",
+    }
+
+
 def conf_value(value):
     """A value as postgresql.conf writes it: on/off, a bare integer, else a quoted string."""
     if isinstance(value, bool):

@@ -240,12 +240,7 @@ def main():
         result["changed_settings"] = changes
         result["changed"] = bool(changes) or tool["changed"]
         if module._diff:
-            result["diff"] = {
-                "before": "".join(f"{k} = {before.get(k)}\n" for k in SETTINGS),
-                "after": "".join(f"{k} = {desired[k]}\n" for k in SETTINGS),
-                "before_header": "postgresql settings",
-                "after_header": "postgresql settings",
-            }
+            result["diff"] = postgres.settings_diff(before, desired, SETTINGS)
         if module.check_mode:
             result["settings"] = before
             module.exit_json(**result)

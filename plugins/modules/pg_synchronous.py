@@ -199,12 +199,7 @@ def main():
             **{k: planned[k] for k in ("standbys", "streaming", "degraded", "warning")},
         )
         if module._diff:
-            result["diff"] = {
-                "before": "".join("%s = %s\n" % (k, before.get(k)) for k in changes),
-                "after": "".join("%s = %s\n" % (k, desired[k]) for k in changes),
-                "before_header": "postgresql settings",
-                "after_header": "postgresql settings",
-            }
+            result["diff"] = postgres.settings_diff(before, desired, changes)
         if planned["degraded"]:
             module.warn(planned["warning"])
         if module.check_mode:
