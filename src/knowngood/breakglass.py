@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from knowngood import runner
-from knowngood.errors import KnowngoodError
+from knowngood.errors import KnowngoodError, reported
 from knowngood.modutils import module_utils
 
 
@@ -41,12 +41,8 @@ def trust_root(args: argparse.Namespace, required: bool = True) -> dict | None:
 
 
 def _call(fn, *a, **kw):
-    bg = module_utils("break_glass")
-    chain = module_utils("audit_chain")
-    try:
-        return fn(*a, **kw)
-    except (bg.BreakGlassError, chain.AuditError) as exc:
-        raise KnowngoodError(str(exc)) from None
+    errors = (module_utils("break_glass").BreakGlassError, module_utils("audit_chain").AuditError)
+    return reported(errors, fn, *a, **kw)
 
 
 def _line(s: dict) -> str:

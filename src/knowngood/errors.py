@@ -10,6 +10,15 @@ class KnowngoodError(Exception):
     """Base of every error the CLI reports without a traceback."""
 
 
+def reported(errors: tuple[type[BaseException], ...], fn, *args, **kwargs):
+    """fn(*args, **kwargs), any of ``errors`` raised again as a KnowngoodError with its message
+    (the collection's refusals, printed by the CLI without a traceback)."""
+    try:
+        return fn(*args, **kwargs)
+    except errors as exc:
+        raise KnowngoodError(str(exc)) from None
+
+
 class LabError(KnowngoodError):
     """A lab service could not be brought to the requested state (the message may end in a
     log tail worth showing as-is)."""

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from knowngood import breakglass, collection, runner
-from knowngood.errors import KnowngoodError
+from knowngood.errors import reported
 from knowngood.modutils import module_utils
 
 
@@ -23,12 +23,8 @@ def _today() -> datetime.date:
 
 
 def _call(fn, *a, **kw):
-    rv = module_utils("review")
-    chain = module_utils("audit_chain")
-    try:
-        return fn(*a, **kw)
-    except (rv.ReviewError, chain.AuditError) as exc:
-        raise KnowngoodError(str(exc)) from None
+    errors = (module_utils("review").ReviewError, module_utils("audit_chain").AuditError)
+    return reported(errors, fn, *a, **kw)
 
 
 def _entries(trail: dict) -> list[dict]:
