@@ -94,10 +94,11 @@ integration: system-deps venv
 # Running them at nice 19 beside the integration tests instead was tried: the integration tests
 # are CPU-bound enough that they took 19 % longer and a latency verdict flaked.
 # The integration tests mostly wait on playbooks and services, so they run on TEST_WORKERS
-# pytest-xdist workers, each with a lab of its own (tests/conftest.py), a file per worker; then
+# pytest-xdist workers, each with a lab of its own (tests/conftest.py), a file per worker
+# (2026-12-08, quiet machine: 2 workers 543 s, 3 workers 432 s, 4 workers 430 s); then
 # the tests that load every core (cpu_hogs) run alone. The slower proofs marked `extended`
 # (tests/conftest.py) run with `make test-extended`.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 test: system-deps venv
 	$(MAKE) --no-print-directory -j2 -O unit lint-drills lint-runbooks sanity
 	$(BIN)/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile -m "not extended and not hogs" tests/integration
