@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -226,9 +227,21 @@ def test_code_rollback_drill_under_load(lab):
         if e["task"].endswith(": Probe the live instance on this host")
     }
     assert set(probes) == {"app1", "app2", "app3"}
+    # v2 fails about 40 % of its requests, so its baseline probe (40 requests) fails more than
+    # half of them now and then (about 1 in 14 per host): the judge then calls it an outage and
+    # leaves latency unjudged, as docs/latency.md says. Every host names that baseline; a host
+    # whose baseline was usable is judged against it, and so is at least one host.
+    judged = []
     for probe in probes.values():
-        assert probe["latency"]["judged"] == "baseline", probe["latency"]
-        assert "the replaced release v2 probed before the switch" in probe["latency"]["detail"]
+        latency = probe["latency"]
+        assert "the replaced release v2 probed before the switch" in latency["detail"], latency
+        outage = re.search(r"it failed (\d+) of (\d+) requests \(an outage\)", latency["detail"])
+        if outage:
+            assert int(outage[1]) * 2 > int(outage[2]) and latency["judged"] == "no baseline"
+        else:
+            assert latency["judged"] == "baseline", latency
+        judged.append(latency["judged"])
+    assert "baseline" in judged, probes
     print("\nMEASURED drill code_rollback under load: " + load.report())
 
 
