@@ -73,9 +73,11 @@ lint-runbooks: venv
 	$(ANSIBLE_LINT) --exclude molecule
 
 # The drills' scenario playbooks import the runbooks: their syntax checks are most of
-# ansible-lint's time, so they are a job of their own.
+# ansible-lint's time, so they are a job of their own. The runbooks they import (playbooks/,
+# roles/, through collections/) are lint-runbooks' part: linted here again they cost 25 s
+# (96 s -> 71 s without them; a bad task in a scenario is still found).
 lint-drills: venv
-	$(ANSIBLE_LINT) molecule
+	$(ANSIBLE_LINT) molecule --exclude playbooks --exclude roles --exclude collections
 
 sanity: venv
 	bash .ci/sanity
@@ -101,7 +103,7 @@ integration: system-deps venv
 TEST_WORKERS ?= 3
 test: system-deps venv
 	$(MAKE) --no-print-directory -j2 -O unit lint-drills lint-runbooks sanity
-	$(BIN)/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile -m "not extended and not hogs" tests/integration
+	$(BIN)/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not extended and not hogs" tests/integration
 	$(BIN)/pytest -q --durations=10 -m "hogs and not extended" tests/integration
 
 test-extended: system-deps venv
