@@ -103,7 +103,7 @@ integration: system-deps venv
 TEST_WORKERS ?= 3
 test: system-deps venv
 	$(MAKE) --no-print-directory -j2 -O unit lint-drills lint-runbooks sanity
-	$(BIN)/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not extended and not hogs" tests/integration
+	$(BIN)/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile -m "not extended and not hogs" tests/integration
 	$(BIN)/pytest -q --durations=10 -m "hogs and not extended" tests/integration
 
 test-extended: system-deps venv

@@ -87,28 +87,7 @@ EXTENDED = {
 }
 
 
-# The longest integration files first (their share of a run on three workers, 2026-12-08,
-# longest first): with --no-loadscope-reorder (Makefile) xdist's loadfile hands files out in
-# collection order, so the long ones start at once and the short ones fill the gaps (ordered
-# by their number of tests, xdist's default, the three workers ended 63 s apart). The order
-# within a file does not change.
-LONGEST_FIRST = [
-    "test_code_rollback.py",
-    "test_database_rollback.py",
-    "test_backup_runbooks.py",
-    "test_config_rollback.py",
-    "test_recovery.py",
-    "test_wal.py",
-    "test_pitr.py",
-    "test_flag_rollback.py",
-    "test_incident_report.py",
-    "test_governance_decide.py",
-]
-
-
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     for item in items:
         names = EXTENDED.get(item.path.name, ())
         if names is None or item.originalname in names:
