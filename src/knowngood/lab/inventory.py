@@ -120,7 +120,18 @@ def inventory(cfg: LabConfig) -> dict:
                 },
                 # The streaming standby, for runbooks that must re-seed it (a database
                 # rollback leaves the primary on a new timeline).
-                "db_standby": {"hosts": {"db2": {**local, **standby_vars(cfg, pg)}}},
+                # Its own config store, so its host run lock is this lab's: without one the
+                # lock falls back to /var/lib/knowngood/config/run.lock, which every lab on
+                # the machine (each test worker's, the demo's, the bench's) would share.
+                "db_standby": {
+                    "hosts": {
+                        "db2": {
+                            **local,
+                            **standby_vars(cfg, pg),
+                            **configset.store_vars(cfg, "db2"),
+                        }
+                    }
+                },
             },
         }
     }
