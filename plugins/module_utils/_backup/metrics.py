@@ -18,6 +18,7 @@ Recording never fails the job it records (archive_command must not fail over a m
 Standard library only.
 """
 
+import copy
 import fcntl
 import json
 import os
@@ -85,22 +86,14 @@ def render(state):
     return "\n".join(lines) + "\n"
 
 
-def state(cfg):
-    """The recorded state ({cluster, jobs, locations, pending}); {} when there is none yet."""
-    path = os.path.join(metrics_dir(cfg), f".{PREFIX}_{cfg.cluster}.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return {}
-
-
-def record(cfg, kind, ok, locations=None, pending=None, now=None):
+def record(cfg, kind, ok, locations=None, pending=None, now=None, before=None):
     """Record one run of `kind`: ok, and optionally {location: stored?} and {location: count}.
 
     Merged into the cluster's state under a lock (pushes, backups and restore tests end at the
     same moment), then the .prom file is replaced atomically (the collector never reads half a
-    file). Returns the path written, or None when it could not be (logged by the caller)."""
+    file). before, a dict, receives the state as this run found it, read under the same lock:
+    of two runs ending together, only one sees the other's change (the notices it owes). Returns
+    the path written, or None when it could not be (logged by the caller)."""
     now = time.time() if now is None else now
     field, unit = KINDS[kind]
     directory = metrics_dir(cfg)
@@ -114,6 +107,8 @@ def record(cfg, kind, ok, locations=None, pending=None, now=None):
                 state = json.load(handle)
             except ValueError:
                 state = {}
+            if before is not None:
+                before.update(copy.deepcopy(state))
             state.update(cluster=cfg.cluster)
             previous = state.setdefault("jobs", {}).get(kind, {})
             state["jobs"][kind] = {
@@ -141,4 +136,4 @@ def record(cfg, kind, ok, locations=None, pending=None, now=None):
         os.close(fd)
 
 
-__all__ = ["KINDS", "metrics_path", "record", "render", "state"]
+__all__ = ["KINDS", "metrics_path", "record", "render"]

@@ -205,7 +205,7 @@ def _stored(statuses):
 def _record_metrics(cfg, args, outcome):
     """The run's outcome into the metrics, then the notices it owes (never the job's result)."""
     kind = {"push": "wal_push", "verify": "verify"}.get(args.cmd) or f"backup_{args.type}"
-    before = metrics.state(cfg)
+    before = {}
     try:
         metrics.record(
             cfg,
@@ -213,6 +213,7 @@ def _record_metrics(cfg, args, outcome):
             outcome["ok"],
             locations=outcome.get("locations"),
             pending=outcome.get("pending"),
+            before=before,
         )
     except Exception as err:  # noqa: BLE001 - a metrics file never fails the job it records
         log(f"{args.cmd}: metrics not written: {safe_error(err)}")
