@@ -248,6 +248,14 @@ def settings(conn, names):
     }
 
 
+def streaming_standbys(conn):
+    """{application_name: sync_state} of every standby streaming from this server now."""
+    rows = conn.execute(
+        "SELECT application_name, sync_state FROM pg_stat_replication WHERE state = 'streaming'"
+    ).fetchall()
+    return dict(rows)
+
+
 def recovery_state(conn):
     """Whether the cluster replays WAL, whether replay is paused, and how far it got."""
     in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]

@@ -133,21 +133,14 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.knowngood.runbooks.plugins.module_utils import postgres, replication
 
 
-def _streaming(conn):
-    rows = conn.execute(
-        "SELECT application_name, sync_state FROM pg_stat_replication WHERE state = 'streaming'"
-    ).fetchall()
-    return dict(rows)
-
-
 def _wait_synchronous(conn, names, need, timeout):
     deadline = time.monotonic() + timeout
-    states = _streaming(conn)
+    states = postgres.streaming_standbys(conn)
     while time.monotonic() < deadline:
         if sum(1 for n in names if states.get(n) in ("sync", "quorum")) >= need:
             return states, True
         time.sleep(0.2)
-        states = _streaming(conn)
+        states = postgres.streaming_standbys(conn)
     return states, False
 
 
@@ -183,7 +176,7 @@ def main():
         if not spec["enabled"]:
             module.exit_json(**result)
         conn = postgres.connect(postgres.Target.from_params(p))
-        streaming = _streaming(conn)
+        streaming = postgres.streaming_standbys(conn)
         planned = replication.plan(spec, p["primary"], p["exclude"], list(streaming))
     except (replication.ReplicationError, postgres.PgError) as err:
         module.fail_json(msg=str(err), **result)
@@ -212,7 +205,7 @@ def main():
                     module.fail_json(msg="the reload did not apply %s" % desired, **result)
                 time.sleep(0.1)
         result["settings"] = postgres.settings(conn, replication.SETTINGS)
-        states = _streaming(conn)
+        states = postgres.streaming_standbys(conn)
         if p["wait"] > 0 and planned["standbys"]:
             states, ok = _wait_synchronous(conn, planned["standbys"], spec["num_sync"], p["wait"])
             if not ok:

@@ -439,28 +439,17 @@ def apply_synchronous(cfg: LabConfig, declaration: dict | None = None) -> bool:
     primary, _standby = pg_nodes(cfg)
     with _pg_connect(primary.port, "postgres") as conn:
         if declaration["enabled"]:
-            streaming = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'"
-                )
-            ]
+            streaming = list(postgres_utils.streaming_standbys(conn))
             desired = replication.plan(declaration, "db1", (), streaming)["settings"]
         else:
             desired = {"synchronous_standby_names": "", "synchronous_commit": "on"}
-        changes = {
-            name: value
-            for name, value in desired.items()
-            if conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0] != value
-        }
+        before = postgres_utils.settings(conn, desired)
+        changes = {name: value for name, value in desired.items() if before[name] != value}
         postgres_utils.alter_system(conn, changes)
         changed = bool(changes)
         if changed:
             wait_until(
-                lambda: all(
-                    conn.execute("SELECT current_setting(%s)", (k,)).fetchone()[0] == v
-                    for k, v in desired.items()
-                ),
+                lambda: postgres_utils.settings(conn, desired) == desired,
                 what="postgres: synchronous settings reloaded",
                 timeout=10,
             )
