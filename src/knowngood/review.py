@@ -27,8 +27,8 @@ def _call(fn, *a, **kw):
     return reported(errors, fn, *a, **kw)
 
 
-def _entries(trail: dict) -> list[dict]:
-    audit_dir = Path(trail["audit_dir"])
+def _entries(audit_dir: Path) -> list[dict]:
+    """The audit chain's entries; none before the first run is recorded."""
     if not (audit_dir / "index.jsonl").exists():
         return []
     return module_utils("audit_chain").entries(str(audit_dir))
@@ -36,9 +36,7 @@ def _entries(trail: dict) -> list[dict]:
 
 def state_of(audit_dir: Path, run_id: str) -> dict | None:
     """The run's review for the report, None when it has none."""
-    chain = module_utils("audit_chain")
-    entries = chain.entries(str(audit_dir)) if (audit_dir / "index.jsonl").exists() else []
-    return _call(module_utils("review").state, entries, run_id, _today())
+    return _call(module_utils("review").state, _entries(audit_dir), run_id, _today())
 
 
 def link_text(link: dict) -> str:
@@ -133,7 +131,7 @@ def cmd_close(args: argparse.Namespace, trail: dict) -> int:
 
 def cmd_list(args: argparse.Namespace, trail: dict) -> int:
     rv = module_utils("review")
-    entries = _entries(trail)
+    entries = _entries(Path(trail["audit_dir"]))
     today = _today()
     items = _call(rv.action_items, entries, today, only_open=args.open)
     if args.json:
